@@ -1,0 +1,30 @@
+# Two commands: `make demo` (the whole two-step framework on a tiny model) and `make test`.
+# Both create .venv if missing and install the project into it.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_OUT ?= demo-out
+
+.PHONY: demo demo-quick test install clean
+
+$(BIN)/clinpeft: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first, CPU build: a bare `torch` requirement would pull a multi-GB CUDA build
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(BIN)/clinpeft
+
+install: $(BIN)/clinpeft
+
+demo: install
+	$(BIN)/clinpeft demo --out $(DEMO_OUT)
+
+demo-quick: install
+	$(BIN)/clinpeft demo --out $(DEMO_OUT)-quick --quick
+
+test: install
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(DEMO_OUT) $(DEMO_OUT)-quick .pytest_cache

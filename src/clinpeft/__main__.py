@@ -1,0 +1,3 @@
+from clinpeft.cli import main
+
+raise SystemExit(main())

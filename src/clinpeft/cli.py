@@ -1,0 +1,155 @@
+"""The `clinpeft` command: one thin subcommand per workflow (parse, load config, call a recipe).
+
+Offline by default: the Hugging Face libraries are told not to reach the network
+(HF_HUB_OFFLINE=1 and friends) unless CLINPEFT_ALLOW_NETWORK=1 is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from clinpeft import __version__
+from clinpeft.errors import ClinpeftError
+
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",  # quiet fork warnings from datasets.map
+}
+
+EPILOG = """\
+the two steps of the paper:
+  clinpeft pretrain configs/demo/pretrain_lora.yaml --out runs/clinical-lora
+  clinpeft finetune configs/demo/finetune_lora.yaml variant=clinical_trainable+downstream \\
+      clinical_adapter=runs/clinical-lora task.path=demo-out/data/tasks/mor --out runs/mor
+  clinpeft report runs --out runs/report
+
+everything at once on a tiny model (CPU, a few minutes):
+  clinpeft demo --out demo-out
+"""
+
+
+def set_offline() -> None:
+    if os.environ.get("CLINPEFT_ALLOW_NETWORK") != "1":
+        for key, value in OFFLINE_ENV.items():
+            os.environ.setdefault(key, value)
+
+
+def add_workflow_args(parser: argparse.ArgumentParser, recipe_help: str) -> None:
+    parser.add_argument("recipe", help=recipe_help)
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, e.g. train.lr=1e-4 peft.r=8 (YAML values: lists as [a,b])")
+    add_out_args(parser)
+
+
+def add_out_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="run directory to create (written whole, or not at all)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clinpeft",
+        description="Parameter-efficient adaptation of LLaMA-family models to clinical notes "
+        "(domain-adaptive pretraining, then downstream clinical outcome prediction).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"clinpeft {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="run the whole two-step framework on a tiny model and synthetic notes",
+                       description="Build (or reuse) the tiny demo base model and synthetic MIMIC-style data, "
+                       "pretrain a clinical LoRA, fine-tune five tasks with three variants, and print "
+                       "Table 2 and Table 3. Synthetic numbers prove the pipeline, not clinical results.")
+    p.add_argument("--out", required=True, help="demo directory (data/, pretrain/, finetune/, report/); rerunning reuses finished runs")
+    p.add_argument("--quick", action="store_true", help="smaller data and fewer steps (about 2 minutes on a laptop CPU)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and of training")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("pretrain", help="step 1: domain-adaptive pretraining of a clinical adapter (Table 2)",
+                       description="Train a PEFT adapter on clinical notes on top of a local causal LM; "
+                       "writes adapter/, config.yaml and run.json (parameters, perplexities, time).")
+    add_workflow_args(p, "YAML recipe, e.g. configs/demo/pretrain_lora.yaml")
+
+    p = sub.add_parser("finetune", help="step 2: downstream fine-tuning for a clinical task (Table 3)",
+                       description="Train a classifier (variant: head, lora, clinical_frozen, clinical_frozen+downstream, "
+                       "clinical_trainable, clinical_trainable+downstream) on a task directory "
+                       "(train/val/test.csv with id,text,label + labels.txt); writes the model bundle, "
+                       "metrics.json and predictions.csv.")
+    add_workflow_args(p, "YAML recipe, e.g. configs/demo/finetune_lora.yaml")
+
+    p = sub.add_parser("evaluate", help="re-score a saved fine-tuning run on a CSV of labelled notes",
+                       description="Rebuild a fine-tuned classifier from its run directory and score a CSV (id,text,label).")
+    p.add_argument("run", help="a `clinpeft finetune` run directory")
+    p.add_argument("--data", required=True, help="CSV with id,text,label (labels from the run's labels.txt)")
+    p.add_argument("--base", help="base model path, if it moved since training")
+    p.add_argument("--batch-size", type=int, default=16)
+    add_out_args(p)
+
+    p = sub.add_parser("report", help="paper-style Table 2 / Table 3 from run directories",
+                       description="Collect every run under the given directories and write table2.md/.csv "
+                       "(pretraining) and table3.md/.csv (fine-tuning).")
+    p.add_argument("runs", nargs="+", help="run directories, or folders above them")
+    p.add_argument("--out", required=True, help="report directory")
+    return parser
+
+
+def run_command(args: argparse.Namespace) -> int:
+    progress = not getattr(args, "quiet", False)
+    if args.command == "pretrain":
+        from clinpeft.config import PretrainConfig, load_config
+        from clinpeft.recipes import pretrain
+
+        config = load_config(PretrainConfig, args.recipe, args.overrides)
+        result = pretrain.main(config, args.out, args.overwrite, progress)
+        print(f"{args.out}: {result['trainable_params']:,} trainable params ({result['trainable_percent']:.4f}%), "
+              f"train ppl {result['train_ppl']:.3f}, test ppl {result['test_ppl']:.3f}"
+              + (f" (base model {result['base_test_ppl']:.3f})" if result.get("base_test_ppl") else ""))
+    elif args.command == "finetune":
+        from clinpeft.config import FinetuneConfig, load_config
+        from clinpeft.recipes import finetune
+
+        config = load_config(FinetuneConfig, args.recipe, args.overrides)
+        result = finetune.main(config, args.out, args.overwrite, progress)
+        print(f"{args.out}: {result['task']} {result['variant']}: val AUROC {result['val']['auroc']:.4f}, "
+              f"test AUROC {result['test']['auroc']:.4f}")
+    elif args.command == "evaluate":
+        from clinpeft.recipes import evaluate
+
+        result = evaluate.main(args.run, args.data, args.out, args.base, args.batch_size, args.overwrite, progress)
+        print(f"{args.out}: {result['task']} AUROC {result['eval']['auroc']:.4f} on {result['eval']['n_examples']} notes")
+    elif args.command == "report":
+        from clinpeft.report import write_report
+
+        written = write_report(args.runs, args.out)
+        for path in written.values():
+            if str(path).endswith(".md"):
+                print(open(path).read())
+    elif args.command == "demo":
+        from clinpeft.recipes import demo
+
+        demo.main(args.out, quick=args.quick, seed=args.seed, progress=progress)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    set_offline()
+    args = build_parser().parse_args(argv)
+    try:
+        return run_command(args)
+    except ClinpeftError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; no run directory was left half-written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,252 @@
+"""Typed configs: a YAML recipe plus `key=value` overrides, validated before any work starts.
+
+    clinpeft pretrain configs/demo/pretrain_lora.yaml peft.r=8 train.lr=1e-4
+
+Defaults are the paper's hyperparameters (Gema et al. 2023, Appendix A.1 and B.1); a recipe is a
+small diff on them. Unknown keys and ill-typed values fail with a message naming the key. The
+resolved config is saved as `config.yaml` in every run directory.
+
+PEFT hyperparameters carry peft's own names (`r`, `lora_alpha`, `lora_dropout`,
+`target_modules`), so a recipe reads like the peft docs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from clinpeft.errors import ClinpeftError
+
+# The downstream variants of the paper's Table 3 (rows under each base model).
+VARIANTS = (
+    "head",  # classification head only, base model frozen ("LLaMA" row)
+    "lora",  # a new LoRA + head ("+ LoRA")
+    "clinical_frozen",  # clinical adapter frozen + head
+    "clinical_frozen+downstream",  # clinical adapter frozen + downstream LoRA + head
+    "clinical_trainable",  # clinical adapter trained further + head
+    "clinical_trainable+downstream",  # both adapters trained + head
+)
+Variant = Literal[
+    "head",
+    "lora",
+    "clinical_frozen",
+    "clinical_frozen+downstream",
+    "clinical_trainable",
+    "clinical_trainable+downstream",
+]
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(Section):
+    base: str = "demo"  # local directory of a HF causal LM (config.json + safetensors), or "demo"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPUs with bf16, else fp32
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"  # packing keeps notes apart with these two
+
+
+class LoraSection(Section):
+    """LoRA hyperparameters under peft's names. 7B defaults give the paper's 8.4M trainable params."""
+
+    r: int = Field(16, ge=1)  # rank; params = r * (d_in + d_out) per target module
+    lora_alpha: int = Field(32, ge=1)  # scale = lora_alpha / r
+    lora_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    target_modules: list[str] = ["q_proj", "v_proj"]
+    bias: Literal["none", "all", "lora_only"] = "none"
+
+
+class PeftSection(LoraSection):
+    """The clinical adapter of domain-adaptive pretraining. `method` picks the PEFT technique."""
+
+    method: Literal["lora"] = "lora"
+
+
+class TrainSection(Section):
+    """Optimisation, shared by both steps. Defaults: the paper's pretraining values (A.1)."""
+
+    lr: float = Field(3e-4, gt=0)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)  # a fraction of optimiser steps, not a step count
+    batch_size: int = Field(10, ge=1)  # per device
+    grad_accum: int = Field(4, ge=1)  # optimiser step every grad_accum micro-batches
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = -1  # optimiser steps; > 0 overrides epochs
+    weight_decay: float = Field(0.0, ge=0)
+    lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear"
+    seed: int = 42
+    gradient_checkpointing: bool = False  # trade ~30% speed for activation memory
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 where supported
+    logging_steps: int = Field(10, ge=1)
+    report_to: list[str] = []  # opt-in trackers (e.g. ["tensorboard"]); none by default
+    dataloader_num_workers: int = Field(0, ge=0)
+
+
+class FinetuneTrainSection(TrainSection):
+    """Downstream defaults: the paper's B.1 values."""
+
+    lr: float = Field(5e-5, gt=0)
+    grad_accum: int = Field(10, ge=1)
+    epochs: float = Field(3.0, gt=0)
+
+
+class CorpusSection(Section):
+    """The pretraining corpus: CSV(.gz) / JSONL / TXT files, or a directory of them."""
+
+    paths: list[str] = []  # files or directories; required
+    text_column: str = "text"
+    patient_column: str | None = "subject_id"  # held-out split by patient when the column exists
+    test_fraction: float = Field(0.1, gt=0, lt=1)
+    split_seed: int = 0  # fixed apart from train.seed so every run sees the same split
+    max_seq_len: int = Field(512, ge=8)  # tokens per packed block
+    packing: bool = True  # several notes per block, kept apart by position ids
+    max_documents: int | None = None  # cap for quick trials
+    num_proc: int = Field(1, ge=1)  # processes for tokenisation
+
+
+class PerplexitySection(Section):
+    batch_size: int = Field(8, ge=1)
+    train_max_blocks: int | None = 2000  # train ppl on a seeded sample of this many blocks (None: all)
+    base_model: bool = True  # also measure the base model without the adapter (Table 2's first row)
+
+
+class PretrainConfig(Section):
+    model: ModelSection = ModelSection()
+    peft: PeftSection = PeftSection()
+    data: CorpusSection = CorpusSection()
+    train: TrainSection = TrainSection()
+    eval: PerplexitySection = PerplexitySection()
+
+
+class TaskSection(Section):
+    """A task directory in van Aken's format: train/val/test.csv (id,text,label) + labels.txt."""
+
+    path: str = ""  # required
+    name: str | None = None  # default: the directory name (los, mor, pmv, diag, proc)
+    kind: Literal["auto", "single_label", "multilabel"] = "auto"  # auto: multilabel if a label has a comma
+    max_seq_len: int = Field(512, ge=8)  # tokens; longer notes are truncated
+    max_examples: int | None = None  # per split, for quick trials
+
+
+class DownstreamLoraSection(LoraSection):
+    """The downstream LoRA (B.2 search space: r 2-16, alpha 4-32, dropout 0-0.2)."""
+
+    r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+
+
+class ClassifierEvalSection(Section):
+    batch_size: int = Field(16, ge=1)
+
+
+class FinetuneConfig(Section):
+    model: ModelSection = ModelSection()
+    variant: Variant = "lora"
+    clinical_adapter: str | None = None  # a pretrain run directory (or its adapter/ folder)
+    lora: DownstreamLoraSection = DownstreamLoraSection()
+    task: TaskSection = TaskSection()
+    train: FinetuneTrainSection = FinetuneTrainSection()
+    eval: ClassifierEvalSection = ClassifierEvalSection()
+
+
+C = TypeVar("C", bound=Section)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`train.lr=1e-4` -> (["train", "lr"], 0.0001). Values are parsed as YAML (so lists work)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ClinpeftError(f"override {item!r}: expected key=value, e.g. train.lr=1e-4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ClinpeftError(f"override {item!r}: value is not valid YAML ({exc.problem})") from None
+    return key.strip().split("."), value
+
+
+def _check_key(cls: type[Section], path: list[str], where: str) -> None:
+    """Fail early, naming the key, when `path` is not a field of `cls`."""
+    section: Any = cls
+    for depth, part in enumerate(path):
+        fields = getattr(section, "model_fields", None)
+        if fields is None or part not in fields:
+            dotted = ".".join(path[: depth + 1])
+            known = ", ".join(sorted(fields)) if fields else "(none: this is a value)"
+            raise ClinpeftError(f"{where}: unknown config key '{dotted}'; known keys here: {known}")
+        section = fields[part].annotation
+
+
+def _set_nested(tree: dict, path: list[str], value: Any) -> None:
+    for part in path[:-1]:
+        child = tree.get(part)
+        if not isinstance(child, dict):
+            child = tree[part] = {}
+        tree = child
+    tree[path[-1]] = value
+
+
+def _format_validation_error(exc: ValidationError, where: str) -> str:
+    problems = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        problems.append(f"'{key}': {err['msg']}{shown}")
+    return f"{where}: invalid config: " + "; ".join(problems)
+
+
+def read_recipe(path: str | Path | None) -> dict:
+    """The YAML recipe as a dict ({} when no recipe is given)."""
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise ClinpeftError(f"recipe {path} not found; pass a YAML file such as configs/demo/pretrain_lora.yaml")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ClinpeftError(f"recipe {path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ClinpeftError(f"recipe {path}: expected a mapping of sections (model:, train:, ...) at the top")
+    return data
+
+
+def load_config(cls: type[C], recipe: str | Path | None = None, overrides: list[str] | tuple = ()) -> C:
+    """Recipe + overrides -> a validated config of type `cls`, or a ClinpeftError naming the key."""
+    tree = read_recipe(recipe)
+    where = str(recipe) if recipe else "config"
+    _check_tree(cls, tree, [], where)
+    for item in overrides:
+        path, value = parse_override(item)
+        _check_key(cls, path, f"override {item!r}")
+        _set_nested(tree, path, value)
+    try:
+        return cls.model_validate(tree)
+    except ValidationError as exc:
+        raise ClinpeftError(_format_validation_error(exc, where)) from None
+
+
+def _check_tree(cls: type[Section], tree: dict, prefix: list[str], where: str) -> None:
+    for key, value in tree.items():
+        path = prefix + [str(key)]
+        _check_key(cls, path, where)
+        if isinstance(value, dict):
+            section = cls
+            for part in path:
+                section = section.model_fields[part].annotation
+            if isinstance(section, type) and issubclass(section, Section):
+                _check_tree(cls, value, path, where)
+
+
+def config_to_yaml(config: Section) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def save_config(config: Section, run_dir: Path) -> Path:
+    path = Path(run_dir) / "config.yaml"
+    path.write_text(config_to_yaml(config))
+    return path

@@ -1,0 +1,167 @@
+"""Downstream task data in van Aken et al.'s format, validated before any training starts.
+
+A task directory holds `train.csv`, `val.csv`, `test.csv` with columns `id,text,label` and a
+`labels.txt` vocabulary (one label per line, in class-index order). Single-label tasks (LOS,
+MOR, PMV) have one label per row; multilabel tasks (DIAG, PROC) comma-join their codes, and an
+empty cell means "no label". Cells are read as strings: ICD-9 codes keep their leading zeros.
+
+Every check names the file and row (1-based, as a spreadsheet shows it, header = row 1) and says
+how to fix it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from clinpeft.errors import ClinpeftError
+
+SPLITS = ("train", "val", "test")
+COLUMNS = ("id", "text", "label")
+
+
+@dataclass
+class TaskData:
+    name: str
+    kind: str  # "single_label" | "multilabel"
+    labels: list[str]  # the vocabulary; index = class / output unit
+    splits: dict[str, pd.DataFrame] = field(default_factory=dict)  # columns id, text, label
+
+    @property
+    def task_type(self) -> str:
+        """binary | multiclass | multilabel: decides the loss and the AUROC variant."""
+        if self.kind == "multilabel":
+            return "multilabel"
+        return "binary" if len(self.labels) == 2 else "multiclass"
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    def targets(self, split: str) -> np.ndarray:
+        """Class indices (single-label, int64) or multi-hot rows (multilabel, float32)."""
+        index = {label: i for i, label in enumerate(self.labels)}
+        cells = self.splits[split]["label"]
+        if self.kind == "single_label":
+            return np.array([index[c] for c in cells], dtype=np.int64)
+        multi_hot = np.zeros((len(cells), len(self.labels)), dtype=np.float32)
+        for row, cell in enumerate(cells):
+            for code in split_multilabel(cell):
+                multi_hot[row, index[code]] = 1.0
+        return multi_hot
+
+
+def split_multilabel(cell: str) -> list[str]:
+    """'401,428,V458' -> ['401', '428', 'V458']; '' -> []."""
+    return [code.strip() for code in cell.split(",")] if cell.strip() else []
+
+
+def read_split_csv(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise ClinpeftError(f"{path} not found; a task directory needs train.csv, val.csv and test.csv (id,text,label)")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ClinpeftError(f"{path}: cannot be parsed as CSV ({exc})") from None
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise ClinpeftError(
+            f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(frame.columns)}; expected id,text,label"
+        )
+    return frame[list(COLUMNS)]
+
+
+def read_labels(path: Path) -> list[str]:
+    if not path.is_file():
+        raise ClinpeftError(f"{path} not found; write the label vocabulary there, one label per line")
+    labels = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if len(labels) < 2:
+        raise ClinpeftError(f"{path}: needs at least 2 labels, found {len(labels)}")
+    duplicated = sorted({x for x in labels if labels.count(x) > 1})
+    if duplicated:
+        raise ClinpeftError(f"{path}: label(s) listed twice: {', '.join(duplicated)}")
+    return labels
+
+
+def detect_kind(frames: dict[str, pd.DataFrame]) -> str:
+    """Multilabel when any label cell joins several codes with a comma."""
+    return "multilabel" if any(f["label"].str.contains(",").any() for f in frames.values()) else "single_label"
+
+
+def validate_split(frame: pd.DataFrame, path: Path, kind: str, vocabulary: set[str]) -> None:
+    for i, (text, cell) in enumerate(zip(frame["text"], frame["label"])):
+        row = i + 2  # 1-based, after the header
+        if not text.strip():
+            raise ClinpeftError(f"{path} row {row}: empty text; remove the row or fill it in")
+        if kind == "single_label":
+            if cell.strip() not in vocabulary:
+                raise ClinpeftError(
+                    f"{path} row {row}: label {cell!r} is not in labels.txt; add it there or fix the row"
+                )
+            continue
+        codes = cell.split(",") if cell.strip() else []
+        if any(not code.strip() for code in codes):
+            raise ClinpeftError(
+                f"{path} row {row}: malformed multilabel {cell!r} (empty code between commas); "
+                "write codes comma-joined like 401,428,V458"
+            )
+        unknown = [code.strip() for code in codes if code.strip() not in vocabulary]
+        if unknown:
+            raise ClinpeftError(
+                f"{path} row {row}: label {unknown[0]!r} is not in labels.txt; add it there or fix the row"
+            )
+    duplicated = frame["id"][frame["id"].duplicated()]
+    if len(duplicated):
+        raise ClinpeftError(f"{path}: id {duplicated.iloc[0]!r} appears more than once; ids must be unique")
+
+
+def check_no_leakage(frames: dict[str, pd.DataFrame], task_dir: Path) -> None:
+    """The same id in two splits would leak test notes into training."""
+    seen: dict[str, str] = {}
+    for split, frame in frames.items():
+        for note_id in frame["id"]:
+            if note_id in seen and seen[note_id] != split:
+                raise ClinpeftError(
+                    f"{task_dir}: id {note_id!r} is in both {seen[note_id]}.csv and {split}.csv; "
+                    "split by patient so no note appears twice"
+                )
+            seen[note_id] = split
+
+
+def load_task(path: str | Path, name: str | None = None, kind: str = "auto", max_examples: int | None = None) -> TaskData:
+    """Read and validate a task directory; raise ClinpeftError on the first problem found."""
+    task_dir = Path(path)
+    if not task_dir.is_dir():
+        raise ClinpeftError(f"task.path {task_dir} is not a directory; give a folder with train/val/test.csv and labels.txt")
+    frames = {split: read_split_csv(task_dir / f"{split}.csv") for split in SPLITS}
+    labels = read_labels(task_dir / "labels.txt")
+    if kind == "auto":
+        kind = detect_kind(frames)
+    vocabulary = set(labels)
+    for split, frame in frames.items():
+        validate_split(frame, task_dir / f"{split}.csv", kind, vocabulary)
+        if frame.empty:
+            raise ClinpeftError(f"{task_dir / f'{split}.csv'} has no rows")
+    check_no_leakage(frames, task_dir)
+    if max_examples:
+        frames = {split: frame.head(max_examples) for split, frame in frames.items()}
+    frames = {split: frame.reset_index(drop=True) for split, frame in frames.items()}
+    return TaskData(name=name or task_dir.name, kind=kind, labels=labels, splits=frames)
+
+
+def read_notes_csv(path: str | Path, text_column: str = "text", id_column: str = "id") -> pd.DataFrame:
+    """Notes to score (evaluate / predict): an id and a text column; a label column if present."""
+    path = Path(path)
+    if not path.is_file():
+        raise ClinpeftError(f"{path} not found")
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    for column in (id_column, text_column):
+        if column not in frame.columns:
+            raise ClinpeftError(f"{path}: missing column {column!r}; found {', '.join(frame.columns)}")
+    for i, text in enumerate(frame[text_column]):
+        if not text.strip():
+            raise ClinpeftError(f"{path} row {i + 2}: empty text; remove the row or fill it in")
+    return frame

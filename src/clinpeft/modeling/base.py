@@ -1,0 +1,139 @@
+"""Loading a base model from local disk: the same code path for the tiny demo model and LLaMA-7B.
+
+Nothing here touches the network: `model.base` is a local directory (config.json, tokenizer
+files, safetensors weights) or "demo", the tiny general-English LLaMA built by
+`clinpeft.modeling.demo_base`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from clinpeft.errors import ClinpeftError
+
+
+def resolve_base(base: str, *, progress: bool = True) -> Path:
+    """`model.base` -> a local model directory, building the demo model on first use."""
+    if base == "demo":
+        from clinpeft.modeling.demo_base import ensure_demo_base
+
+        return ensure_demo_base(progress=progress)
+    path = Path(base).expanduser()
+    if not (path / "config.json").is_file():
+        what = "does not exist" if not path.exists() else "has no config.json"
+        raise ClinpeftError(
+            f"model.base {base} {what}; give the local directory of a Hugging Face model "
+            "(config.json, tokenizer, *.safetensors), or model.base=demo for the tiny demo model"
+        )
+    return path
+
+
+def torch_dtype(setting: str) -> torch.dtype:
+    """`auto`: bf16 on a GPU that supports it (the paper's A100 setting), else fp32 (CPU)."""
+    if setting == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[setting]
+
+
+def load_tokenizer(path: Path, padding_side: str = "right"):
+    """The base model's tokenizer with a pad token (LLaMA ships none).
+
+    pad falls back to <unk>, then </s>: adding a new token would resize the embeddings, which
+    an adapter trained on the original vocabulary could not follow.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def load_causal_lm(path: Path, dtype: str = "auto", attn_implementation: str = "sdpa"):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch_dtype(dtype), attn_implementation=attn_implementation
+    )
+    model.config.use_cache = False  # a KV cache would let packed notes attend to each other
+    return model
+
+
+def load_sequence_classifier(
+    path: Path, num_labels: int, pad_token_id: int, problem_type: str, dtype: str = "auto", attn_implementation: str = "sdpa"
+):
+    """A base LM with a fresh classification head (`score` for LLaMA, `classifier` for BERT).
+
+    `pad_token_id` must be set: LLaMA's head pools the last non-pad token.
+    """
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialized: score.weight" warning is expected here
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path,
+            num_labels=num_labels,
+            problem_type=problem_type,
+            dtype=torch_dtype(dtype),
+            attn_implementation=attn_implementation,
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    model.config.pad_token_id = pad_token_id
+    model.config.use_cache = False
+    return model
+
+
+HEAD_NAMES = ("score", "classifier")  # LLaMA-family, BERT-family
+
+
+def classification_head(model) -> tuple[str, torch.nn.Module]:
+    """The (name, module) of a transformers sequence-classification head."""
+    for name in HEAD_NAMES:
+        module = getattr(model, name, None)
+        if isinstance(module, torch.nn.Module):
+            return name, module
+    raise ClinpeftError(f"{type(model).__name__} has no classification head named one of {HEAD_NAMES}")
+
+
+def base_fingerprint(model) -> str:
+    """A short hash identifying a base model's architecture and weights.
+
+    Architecture: the config's shape fields. Weights: the first rows of the input embedding,
+    rounded to bf16 so that fp32 and bf16 loads of the same checkpoint agree. Two models of the
+    same shape but different training (LLaMA vs PMC-LLaMA) get different fingerprints, so a
+    clinical adapter is never silently applied to a model it was not trained on.
+    """
+    config = model.config
+    shape = {
+        key: getattr(config, key, None)
+        for key in ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size")
+    }
+    embedding = model.get_input_embeddings().weight.detach()[:16].to(torch.bfloat16).float().cpu()
+    digest = hashlib.sha256(json.dumps(shape, sort_keys=True).encode())
+    digest.update(embedding.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts; total includes adapter parameters."""
+    trainable = total = 0
+    for param in model.parameters():
+        n = param.numel()
+        total += n
+        if param.requires_grad:
+            trainable += n
+    return trainable, total
+
+
+def device_summary() -> dict:
+    if torch.cuda.is_available():
+        return {"device": torch.cuda.get_device_name(0), "n_gpus": torch.cuda.device_count()}
+    return {"device": "cpu", "n_gpus": 0}

@@ -1,0 +1,152 @@
+"""The downstream classifier: base LM + adapters of one Table 3 variant + classification head.
+
+Built by `build_classifier` for training, saved by `save_bundle`, rebuilt by `load_bundle`
+without the training process. A bundle (inside a finetune run directory):
+
+    bundle.json          base model path + fingerprint, variant, adapters, task, labels, max_seq_len
+    adapters/<name>/     adapter_config.json + adapter_model.safetensors ("clinical", "downstream")
+    head.safetensors     the classification head
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from clinpeft.errors import ClinpeftError
+from clinpeft.modeling.adapters import (
+    ClinicalAdapter,
+    check_same_base,
+    set_trainable,
+    stack_adapters,
+    trainable_adapters,
+)
+from clinpeft.modeling.base import base_fingerprint, classification_head, load_sequence_classifier, load_tokenizer
+from clinpeft.rundir import read_json, write_json
+
+PROBLEM_TYPES = {"binary": "single_label_classification", "multiclass": "single_label_classification",
+                 "multilabel": "multi_label_classification"}
+
+
+@dataclass
+class Classifier:
+    model: torch.nn.Module
+    tokenizer: object
+    head_name: str
+    adapters: list[str]  # active adapters, in stacking order
+    fingerprint: str
+
+
+def build_classifier(
+    base_path: Path,
+    task_type: str,
+    num_labels: int,
+    variant: str,
+    clinical: ClinicalAdapter | None,
+    downstream_lora,
+    dtype: str = "auto",
+    attn_implementation: str = "sdpa",
+) -> Classifier:
+    """A classifier ready to train: exactly the variant's adapters and the head are trainable."""
+    tokenizer = load_tokenizer(base_path, padding_side="right")
+    model = load_sequence_classifier(
+        base_path, num_labels, tokenizer.pad_token_id, PROBLEM_TYPES[task_type], dtype, attn_implementation
+    )
+    fingerprint = base_fingerprint(model)
+    if clinical is not None:
+        check_same_base(clinical, fingerprint, str(base_path))
+    head_name, _ = classification_head(model)
+    model, active = stack_adapters(model, variant, clinical, downstream_lora)
+    set_trainable(model, trainable_adapters(variant), head_name)
+    return Classifier(model, tokenizer, head_name, active, fingerprint)
+
+
+def _head_module(model, head_name: str) -> torch.nn.Module:
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(inner, head_name)
+
+
+def save_bundle(clf: Classifier, run_dir: Path, meta: dict) -> None:
+    run_dir = Path(run_dir)
+    if clf.adapters:
+        clf.model.save_pretrained(run_dir / "adapters", selected_adapters=clf.adapters, safe_serialization=True)
+    head = _head_module(clf.model, clf.head_name)
+    save_file({k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}, run_dir / "head.safetensors")
+    write_json(run_dir / "bundle.json", {**meta, "adapters": clf.adapters, "head": clf.head_name,
+                                         "base_fingerprint": clf.fingerprint})
+
+
+def load_bundle(run_dir: str | Path, base: str | None = None, dtype: str = "auto") -> tuple[Classifier, dict]:
+    """Rebuild a trained classifier from its run directory (inference only).
+
+    `base` overrides the base model path recorded at training time (e.g. the run moved to
+    another machine); its fingerprint must still match.
+    """
+    from peft import PeftConfig, PeftModel
+
+    run_dir = Path(run_dir)
+    meta = read_json(run_dir / "bundle.json")
+    base_path = Path(base or meta["base_model"])
+    if not (base_path / "config.json").is_file():
+        raise ClinpeftError(
+            f"{run_dir}: its base model {base_path} is not there; pass --base with the local path of that model"
+        )
+    tokenizer = load_tokenizer(base_path, padding_side=meta.get("padding_side", "right"))
+    model = load_sequence_classifier(
+        base_path, len(meta["labels"]), tokenizer.pad_token_id, PROBLEM_TYPES[meta["task_type"]], dtype
+    )
+    fingerprint = base_fingerprint(model)
+    if fingerprint != meta["base_fingerprint"]:
+        raise ClinpeftError(
+            f"{run_dir} was trained on a base model with fingerprint {meta['base_fingerprint']}, "
+            f"but {base_path} has {fingerprint}; pass --base with the model it was trained on"
+        )
+    for i, name in enumerate(meta["adapters"]):
+        adapter_dir = run_dir / "adapters" / name
+        config = PeftConfig.from_pretrained(adapter_dir)
+        config.task_type = None  # see clinpeft.modeling.adapters.load_clinical_adapter
+        if i == 0:
+            model = PeftModel.from_pretrained(model, adapter_dir, adapter_name=name, config=config)
+        else:
+            model.load_adapter(adapter_dir, adapter_name=name, peft_config=config)
+    if len(meta["adapters"]) > 1:
+        model.base_model.set_adapter(meta["adapters"])
+    head = _head_module(model, meta["head"])
+    head.load_state_dict(load_file(run_dir / "head.safetensors"))
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad = False
+    return Classifier(model, tokenizer, meta["head"], list(meta["adapters"]), fingerprint), meta
+
+
+def encode(tokenizer, texts: list[str], max_seq_len: int) -> list[list[int]]:
+    """Token ids, cut to max_seq_len from the end (the admission note's first sections matter most)."""
+    return tokenizer(list(texts), truncation=True, max_length=max_seq_len)["input_ids"]
+
+
+def pad_batch(tokenizer, rows: list[list[int]]) -> dict[str, torch.Tensor]:
+    return tokenizer.pad({"input_ids": rows}, return_tensors="pt")
+
+
+@torch.no_grad()
+def predict_logits(clf: Classifier, texts: list[str], max_seq_len: int, batch_size: int = 16,
+                   progress: bool = True, desc: str = "predict") -> np.ndarray:
+    """Logits (n_notes, n_labels) in input order. Notes are batched by length to waste little padding."""
+    model = clf.model
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    ids = encode(clf.tokenizer, texts, max_seq_len)
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    out = np.zeros((len(ids), model.config.num_labels), dtype=np.float32)
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
+        index = order[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in pad_batch(clf.tokenizer, [ids[i] for i in index]).items()}
+        out[index] = model(**batch).logits.float().cpu().numpy()
+    model.train(was_training)
+    return out

@@ -1,0 +1,48 @@
+"""Re-score a saved fine-tuning run on a CSV of labelled notes.
+
+    clinpeft evaluate runs/mor-lora --data demo-out/data/tasks/mor/test.csv --out runs/mor-lora-eval
+
+Rebuilds the classifier from its run directory alone (bundle.json, adapters/, head.safetensors),
+scores every note, and writes metrics.json (same AUROC definitions as `finetune`) and
+predictions.csv.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from clinpeft import __version__
+from clinpeft.data.tasks import TaskData, read_split_csv, validate_split
+from clinpeft.metrics import task_metrics
+from clinpeft.modeling.classifier import load_bundle, predict_logits
+from clinpeft.recipes.finetune import write_predictions
+from clinpeft.rundir import atomic_run_dir, write_json
+
+
+def main(run: str | Path, data: str | Path, out: str | Path, base: str | None = None, batch_size: int = 16,
+         overwrite: bool = False, progress: bool = True) -> dict:
+    started = time.time()
+    data = Path(data)
+    frame = read_split_csv(data)
+    clf, meta = load_bundle(run, base=base)
+    kind = "multilabel" if meta["task_type"] == "multilabel" else "single_label"
+    validate_split(frame, data, kind, set(meta["labels"]))
+    task = TaskData(name=meta["task"], kind=kind, labels=list(meta["labels"]), splits={"eval": frame})
+
+    logits = predict_logits(clf, frame["text"].tolist(), meta["max_seq_len"], batch_size, progress, "evaluate")
+    metrics = {
+        "kind": "evaluation",
+        "run": str(run),
+        "data": str(data),
+        "task": meta["task"],
+        "task_type": meta["task_type"],
+        "variant": meta["variant"],
+        "eval": task_metrics(meta["task_type"], task.targets("eval"), logits, task.labels),
+        "wall_time_s": time.time() - started,
+        "clinpeft_version": __version__,
+    }
+    with atomic_run_dir(out, overwrite) as out_dir:
+        write_predictions(out_dir / "predictions.csv", task, "eval", logits)
+        write_json(out_dir / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,224 @@
+"""Step 2, downstream fine-tuning: clinical outcome prediction from admission notes (paper Table 3).
+
+    clinpeft finetune configs/demo/finetune_lora.yaml task.path=demo-out/data/tasks/mor --out runs/mor-lora
+    clinpeft finetune configs/demo/finetune_clinical.yaml variant=clinical_trainable+downstream \\
+        clinical_adapter=runs/pretrain-lora task.path=demo-out/data/tasks/diag --out runs/diag-ct-ds
+
+setup (task data validated, base model + the variant's adapters + head) -> fit (HF Trainer,
+class-weighted cross-entropy or BCE, validation AUROC every epoch, the best epoch kept) ->
+test (AUROC, predictions) -> save the bundle.
+
+Output directory:
+    adapters/<name>/, head.safetensors, bundle.json   the trained classifier (see modeling/classifier.py)
+    labels.txt         the label vocabulary, in output-unit order
+    metrics.json       val and test AUROC (and per-label detail for multilabel tasks)
+    predictions.csv    test notes: id, gold label, one probability column per label
+    config.yaml        the resolved config
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from clinpeft import __version__
+from clinpeft.config import FinetuneConfig, save_config
+from clinpeft.data.tasks import TaskData, load_task
+from clinpeft.errors import ClinpeftError
+from clinpeft.metrics import sigmoid, softmax, task_metrics
+from clinpeft.modeling.adapters import find_clinical_adapter
+from clinpeft.modeling.base import count_parameters, device_summary, resolve_base
+from clinpeft.modeling.classifier import Classifier, build_classifier, encode, pad_batch, predict_logits, save_bundle
+from clinpeft.rundir import atomic_run_dir, write_json
+from clinpeft.training import training_arguments
+
+
+def main(config: FinetuneConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> dict:
+    """Run one fine-tuning job into `out` (created whole, or not at all). Returns metrics.json."""
+    task = load_task(config.task.path, config.task.name, config.task.kind, config.task.max_examples)
+    clinical = None
+    if config.variant.startswith("clinical"):
+        if not config.clinical_adapter:
+            raise ClinpeftError(
+                f"variant {config.variant} needs clinical_adapter=<directory of a `clinpeft pretrain` run>; "
+                "or choose variant=lora or variant=head"
+            )
+        clinical = find_clinical_adapter(config.clinical_adapter)
+    with atomic_run_dir(out, overwrite) as run_dir:
+        save_config(config, run_dir)
+        return run(config, task, clinical, run_dir, progress)
+
+
+def class_weights(targets: np.ndarray, num_labels: int) -> torch.Tensor:
+    """Balanced weights n / (K * n_c) so rare classes (deaths, long stays) count as much as common ones."""
+    counts = np.bincount(targets, minlength=num_labels).astype(np.float64)
+    weights = len(targets) / (num_labels * np.maximum(counts, 1.0))
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def to_dataset(task: TaskData, split: str, tokenizer, max_seq_len: int):
+    from datasets import Dataset
+
+    frame = task.splits[split]
+    return Dataset.from_dict({"input_ids": encode(tokenizer, frame["text"].tolist(), max_seq_len),
+                              "labels": task.targets(split).tolist()})
+
+
+class PadCollator:
+    """Dynamic padding to the longest note in the batch; labels as a tensor."""
+
+    def __init__(self, tokenizer, multilabel: bool):
+        self.tokenizer = tokenizer
+        self.label_dtype = torch.float32 if multilabel else torch.long
+
+    def __call__(self, rows):
+        batch = pad_batch(self.tokenizer, [r["input_ids"] for r in rows])
+        batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=self.label_dtype)
+        return batch
+
+
+def make_trainer(clf: Classifier, task: TaskData, config: FinetuneConfig, run_dir: Path, progress: bool):
+    """HF Trainer with the task's loss, validation AUROC each epoch and the best epoch restored."""
+    from transformers import Trainer, TrainerCallback
+
+    multilabel = task.task_type == "multilabel"
+    weights = None if multilabel else class_weights(task.targets("train"), task.num_labels)
+    train_ds = to_dataset(task, "train", clf.tokenizer, config.task.max_seq_len)
+    val_ds = to_dataset(task, "val", clf.tokenizer, config.task.max_seq_len)
+
+    class TaskLossTrainer(Trainer):
+        """Class-weighted cross-entropy (single-label) or BCE on logits (multilabel)."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            logits = outputs.logits.float()
+            if multilabel:
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
+            else:
+                loss = torch.nn.functional.cross_entropy(logits, labels, weight=weights.to(logits.device))
+            return (loss, outputs) if return_outputs else loss
+
+    def compute_metrics(prediction) -> dict:
+        return {"auroc": task_metrics(task.task_type, prediction.label_ids, prediction.predictions, task.labels)["auroc"]}
+
+    class KeepBest(TrainerCallback):
+        """Model selection on validation AUROC: keep a CPU copy of the trainable weights of the
+        best epoch and put it back at the end (adapters + head are small; no checkpoints on disk)."""
+
+        def __init__(self):
+            self.best_auroc, self.best_epoch, self.best_state, self.history = -math.inf, None, None, []
+
+        def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+            auroc = (metrics or {}).get("eval_auroc")
+            self.history.append({"epoch": state.epoch, "val_auroc": auroc})
+            if auroc is not None and not math.isnan(auroc) and auroc > self.best_auroc:
+                self.best_auroc, self.best_epoch = auroc, state.epoch
+                self.best_state = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+        def restore(self, model) -> None:
+            if self.best_state is None:
+                return
+            params = dict(model.named_parameters())
+            with torch.no_grad():
+                for name, value in self.best_state.items():
+                    params[name].copy_(value.to(params[name].device))
+
+    keep_best = KeepBest()
+    trainer = TaskLossTrainer(
+        model=clf.model,
+        args=training_arguments(config.train, run_dir / ".trainer", progress, eval_strategy="epoch",
+                                per_device_eval_batch_size=config.eval.batch_size, label_names=["labels"]),
+        train_dataset=train_ds,
+        eval_dataset=val_ds,
+        data_collator=PadCollator(clf.tokenizer, multilabel),
+        compute_metrics=compute_metrics,
+        callbacks=[keep_best],
+    )
+    return trainer, keep_best
+
+
+def probabilities(task_type: str, logits: np.ndarray) -> np.ndarray:
+    """Sigmoid per label for multilabel tasks; softmax over classes otherwise."""
+    return sigmoid(logits) if task_type == "multilabel" else softmax(logits)
+
+
+def write_predictions(path: Path, task: TaskData, split: str, logits: np.ndarray) -> None:
+    frame = task.splits[split]
+    probs = probabilities(task.task_type, logits)
+    columns = {"id": frame["id"], "label": frame["label"]}
+    columns.update({f"p_{label}": probs[:, i] for i, label in enumerate(task.labels)})
+    pd.DataFrame(columns).to_csv(path, index=False, float_format="%.6f")
+
+
+def run(config: FinetuneConfig, task: TaskData, clinical, run_dir: Path, progress: bool = True) -> dict:
+    from transformers import set_seed
+
+    started = time.time()
+    set_seed(config.train.seed)
+
+    # --- setup: the variant's model
+    base_path = resolve_base(config.model.base, progress=progress)
+    clf = build_classifier(base_path, task.task_type, task.num_labels, config.variant, clinical, config.lora,
+                           config.model.dtype, config.model.attn_implementation)
+    trainable, total = count_parameters(clf.model)
+
+    # --- fit, selecting the epoch by validation AUROC
+    trainer, keep_best = make_trainer(clf, task, config, run_dir, progress)
+    fit_started = time.time()
+    trainer.train()
+    train_time = time.time() - fit_started
+    keep_best.restore(clf.model)
+
+    # --- test
+    val_logits = predict_logits(clf, task.splits["val"]["text"].tolist(), config.task.max_seq_len,
+                                config.eval.batch_size, progress, "val")
+    test_logits = predict_logits(clf, task.splits["test"]["text"].tolist(), config.task.max_seq_len,
+                                 config.eval.batch_size, progress, "test")
+    val_metrics = task_metrics(task.task_type, task.targets("val"), val_logits, task.labels)
+    test_metrics = task_metrics(task.task_type, task.targets("test"), test_logits, task.labels)
+
+    # --- save: the bundle, predictions, metrics
+    save_bundle(clf, run_dir, {
+        "base_model": str(base_path),
+        "variant": config.variant,
+        "task": task.name,
+        "task_type": task.task_type,
+        "labels": task.labels,
+        "max_seq_len": config.task.max_seq_len,
+        "padding_side": clf.tokenizer.padding_side,
+        "clinical_adapter": str(clinical.path) if clinical else None,
+    })
+    (run_dir / "labels.txt").write_text("\n".join(task.labels) + "\n")
+    write_predictions(run_dir / "predictions.csv", task, "test", test_logits)
+    shutil.rmtree(run_dir / ".trainer", ignore_errors=True)
+
+    metrics = {
+        "kind": "finetune",
+        "task": task.name,
+        "task_type": task.task_type,
+        "variant": config.variant,
+        "base_model": str(base_path),
+        "base_model_name": base_path.name,
+        "clinical_adapter": str(clinical.path) if clinical else None,
+        "val": val_metrics,
+        "test": test_metrics,
+        "best_epoch": keep_best.best_epoch,
+        "val_history": keep_best.history,
+        "n_train": len(task.splits["train"]),
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_percent": 100.0 * trainable / total,
+        "train_time_s": train_time,
+        "wall_time_s": time.time() - started,
+        **device_summary(),
+        "clinpeft_version": __version__,
+    }
+    write_json(run_dir / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,160 @@
+"""Step 1, domain-adaptive pretraining: train a clinical adapter on notes (paper Table 2).
+
+    clinpeft pretrain configs/demo/pretrain_lora.yaml --out runs/pretrain-lora
+    accelerate launch -m clinpeft pretrain configs/llama-7b/pretrain_lora.yaml --out runs/llama-lora
+
+setup (base model, corpus split by patient, packed blocks) -> base perplexity -> add adapter
+-> fit (HF Trainer: one device, or DDP/FSDP under `accelerate launch`) -> perplexity ->
+save the adapter (PEFT layout) and run.json.
+
+Output directory:
+    adapter/            adapter_config.json, adapter_model.safetensors, clinpeft_adapter.json
+    config.yaml         the resolved config
+    run.json            parameters, perplexities, time, throughput (read by `clinpeft report`)
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from clinpeft import __version__
+from clinpeft.config import PretrainConfig, save_config
+from clinpeft.data.notes import load_corpus
+from clinpeft.data.packing import count_predicted_tokens, tokenize_and_pack
+from clinpeft.modeling.adapters import add_pretraining_adapter, write_adapter_meta
+from clinpeft.modeling.base import (
+    base_fingerprint,
+    count_parameters,
+    device_summary,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_base,
+)
+from clinpeft.rundir import atomic_run_dir, write_json
+from clinpeft.training import split_perplexity, training_arguments
+
+log = logging.getLogger(__name__)
+
+
+def main(config: PretrainConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> dict:
+    """Run one pretraining job into `out` (created whole, or not at all). Returns run.json."""
+    with atomic_run_dir(out, overwrite) as run_dir:
+        save_config(config, run_dir)
+        return run(config, run_dir, progress)
+
+
+def tokenize_corpus(splits, tokenizer, config: PretrainConfig, progress: bool = True):
+    """Notes -> packed blocks of `max_seq_len` tokens (see clinpeft.data.packing)."""
+    data = config.data
+    return splits.map(
+        tokenize_and_pack,
+        batched=True,
+        batch_size=1000,  # notes per packing window: at most one part-filled block per window
+        remove_columns=splits["train"].column_names,
+        num_proc=data.num_proc if data.num_proc > 1 else None,
+        fn_kwargs=dict(tokenizer=tokenizer, text_column="text", block_size=data.max_seq_len, packing=data.packing),
+        desc="tokenise + pack",
+    )
+
+
+def sample_blocks(blocks, max_blocks: int | None, seed: int):
+    """A seeded sample of blocks for train perplexity (the whole split when small)."""
+    if max_blocks is None or len(blocks) <= max_blocks:
+        return blocks
+    return blocks.shuffle(seed=seed).select(range(max_blocks))
+
+
+def run(config: PretrainConfig, run_dir: Path, progress: bool = True) -> dict:
+    from transformers import Trainer, default_data_collator, set_seed
+
+    started = time.time()
+    set_seed(config.train.seed)
+
+    # --- setup: base model, corpus, blocks
+    base_path = resolve_base(config.model.base, progress=progress)
+    tokenizer = load_tokenizer(base_path)
+    cache_dir = run_dir / ".cache"  # Arrow files of the notes: inside the run, deleted at the end
+    splits, data_info = load_corpus(config.data, cache_dir)
+    blocks = tokenize_corpus(splits, tokenizer, config, progress)
+    train_blocks, test_blocks = blocks["train"], blocks["test"]
+    train_tokens = count_predicted_tokens(train_blocks["labels"])
+    ppl_train_blocks = sample_blocks(train_blocks, config.eval.train_max_blocks, config.data.split_seed)
+
+    model = load_causal_lm(base_path, config.model.dtype, config.model.attn_implementation)
+    fingerprint = base_fingerprint(model)
+    if progress:
+        print(f"corpus: {data_info['train_notes']} train / {data_info['test_notes']} test notes "
+              f"-> {len(train_blocks)} / {len(test_blocks)} blocks of {config.data.max_seq_len} tokens")
+
+    # --- the base model's perplexity on the same blocks: the row that adaptation must beat
+    base_ppl = {"base_train_ppl": None, "base_test_ppl": None}
+    if config.eval.base_model:
+        base_ppl = {
+            "base_train_ppl": split_perplexity(model, ppl_train_blocks, config.eval.batch_size, "base ppl (train)", progress),
+            "base_test_ppl": split_perplexity(model, test_blocks, config.eval.batch_size, "base ppl (test)", progress),
+        }
+
+    # --- the clinical adapter: the only trainable weights
+    model = add_pretraining_adapter(model, config.peft)
+    trainable, total = count_parameters(model)
+
+    # --- fit
+    trainer_dir = run_dir / ".trainer"
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(config.train, trainer_dir, progress),
+        train_dataset=train_blocks,
+        data_collator=default_data_collator,  # blocks are fixed-size; no attention_mask on purpose
+    )
+    fit_started = time.time()
+    trainer.train()
+    train_time = time.time() - fit_started
+    # block tokens (padding included) per second over all devices: the hardware throughput
+    blocks_seen = min(
+        trainer.state.global_step * config.train.batch_size * config.train.grad_accum * trainer.args.world_size,
+        int(len(train_blocks) * config.train.epochs) if config.train.max_steps <= 0 else float("inf"),
+    )
+    tokens_seen = blocks_seen * config.data.max_seq_len
+
+    # --- validate: token-weighted perplexity on both splits
+    train_ppl = split_perplexity(model, ppl_train_blocks, config.eval.batch_size, "ppl (train)", progress)
+    test_ppl = split_perplexity(model, test_blocks, config.eval.batch_size, "ppl (test)", progress)
+
+    # --- save: adapter in PEFT layout + what it was trained on
+    adapter_dir = run_dir / "adapter"
+    model.save_pretrained(adapter_dir, safe_serialization=True)
+    write_adapter_meta(adapter_dir, fingerprint, str(base_path), config.peft.method)
+    shutil.rmtree(trainer_dir, ignore_errors=True)
+    shutil.rmtree(cache_dir, ignore_errors=True)
+
+    result = {
+        "kind": "pretrain",
+        "method": config.peft.method,
+        "base_model": str(base_path),
+        "base_model_name": base_path.name,
+        "base_fingerprint": fingerprint,
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_percent": 100.0 * trainable / total,
+        "train_ppl": train_ppl,
+        "test_ppl": test_ppl,
+        **base_ppl,
+        "train_blocks": len(train_blocks),
+        "test_blocks": len(test_blocks),
+        "train_tokens": train_tokens,
+        "test_tokens": count_predicted_tokens(test_blocks["labels"]),
+        "packing": config.data.packing,
+        "packing_efficiency": train_tokens / (len(train_blocks) * config.data.max_seq_len),  # predicted / slots
+        "optimizer_steps": trainer.state.global_step,
+        "train_time_s": train_time,
+        "tokens_per_s": tokens_seen / train_time if train_time > 0 else None,
+        "wall_time_s": time.time() - started,
+        **data_info,
+        **device_summary(),
+        "clinpeft_version": __version__,
+    }
+    write_json(run_dir / "run.json", result)
+    return result

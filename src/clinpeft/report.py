@@ -1,0 +1,609 @@
+"""Paper-style tables from finished run directories alone (Gema et al. 2023, Tables 2 and 3).
+
+    clinpeft report runs/ --out report/     # -> report/table2.{md,csv}, report/table3.{md,csv}
+
+Table 2 (domain-adaptive pretraining) is built from every `run.json` (kind "pretrain"), Table 3
+(downstream AUROC) from every `metrics.json` (kind "finetune") found under the given paths.
+Nothing is recomputed: the tables only format what the runs recorded, so a report can be rebuilt
+anywhere the run directories are copied. Missing optional keys give blank cells.
+
+The .md files are for reading (rounded like the paper, with footnotes defining every number);
+the .csv files hold the unrounded numbers and exact parameter counts for reuse.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from clinpeft.errors import ClinpeftError
+from clinpeft.metrics import macro_average
+
+PRETRAIN_FILE = "run.json"
+FINETUNE_FILE = "metrics.json"
+
+# Table 2: PEFT method display names and row order, as in the paper.
+METHOD_NAMES = {
+    "lora": "LoRA",
+    "adaption_prompt": "Adaptation Prompt",  # peft's spelling
+    "adaptation_prompt": "Adaptation Prompt",
+    "prefix_tuning": "Prefix Tuning",
+    "prompt_tuning": "Prompt Tuning",
+    "p_tuning": "P-tuning",
+    "full": "Full fine-tuning",
+}
+BASE_ROW = "(none: base model)"
+TABLE2_COLUMNS = ["Base model", "PEFT", "Trainable params", "Trainable %", "Train ppl", "Test ppl", "Time (h:m:s)"]
+TABLE2_RAW_COLUMNS = [
+    "Base model", "PEFT", "Method", "Trainable params", "Total params", "Trainable %",
+    "Train ppl", "Test ppl", "Train time (s)", "Run dir",
+]
+
+# Table 3: variant row names and row order, as in the paper. "head" rows are named after the base.
+VARIANT_ROWS = {
+    "head": None,
+    "lora": "+ LoRA",
+    "clinical_frozen": "+ Clinical LoRA (Frozen)",
+    "clinical_frozen+downstream": "+ Clinical LoRA (Frozen) + Downstream LoRA",
+    "clinical_trainable": "+ Clinical LoRA (Trainable)",
+    "clinical_trainable+downstream": "+ Clinical LoRA (Trainable) + Downstream LoRA",
+    "full": "+ Full fine-tuning",
+}
+TASKS_ORDER = ("pmv", "mor", "los", "diag", "proc")
+MACRO = "Macro avg"
+INCOMPLETE_MARK = "*"
+
+
+# --------------------------------------------------------------------------- finding runs
+
+
+def find_runs(paths: Iterable[str | Path]) -> tuple[list[dict], list[dict]]:
+    """Each path is a run dir or any folder above run dirs (searched recursively for run.json /
+    metrics.json). Returns (pretrain_runs, finetune_runs), each dict the parsed JSON plus "_dir"
+    (a Path). A path that does not exist, or holds no runs -> ClinpeftError naming it. A corrupt
+    JSON -> ClinpeftError naming the file.
+
+    A run.json counts as a pretraining run when its "kind" is "pretrain" (or absent); a
+    metrics.json as a fine-tuning run when its "kind" is "finetune" (or absent). Hidden folders
+    (e.g. the `.name.tmp-*` folders of runs still being written) are not searched. A run reached
+    through two of the paths is read once. Runs are sorted by directory.
+    """
+    pretrain: dict[Path, dict] = {}
+    finetune: dict[Path, dict] = {}
+    paths = list(paths)
+    if not paths:
+        raise ClinpeftError("no run directories given; pass the --out folder of a pretrain or finetune run")
+    for path in map(Path, paths):
+        if not path.exists():
+            raise ClinpeftError(f"{path} does not exist; pass a run directory or a folder above run directories")
+        n_found = 0
+        for file in _run_files(path):
+            record = _read_json_object(file)
+            kind = record.get("kind")
+            if file.name == PRETRAIN_FILE and kind in (None, "pretrain"):
+                found = pretrain
+            elif file.name == FINETUNE_FILE and kind in (None, "finetune"):
+                found = finetune
+            else:
+                continue
+            n_found += 1
+            record["_dir"] = file.parent
+            found.setdefault(file.resolve(), record)
+        if n_found == 0:
+            raise ClinpeftError(
+                f"{path} holds no {PRETRAIN_FILE} (pretraining) or {FINETUNE_FILE} (fine-tuning) run; "
+                "pass the --out folder of a finished run, or a folder above such folders"
+            )
+    by_dir = lambda run: str(run["_dir"])  # noqa: E731
+    return sorted(pretrain.values(), key=by_dir), sorted(finetune.values(), key=by_dir)
+
+
+def _run_files(path: Path) -> list[Path]:
+    """run.json / metrics.json files at or below `path`, skipping hidden subfolders."""
+    if path.is_file():
+        if path.name in (PRETRAIN_FILE, FINETUNE_FILE):
+            return [path]
+        raise ClinpeftError(f"{path} is a file; pass a run directory (holding {PRETRAIN_FILE} or {FINETUNE_FILE})")
+    files = []
+    for root, dirs, names in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files += [Path(root) / name for name in sorted(names) if name in (PRETRAIN_FILE, FINETUNE_FILE)]
+    return files
+
+
+def _read_json_object(file: Path) -> dict:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ClinpeftError(
+            f"{file}: not valid JSON ({exc.msg} at line {exc.lineno}); re-run that step or remove its directory"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ClinpeftError(f"{file}: cannot be read ({exc}); check its permissions or remove its directory") from None
+    if not isinstance(data, dict):
+        raise ClinpeftError(f"{file}: expected a JSON object, got {type(data).__name__}; re-run that step")
+    return data
+
+
+# --------------------------------------------------------------------------- reading values
+
+
+def _number(value) -> float | None:
+    """A finite-or-infinite float from a JSON value; None for missing, null, NaN, bools, text."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def _integer(value) -> int | None:
+    number = _number(value)
+    return int(round(number)) if number is not None and math.isfinite(number) else None
+
+
+def _base_name(run: dict) -> str:
+    """Display name of a run's base model: "base_model_name", else the last part of "base_model"."""
+    name = run.get("base_model_name")
+    if isinstance(name, str) and name.strip():
+        return name.strip()
+    path = run.get("base_model")
+    if isinstance(path, str) and path.strip():
+        return Path(path.strip().rstrip("/")).name or path.strip()
+    return "(unknown base model)"
+
+
+def _rel_close(a: float, b: float, rel: float = 5e-3) -> bool:
+    return abs(a - b) <= rel * max(abs(a), abs(b))
+
+
+# --------------------------------------------------------------------------- formatting cells
+
+
+def _strip_zeros(text: str) -> str:
+    """'8.0' -> '8', '0.10' -> '0.1', '100.00' -> '100'; integers unchanged."""
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def format_params(n: int | None) -> str:
+    """Parameter count like the paper, 1 decimal with a unit: 8388608 -> "8.4M", 61440 -> "61.4K",
+    6738415616 -> "6.7B", 40960 -> "41K" (a trailing ".0" is dropped); below 1000 the exact count."""
+    if n is None:
+        return ""
+    n = int(n)
+    if abs(n) < 1000:
+        return str(n)
+    units = [(1e3, "K"), (1e6, "M"), (1e9, "B"), (1e12, "T")]
+    i = 0
+    # Move up a unit when rounding would print 1000 of the smaller one (999_960 -> "1M", not "1000K").
+    while i + 1 < len(units) and round(abs(n) / units[i][0], 1) >= 1000:
+        i += 1
+    scale, unit = units[i]
+    return _strip_zeros(f"{n / scale:.1f}") + unit
+
+
+def format_percent(p: float | None) -> str:
+    """A percentage (0-100) with enough significant digits: 2 decimals, or 1 significant digit when
+    that would round to 0: 0.1245 -> "0.12%", 0.000912 -> "0.0009%", 100 -> "100%"."""
+    if p is None:
+        return ""
+    if p == 0 or not math.isfinite(p):
+        return f"{p:g}%"
+    if round(abs(p), 2) >= 0.01:
+        return _strip_zeros(f"{p:.2f}") + "%"
+    decimals = -math.floor(math.log10(abs(p)))  # position of the first significant digit
+    return _strip_zeros(f"{p:.{decimals}f}") + "%"
+
+
+def format_ppl(ppl: float | None) -> str:
+    """Perplexity with 3 decimals, as the paper: 2.2436 -> "2.244"."""
+    return "" if ppl is None else f"{ppl:.3f}"
+
+
+def format_duration(seconds: float | None) -> str:
+    """Seconds as h:m:s with 2-digit fields, hours unbounded: 77862 -> "21:37:42"."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return ""
+    hours, rest = divmod(int(round(seconds)), 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}"
+
+
+def format_auroc(percent: float | None) -> str:
+    """AUROC already in % (x 100) with 2 decimals: 74.891 -> "74.89"."""
+    return "" if percent is None or math.isnan(percent) else f"{percent:.2f}"
+
+
+# --------------------------------------------------------------------------- Table 2
+
+
+def method_name(method) -> str:
+    """Paper display name of a PEFT method key ("lora" -> "LoRA"); unknown keys are shown as given."""
+    key = str(method or "").strip()
+    return METHOD_NAMES.get(key.lower(), key or "?")
+
+
+_METHOD_ORDER = list(dict.fromkeys(METHOD_NAMES.values()))  # paper order, each name once
+
+
+def _method_rank(method) -> tuple:
+    name = method_name(method)
+    return (_METHOD_ORDER.index(name), "") if name in _METHOD_ORDER else (len(_METHOD_ORDER), name.lower())
+
+
+def _table2_records(pretrain_runs: list[dict]) -> tuple[list[dict], list[str]]:
+    """One raw record per Table 2 row (TABLE2_RAW_COLUMNS), plus notes for the footnotes."""
+    by_base: dict[str, list[dict]] = defaultdict(list)
+    for run in pretrain_runs:
+        by_base[_base_name(run)].append(run)
+
+    records, notes = [], []
+    for base in sorted(by_base, key=str.lower):
+        runs = sorted(by_base[base], key=lambda r: (_method_rank(r.get("method")), str(r.get("_dir", ""))))
+        base_row = _base_model_row(base, runs, notes)
+        if base_row:
+            records.append(base_row)
+        for run in runs:
+            trainable, total = _integer(run.get("trainable_params")), _integer(run.get("total_params"))
+            percent = _number(run.get("trainable_percent"))
+            if percent is None and trainable is not None and total:
+                percent = 100.0 * trainable / total
+            records.append({
+                "Base model": base,
+                "PEFT": method_name(run.get("method")),
+                "Method": str(run.get("method") or ""),
+                "Trainable params": trainable,
+                "Total params": total,
+                "Trainable %": percent,
+                "Train ppl": _number(run.get("train_ppl")),
+                "Test ppl": _number(run.get("test_ppl")),
+                "Train time (s)": _number(run.get("train_time_s")),
+                "Run dir": str(run.get("_dir", "")),
+            })
+    return records, notes
+
+
+def _base_model_row(base: str, runs: list[dict], notes: list[str]) -> dict | None:
+    """The "(none: base model)" row: base-model perplexities recorded by the first run that has
+    them. If runs disagree (different splits?), a note says so."""
+    keys = ("base_train_ppl", "base_test_ppl")
+    recorded = [r for r in runs if any(_number(r.get(key)) is not None for key in keys)]
+    if not recorded:
+        return None
+    first = recorded[0]
+    train, test = _number(first.get("base_train_ppl")), _number(first.get("base_test_ppl"))
+    for other in recorded[1:]:
+        for key, value in zip(keys, (train, test)):
+            theirs = _number(other.get(key))
+            if value is not None and theirs is not None and not _rel_close(value, theirs):
+                notes.append(
+                    f"{base}: {key} differs between runs ({value:.3f} in {first['_dir']}, {theirs:.3f} in "
+                    f"{other['_dir']}): they were evaluated on different data, so their perplexities are not "
+                    "comparable."
+                )
+    return {
+        "Base model": base, "PEFT": BASE_ROW, "Method": "none", "Trainable params": 0, "Total params": None,
+        "Trainable %": 0.0, "Train ppl": train, "Test ppl": test, "Train time (s)": None,
+        "Run dir": str(first.get("_dir", "")),
+    }
+
+
+def _table2_frames(pretrain_runs) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    records, notes = _table2_records(list(pretrain_runs))
+    raw = pd.DataFrame(records, columns=TABLE2_RAW_COLUMNS)
+    for col in ("Trainable params", "Total params"):
+        raw[col] = raw[col].astype("Int64")  # exact integers in the CSV, blanks stay blank
+    for col in ("Trainable %", "Train ppl", "Test ppl", "Train time (s)"):
+        raw[col] = raw[col].astype("float64")
+    shown = pd.DataFrame(
+        [
+            [
+                r["Base model"], r["PEFT"], format_params(r["Trainable params"]), format_percent(r["Trainable %"]),
+                format_ppl(r["Train ppl"]), format_ppl(r["Test ppl"]), format_duration(r["Train time (s)"]),
+            ]
+            for r in records
+        ],
+        columns=TABLE2_COLUMNS,
+    )
+    return raw, shown, notes
+
+
+def table2(pretrain_runs, *, formatted: bool = True) -> pd.DataFrame:
+    """Columns: Base model, PEFT, Trainable params, Trainable %, Train ppl, Test ppl, Time (h:m:s).
+
+    One row per run, plus, per base model, a first row "(none: base model)" with 0 trainable
+    params and base_train_ppl/base_test_ppl, when a run recorded them (so the reader sees how much
+    clinical pretraining lowered test perplexity). Base models sorted by name; within one, methods
+    in the paper's order (LoRA, Adaptation Prompt, Prefix Tuning, Prompt Tuning, P-tuning, Full
+    fine-tuning, then others). Params like the paper (8.4M, 61.4K, 6.7B), percent with enough
+    significant digits (0.12%, 0.0009%), ppl 3 decimals, time h:m:s (from train_time_s).
+
+    formatted=False returns the unrounded numbers instead (TABLE2_RAW_COLUMNS: exact parameter
+    counts, time in seconds, the run directory), as written to table2.csv. Notes for the
+    footnotes are in `df.attrs["notes"]`.
+    """
+    raw, shown, notes = _table2_frames(pretrain_runs)
+    df = shown if formatted else raw
+    df.attrs["notes"] = notes
+    return df
+
+
+def _table2_footnotes(raw: pd.DataFrame, notes: list[str]) -> list[str]:
+    lines = [
+        "Perplexity (ppl) = exp(total negative log-likelihood in nats / number of predicted tokens) over the whole "
+        "split: token-weighted, not a mean of per-batch perplexities. Train ppl on the pretraining split, Test ppl "
+        "on the held-out split.",
+        "Trainable params: parameters updated by the method (K = 10^3, M = 10^6, B = 10^9); "
+        "Trainable % = trainable / all parameters of the model with its adapter x 100.",
+    ]
+    if (raw["PEFT"] == BASE_ROW).any():
+        lines.append(
+            f"{BASE_ROW}: the base model without any adapter, evaluated on the same splits; the gap to an "
+            "adapter's Test ppl is what clinical pretraining bought."
+        )
+    lines.append("Time: training time (h:m:s), blank when not recorded.")
+    lines += notes
+    lines.append("Exact parameter counts, unrounded values and each row's run directory: table2.csv.")
+    return lines
+
+
+# --------------------------------------------------------------------------- Table 3
+
+
+def _variant_rank(variant: str) -> tuple:
+    order = list(VARIANT_ROWS)
+    return (order.index(variant), "") if variant in order else (len(order), variant)
+
+
+def _required_text(run: dict, key: str) -> str:
+    value = run.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise ClinpeftError(
+            f"{Path(run['_dir']) / FINETUNE_FILE}: no \"{key}\"; it was not written by `clinpeft finetune`, "
+            f"add \"{key}\" or remove the directory"
+        )
+    return value.strip()
+
+
+def _table3_cells(finetune_runs: list[dict]) -> dict[tuple, dict[str, dict]]:
+    """{(base, variant, row override or None): {task: run}}; a second run for a cell is an error."""
+    cells: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    for run in finetune_runs:
+        task = _required_text(run, "task").lower()
+        variant = _required_text(run, "variant")
+        row = run.get("row") if isinstance(run.get("row"), str) and run["row"].strip() else None
+        key = (_base_name(run), variant, row.strip() if row else None)
+        if task in cells[key]:
+            other = cells[key][task]["_dir"]
+            raise ClinpeftError(
+                f"two runs for the same Table 3 cell (base {key[0]}, variant {variant}, task {task}"
+                f"{', row ' + repr(key[2]) if key[2] else ''}): {other} and {run['_dir']}; "
+                "report only one of them, or give one a distinct \"row\" in its metrics.json"
+            )
+        cells[key][task] = run
+    return cells
+
+
+def _row_name(base: str, variant: str, row: str | None, base_has_head: bool) -> str:
+    """Paper row names: the base for the head-only run, "+ LoRA"... under it; when the base has no
+    head-only row, the "+ ..." rows carry the base name so they are not read as another base's."""
+    if row:
+        return row
+    if variant == "head":
+        return base
+    name = VARIANT_ROWS.get(variant) or f"+ {variant}"
+    return name if base_has_head else f"{base} {name}"
+
+
+def _test_auroc_percent(run: dict) -> float | None:
+    auroc = _number(_test_dict(run).get("auroc"))
+    return None if auroc is None else 100.0 * auroc
+
+
+def _table3_frames(finetune_runs, tasks_order=TASKS_ORDER) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    runs = list(finetune_runs)
+    cells = _table3_cells(runs)
+    order = [t.lower() for t in tasks_order]
+    present = {task for by_task in cells.values() for task in by_task}
+    tasks = [t for t in order if t in present] + sorted(present - set(order))
+    columns = [t.upper() for t in tasks]
+
+    keys = sorted(cells, key=lambda k: (k[0].lower(), k[0], _variant_rank(k[1]), k[2] or ""))
+    bases_with_head = {k[0] for k in keys if k[1] == "head" and k[2] is None}
+    raw_rows, shown_rows, incomplete, no_auroc = [], [], [], []
+    for base, variant, row in keys:
+        name = _row_name(base, variant, row, base in bases_with_head)
+        values = {}
+        for task in tasks:
+            run = cells[(base, variant, row)].get(task)
+            values[task] = _test_auroc_percent(run) if run else None
+            if run and values[task] is None:
+                no_auroc.append(str(run["_dir"]))
+        have = [v for v in values.values() if v is not None]
+        macro = macro_average(have) if have else None
+        complete = len(have) == len(tasks)
+        if have and not complete:
+            incomplete.append((name, [t.upper() for t in tasks if values[t] is None]))
+        raw_rows.append([name, base, variant, *values.values(), macro, len(have)])
+        mark = "" if complete or macro is None else INCOMPLETE_MARK
+        shown_rows.append([name, *map(format_auroc, values.values()), format_auroc(macro) + mark])
+
+    raw = pd.DataFrame(raw_rows, columns=["Model", "Base model", "Variant", *columns, MACRO, "Tasks averaged"])
+    for col in [*columns, MACRO]:
+        raw[col] = raw[col].astype("float64")
+    raw["Tasks averaged"] = raw["Tasks averaged"].astype("Int64")
+    shown = pd.DataFrame(shown_rows, columns=["Model", *columns, MACRO])
+    notes = _table3_notes(runs, tasks, incomplete, no_auroc)
+    return raw, shown, notes
+
+
+_TASK_TYPE_DEFINITIONS = {
+    "binary": "binary, ROC AUC of P(class 1)",
+    "multiclass": "multiclass, macro over classes, {mode}",
+    "multilabel": "multilabel, per-label AUROC on sigmoid probabilities, macro over the labels with both classes "
+                  "in the test split",
+}
+_MULTI_CLASS_NAMES = {"ovo": "one-vs-one (as van Aken et al.)", "ovr": "one-vs-rest"}
+
+
+def _test_dict(run: dict) -> dict:
+    test = run.get("test")
+    return test if isinstance(test, dict) else {}
+
+
+def _table3_notes(runs: list[dict], tasks: list[str], incomplete: list, no_auroc: list[str]) -> list[str]:
+    """Per-task metric definitions (from the recorded task types), skipped labels, caveats."""
+    notes = []
+    for task in tasks:
+        task_runs = [r for r in runs if str(r.get("task", "")).strip().lower() == task]
+        types = sorted({str(r["task_type"]) for r in task_runs if r.get("task_type")})
+        if len(types) > 1:
+            notes.append(
+                f"{task.upper()}: runs disagree on the task type ({', '.join(types)}); check their metrics.json."
+            )
+        if len(types) != 1 or types[0] not in _TASK_TYPE_DEFINITIONS:
+            continue
+        text = _TASK_TYPE_DEFINITIONS[types[0]]
+        if types[0] == "multiclass":
+            modes = sorted({str(_test_dict(r).get("multi_class", "ovo")) for r in task_runs})
+            text = text.format(mode=" / ".join(_MULTI_CLASS_NAMES.get(m, m) for m in modes))
+        if types[0] == "multilabel":
+            text += _skipped_labels_text(task_runs)
+        notes.append(f"{task.upper()}: {text}.")
+    if incomplete:
+        missing = "; ".join(f"{name} lacks {', '.join(absent)}" for name, absent in incomplete)
+        notes.append(  # "\\*": a bare "* " would start a nested markdown list
+            f"\\{INCOMPLETE_MARK} Macro avg over only the tasks that row has ({missing}): "
+            f"not comparable with rows that have all {len(tasks)} tasks."
+        )
+    if no_auroc:
+        notes.append(f"No test AUROC recorded (cell left blank) in: {', '.join(no_auroc)}.")
+    return notes
+
+
+def _skipped_labels_text(task_runs: list[dict]) -> str:
+    """'; 1222 labels evaluated, 12 skipped (one class only)' when runs recorded the counts."""
+    counts = set()
+    for run in task_runs:
+        test = _test_dict(run)
+        evaluated, skipped = _integer(test.get("n_labels_evaluated")), _integer(test.get("n_labels_skipped"))
+        if evaluated is not None or skipped is not None:
+            counts.add((evaluated, skipped))
+    if not counts:
+        return ""
+    show = lambda n: "?" if n is None else str(n)  # noqa: E731
+    if len(counts) == 1:
+        evaluated, skipped = counts.pop()
+        return f"; {show(evaluated)} labels evaluated, {show(skipped)} skipped (only one class in the test split)"
+    ranges = ", ".join(f"{show(e)}/{show(s)}" for e, s in sorted(counts, key=str))
+    return f"; labels evaluated/skipped (only one class in the test split) differ between runs: {ranges}"
+
+
+def table3(finetune_runs, tasks_order=TASKS_ORDER, *, formatted: bool = True) -> pd.DataFrame:
+    """Downstream test AUROC, one row per (base model, variant), as the paper's Table 3.
+
+    Rows = (base_model_name, variant) in the paper's order (head, lora, clinical_frozen,
+    clinical_frozen+downstream, clinical_trainable, clinical_trainable+downstream, full, then
+    others sorted), base models sorted by name. Row names like the paper: "<base>" for head-only,
+    "+ LoRA", "+ Clinical LoRA (Frozen)", "+ Clinical LoRA (Frozen) + Downstream LoRA",
+    "+ Clinical LoRA (Trainable)", "+ Clinical LoRA (Trainable) + Downstream LoRA" ("<base> + ..."
+    when that base has no head-only row), or metrics["row"] when given (runs with different "row"
+    values are different rows).
+
+    Columns = "Model", the tasks present (upper-case, in tasks_order then others sorted), "Macro avg".
+    Cells = test AUROC x 100, 2 decimals. Macro avg = unweighted mean of the row's task AUROCs
+    (from unrounded values); a row lacking some of the table's tasks gets a trailing "*",
+    explained in `df.attrs["notes"]`. Two runs for one cell -> ClinpeftError naming both dirs.
+
+    formatted=False returns unrounded numbers (AUROC x 100) plus "Base model", "Variant" and
+    "Tasks averaged", as written to table3.csv.
+    """
+    raw, shown, notes = _table3_frames(finetune_runs, tasks_order)
+    df = shown if formatted else raw
+    df.attrs["notes"] = notes
+    return df
+
+
+def _table3_footnotes(notes: list[str]) -> list[str]:
+    return [
+        "Cells: AUROC on the test split x 100, 2 decimals; blank = no run for that task.",
+        *notes,
+        f"{MACRO}: unweighted mean of the row's task AUROCs, computed before rounding.",
+        "Unrounded values: table3.csv.",
+    ]
+
+
+# --------------------------------------------------------------------------- Markdown and files
+
+
+_NUMERIC_CELL = re.compile(r"^[-+]?(\d[\d,]*(\.\d+)?|\.\d+|inf)([KMBT%*]|:\d\d)*$")
+
+
+def _cell_text(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return ""
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def format_markdown(df: pd.DataFrame) -> str:
+    """A GitHub-markdown table of `df`'s columns (not its index), padded to line up in plain text.
+
+    Columns whose non-blank cells all look numeric (12.5, 8.4M, 0.12%, 71.62*, 01:02:03) are
+    right-aligned; blanks (None/NaN) print as empty cells; "|" in a cell is escaped.
+    """
+    header = [_cell_text(c) for c in df.columns]
+    rows = [[_cell_text(v) for v in row] for row in df.itertuples(index=False, name=None)]
+    widths = [max([3, len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]
+    numeric = [
+        any(r[i] for r in rows) and all(_NUMERIC_CELL.match(r[i]) for r in rows if r[i]) for i in range(len(header))
+    ]
+
+    def line(cells):
+        return "| " + " | ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric)) + " |"
+
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if num else ("-" * (w + 2)) for w, num in zip(widths, numeric)) + "|"
+    return "\n".join([line(header), rule, *(line(r) for r in rows)]) + "\n"
+
+
+def _write_markdown(path: Path, title: str, table: pd.DataFrame, footnotes: list[str]) -> Path:
+    text = f"# {title}\n\n{format_markdown(table)}\n" + "".join(f"- {note}\n" for note in footnotes)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def write_report(paths: Iterable[str | Path], out_dir: str | Path) -> dict[str, Path]:
+    """Writes table2.md/table2.csv (if pretraining runs) and table3.md/table3.csv (if fine-tuning
+    runs) into out_dir (created); returns {file name: path} of the files written.
+
+    The .md files have a title line, the table (GitHub markdown) and footnotes defining the
+    numbers (token-weighted perplexity; test AUROC in %; the macro average; skipped labels of
+    multilabel tasks when recorded). The CSVs hold raw numbers, not formatted strings.
+    """
+    pretrain_runs, finetune_runs = find_runs(paths)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ClinpeftError(f"--out {out} is a file; choose a directory for the report")
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    if pretrain_runs:
+        raw, shown, notes = _table2_frames(pretrain_runs)
+        title = "Table 2: domain-adaptive pretraining on clinical notes"
+        written["table2.md"] = _write_markdown(out / "table2.md", title, shown, _table2_footnotes(raw, notes))
+        raw.to_csv(out / "table2.csv", index=False)
+        written["table2.csv"] = out / "table2.csv"
+    if finetune_runs:
+        raw, shown, notes = _table3_frames(finetune_runs)
+        title = "Table 3: downstream clinical outcome prediction, test AUROC (%)"
+        written["table3.md"] = _write_markdown(out / "table3.md", title, shown, _table3_footnotes(notes))
+        raw.to_csv(out / "table3.csv", index=False)
+        written["table3.csv"] = out / "table3.csv"
+    return written

@@ -1,0 +1,99 @@
+"""Small helpers both recipes share: Trainer arguments, precision, token-weighted perplexity."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from clinpeft.config import TrainSection
+from clinpeft.data.packing import IGNORE_INDEX
+from clinpeft.metrics import perplexity
+
+
+def precision_flags(setting: str) -> dict:
+    """TrainingArguments bf16/fp16 flags. auto: bf16 on GPUs that support it, fp32 elsewhere."""
+    if setting == "auto":
+        setting = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    return {"bf16": setting == "bf16", "fp16": setting == "fp16"}
+
+
+def training_arguments(train: TrainSection, output_dir: Path, progress: bool = True, **extra):
+    """The paper's hyperparameters as HF TrainingArguments.
+
+    warmup: `warmup_steps` < 1 is read by transformers as a fraction of the optimiser steps, so
+    warmup_ratio=0.06 warms up over 6% of *optimiser* steps (the published code passed the ratio
+    as a step count and counted the schedule in micro-batches).
+    """
+    from transformers import TrainingArguments
+
+    if train.gradient_checkpointing:
+        # non-reentrant checkpointing needs no input grads, so it works under frozen embeddings
+        name = "activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ else "gradient_checkpointing"
+        extra.update({name: True, f"{name}_kwargs": {"use_reentrant": False}})
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        learning_rate=train.lr,
+        warmup_steps=train.warmup_ratio,
+        per_device_train_batch_size=train.batch_size,
+        gradient_accumulation_steps=train.grad_accum,
+        num_train_epochs=train.epochs,
+        max_steps=train.max_steps,
+        weight_decay=train.weight_decay,
+        lr_scheduler_type=train.lr_scheduler,
+        seed=train.seed,
+        logging_steps=train.logging_steps,
+        report_to=list(train.report_to) or "none",
+        dataloader_num_workers=train.dataloader_num_workers,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        save_strategy="no",  # we save the pieces ourselves, in PEFT/safetensors layout
+        remove_unused_columns=False,
+        disable_tqdm=not progress,
+        **precision_flags(train.precision),
+        **extra,
+    )
+
+
+@torch.no_grad()
+def token_nll(model, blocks, batch_size: int, desc: str = "perplexity", progress: bool = True) -> tuple[float, int]:
+    """Summed next-token NLL (nats) and the number of predicted tokens over packed `blocks`.
+
+    Labels of -100 are skipped. With several processes (accelerate launch) each takes a shard
+    and the sums are added, so the result is the same as on one device.
+    """
+    from accelerate import PartialState
+
+    state = PartialState()
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # [nll, tokens]
+    with state.split_between_processes(list(range(len(blocks)))) as indices:
+        starts = range(0, len(indices), batch_size)
+        for start in tqdm(starts, desc=desc, disable=not progress or not state.is_main_process, leave=False):
+            rows = blocks[indices[start : start + batch_size]]
+            input_ids = torch.tensor(rows["input_ids"], device=device)
+            position_ids = torch.tensor(rows["position_ids"], device=device)
+            labels = torch.tensor(rows["labels"], device=device)
+            # attention_mask=None + position ids: each packed note attends only to itself.
+            logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+            shift_logits = logits[:, :-1].float()
+            shift_labels = labels[:, 1:]
+            nll = torch.nn.functional.cross_entropy(
+                shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+            )
+            total[0] += nll.double()
+            total[1] += (shift_labels != IGNORE_INDEX).sum()
+    if state.num_processes > 1:
+        from accelerate.utils import reduce
+
+        total = reduce(total, reduction="sum")
+    model.train(was_training)
+    return float(total[0]), int(total[1])
+
+
+def split_perplexity(model, blocks, batch_size: int, desc: str, progress: bool = True) -> float:
+    nll, n = token_nll(model, blocks, batch_size, desc=desc, progress=progress)
+    return perplexity(nll, n) if n else math.nan

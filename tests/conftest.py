@@ -1,0 +1,83 @@
+"""Shared fixtures: a tiny random LLaMA (hidden 32, 2 layers) with a small offline tokenizer.
+
+Random weights are fine for mechanics (packing, adapters, save/load); the demo itself uses the
+trained general-English demo model (tests/test_demo_base.py, tests/test_demo.py).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TOKENIZER_TEXT = [
+    "Chief complaint: shortness of breath. History of present illness: the patient is a 67 year old man.",
+    "The function returns a list of strings. Raise ValueError if the argument is negative.",
+    "BP 128/76 HR 88 RR 18 SpO2 96% RA. CXR: bilateral pleural effusions. Pt s/p CABG, hx CHF, HTN.",
+    "Discharge diagnosis: pneumonia, sepsis, acute kidney injury. Medications on admission: aspirin 81 mg daily.",
+] * 20
+
+
+def build_tiny_llama(path: Path, seed: int = 0, **config_overrides) -> Path:
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from clinpeft.modeling.demo_base import tiny_llama_config, train_tokenizer
+
+    tokenizer = train_tokenizer(TOKENIZER_TEXT, vocab_size=400)
+    config = tiny_llama_config(len(tokenizer), hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                               num_key_value_heads=4, max_position_embeddings=512, **config_overrides)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def other_tiny_llama(tmp_path_factory) -> Path:
+    """Same shape as tiny_llama, different weights: a clinical adapter of one must not load on the other."""
+    return build_tiny_llama(tmp_path_factory.mktemp("models") / "other-llama", seed=1)
+
+
+@pytest.fixture(scope="session")
+def synthetic_tasks(tmp_path_factory) -> dict:
+    """The five tasks, small: {task: dir}."""
+    from clinpeft.data.synthetic import write_tasks
+
+    return write_tasks(tmp_path_factory.mktemp("data") / "tasks", n_patients=80, seed=0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_corpus(tmp_path_factory) -> dict:
+    """MIMIC-IV-Note-shaped discharge.csv.gz and radiology.csv.gz, small."""
+    from clinpeft.data.synthetic import write_pretraining_corpus
+
+    return write_pretraining_corpus(tmp_path_factory.mktemp("data") / "corpus", n_patients=20, seed=0)
+
+
+def pretrain_overrides(base: Path, corpus: dict) -> list[str]:
+    return [f"model.base={base}", f"data.paths=[{corpus['discharge']}, {corpus['radiology']}]",
+            "data.max_seq_len=128", "data.test_fraction=0.25", "train.batch_size=4", "train.grad_accum=1",
+            "train.max_steps=4", "train.lr=1e-2", "eval.train_max_blocks=8", "peft.r=4"]
+
+
+@pytest.fixture(scope="session")
+def clinical_run(tiny_llama, synthetic_corpus, tmp_path_factory) -> Path:
+    """A finished `clinpeft pretrain` run (clinical LoRA) on the tiny random LLaMA."""
+    from clinpeft.config import PretrainConfig, load_config
+    from clinpeft.recipes import pretrain
+
+    out = tmp_path_factory.mktemp("runs") / "clinical-lora"
+    pretrain.main(load_config(PretrainConfig, None, pretrain_overrides(tiny_llama, synthetic_corpus)), out, progress=False)
+    return out

@@ -1,0 +1,141 @@
+"""`clinpeft finetune`: each Table 3 variant trains exactly what it should, and the bundle reloads."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from clinpeft.config import VARIANTS, FinetuneConfig, load_config
+from clinpeft.modeling.adapters import CLINICAL, DOWNSTREAM, find_clinical_adapter
+from clinpeft.modeling.classifier import build_classifier
+from clinpeft.recipes import finetune
+
+
+def overrides(base, task_dir, **extra):
+    items = {"model.base": base, "task.path": task_dir, "task.max_seq_len": 96, "train.batch_size": 8,
+             "train.grad_accum": 1, "train.epochs": 1, "train.lr": 1e-2, "lora.r": 4, **extra}
+    return [f"{k}={v}" for k, v in items.items()]
+
+
+def classifier_for(variant, tiny_llama, clinical_run, num_labels=2, task_type="binary"):
+    config = load_config(FinetuneConfig, None, [f"variant={variant}", "lora.r=4"])
+    clinical = find_clinical_adapter(clinical_run) if variant.startswith("clinical") else None
+    return build_classifier(tiny_llama, task_type, num_labels, variant, clinical, config.lora, "float32")
+
+
+def owner(name):
+    """Which piece a parameter belongs to: clinical / downstream adapter, head, or base."""
+    if ".score." in f".{name}":
+        return "head"
+    for adapter in (CLINICAL, DOWNSTREAM):
+        if f".{adapter}." in name and ".lora_" in name:
+            return adapter
+    return "base"
+
+
+EXPECTED_TRAINABLE = {
+    "head": {"head"},
+    "lora": {"head", DOWNSTREAM},
+    "clinical_frozen": {"head"},
+    "clinical_frozen+downstream": {"head", DOWNSTREAM},
+    "clinical_trainable": {"head", CLINICAL},
+    "clinical_trainable+downstream": {"head", CLINICAL, DOWNSTREAM},
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_variant_trains_exactly_its_adapters(variant, tiny_llama, clinical_run, synthetic_tasks, tmp_path):
+    """Train a few steps through the real Trainer; trained pieces change, frozen ones stay bit-identical."""
+    config = load_config(FinetuneConfig, None, overrides(tiny_llama, synthetic_tasks["mor"], variant=variant,
+                                                        clinical_adapter=clinical_run, **{"train.max_steps": 3}))
+    task = finetune.load_task(config.task.path)
+    clf = classifier_for(variant, tiny_llama, clinical_run)
+    before = {n: p.detach().clone() for n, p in clf.model.named_parameters()}
+    trainer, _ = finetune.make_trainer(clf, task, config, tmp_path, progress=False)
+    trainer.train()
+    changed = {owner(n) for n, p in clf.model.named_parameters() if not torch.equal(before[n], p)}
+    assert changed == EXPECTED_TRAINABLE[variant]
+    for name, param in clf.model.named_parameters():  # every tensor of a trained piece moved
+        if owner(name) in EXPECTED_TRAINABLE[variant]:
+            assert not torch.equal(before[name], param), name
+    present = {owner(n) for n, _ in clf.model.named_parameters()}
+    assert present - {"base"} == {"head", *clf.adapters}  # no adapter beyond the variant's
+
+
+def test_stacked_adapters_are_both_in_the_forward_pass(tiny_llama, clinical_run):
+    """Switching either adapter off changes the logits: both really act (the published code's
+    downstream LoRA was added but never activated)."""
+    clf = classifier_for("clinical_trainable+downstream", tiny_llama, clinical_run)
+    model = clf.model.eval()
+    with torch.no_grad():  # downstream lora_B starts at zero: give it weights so it has an effect
+        for name, param in model.named_parameters():
+            if f".lora_B.{DOWNSTREAM}." in name:
+                param.normal_(0, 0.5)
+    assert clf.adapters == [CLINICAL, DOWNSTREAM]
+    ids = torch.randint(4, 300, (2, 24))
+    with torch.no_grad():
+        both = model(input_ids=ids).logits
+        model.base_model.set_adapter([CLINICAL])
+        clinical_only = model(input_ids=ids).logits
+        model.base_model.set_adapter([DOWNSTREAM])
+        downstream_only = model(input_ids=ids).logits
+    assert not torch.allclose(both, clinical_only)
+    assert not torch.allclose(both, downstream_only)
+
+
+@pytest.mark.parametrize("task", ["mor", "los", "diag"])
+def test_finetune_writes_metrics_predictions_and_bundle(task, tiny_llama, clinical_run, synthetic_tasks, tmp_path):
+    out = tmp_path / "run"
+    config = load_config(FinetuneConfig, None, overrides(tiny_llama, synthetic_tasks[task], variant="clinical_trainable+downstream",
+                                                        clinical_adapter=clinical_run, **{"train.epochs": 2}))
+    metrics = finetune.main(config, out, progress=False)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["test"]["auroc"] == pytest.approx(metrics["test"]["auroc"])
+    assert saved["task_type"] == {"mor": "binary", "los": "multiclass", "diag": "multilabel"}[task]
+    assert 0.0 <= saved["test"]["auroc"] <= 1.0 and saved["best_epoch"] in (1.0, 2.0)
+    assert [h["epoch"] for h in saved["val_history"]] == [1.0, 2.0]
+    best = max(h["val_auroc"] for h in saved["val_history"])
+    assert saved["val"]["auroc"] == pytest.approx(best, abs=1e-6)  # the best epoch was kept
+    labels = (out / "labels.txt").read_text().split()
+    predictions = pd.read_csv(out / "predictions.csv", dtype={"id": str, "label": str}, keep_default_na=False)
+    test = pd.read_csv(synthetic_tasks[task] / "test.csv", dtype=str, keep_default_na=False)
+    assert list(predictions["id"]) == list(test["id"])
+    assert list(predictions.columns) == ["id", "label"] + [f"p_{label}" for label in labels]
+    probs = predictions[[f"p_{label}" for label in labels]].to_numpy()
+    if task == "diag":
+        assert saved["test"]["n_labels_evaluated"] + saved["test"]["n_labels_skipped"] == len(labels)
+    else:
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    for name in ("bundle.json", "head.safetensors", "adapters/clinical/adapter_model.safetensors",
+                 "adapters/downstream/adapter_model.safetensors", "config.yaml"):
+        assert (out / name).is_file(), name
+
+
+def test_evaluate_reloads_the_bundle_and_reproduces_test_predictions(tiny_llama, clinical_run, synthetic_tasks, tmp_path):
+    from clinpeft.cli import main
+
+    run = tmp_path / "run"
+    config = load_config(FinetuneConfig, None, overrides(tiny_llama, synthetic_tasks["diag"], variant="clinical_frozen+downstream",
+                                                        clinical_adapter=clinical_run))
+    metrics = finetune.main(config, run, progress=False)
+    assert main(["evaluate", str(run), "--data", str(synthetic_tasks["diag"] / "test.csv"), "--out", str(tmp_path / "eval"), "--quiet"]) == 0
+    again = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert again["eval"]["auroc"] == pytest.approx(metrics["test"]["auroc"], abs=1e-6)
+    original = pd.read_csv(run / "predictions.csv")
+    rescored = pd.read_csv(tmp_path / "eval" / "predictions.csv")
+    np.testing.assert_allclose(rescored.iloc[:, 2:].to_numpy(), original.iloc[:, 2:].to_numpy(), atol=1e-5)
+
+
+def test_frozen_clinical_adapter_is_saved_unchanged(tiny_llama, clinical_run, synthetic_tasks, tmp_path):
+    from safetensors.torch import load_file
+
+    config = load_config(FinetuneConfig, None, overrides(tiny_llama, synthetic_tasks["mor"], variant="clinical_frozen+downstream",
+                                                        clinical_adapter=clinical_run))
+    finetune.main(config, tmp_path / "run", progress=False)
+    original = load_file(clinical_run / "adapter" / "adapter_model.safetensors")
+    saved = load_file(tmp_path / "run" / "adapters" / "clinical" / "adapter_model.safetensors")
+    assert original.keys() == saved.keys()
+    for key in original:
+        assert torch.equal(original[key], saved[key]), key
