@@ -101,7 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from clinpeft.training import set_progress_bars
+
     progress = not getattr(args, "quiet", False)
+    set_progress_bars(progress)
     if args.command == "pretrain":
         from clinpeft.config import PretrainConfig, load_config
         from clinpeft.recipes import pretrain

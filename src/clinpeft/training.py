@@ -56,6 +56,28 @@ def training_arguments(train: TrainSection, output_dir: Path, progress: bool = T
     )
 
 
+def silence_trainer(trainer, progress: bool):
+    """Without progress bars the Trainer prints its log dicts instead; drop those too."""
+    if not progress:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def set_progress_bars(enabled: bool) -> None:
+    """Turn the Hugging Face libraries' own bars (loading weights, datasets.map) on or off."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    if enabled:
+        hf_logging.enable_progress_bar()
+        datasets.enable_progress_bars()
+    else:
+        hf_logging.disable_progress_bar()
+        datasets.disable_progress_bars()
+
+
 @torch.no_grad()
 def token_nll(model, blocks, batch_size: int, desc: str = "perplexity", progress: bool = True) -> tuple[float, int]:
     """Summed next-token NLL (nats) and the number of predicted tokens over packed `blocks`.

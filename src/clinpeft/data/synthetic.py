@@ -114,7 +114,7 @@ class _Condition:
     complaints: tuple[str, ...] = ()
     hpi: tuple[str, ...] = ()
     exam: tuple[str, ...] = ()  # "System: finding"
-    meds: tuple[str, ...] = ()
+    meds: tuple[str, ...] = ()  # one slot per drug; "A|B" = alternatives, one is taken
     treat: tuple[str, ...] = ()
     procs: tuple[tuple[str, float], ...] = ()  # (ICD-9 procedure code, probability)
     study: tuple[str, str, str] | None = None  # (radiology study, finding, impression)
@@ -307,15 +307,15 @@ _ACUTE: tuple[_Condition, ...] = (
 
 _CHRONIC: tuple[_Condition, ...] = (
     _chronic("htn", ("4019",), ("HTN", "hypertension"), 0.5,
-             meds=("Lisinopril 10 mg PO DAILY", "Amlodipine 5 mg PO DAILY", "Hydrochlorothiazide 25 mg PO DAILY")),
+             meds=("Lisinopril 10 mg PO DAILY|Losartan 50 mg PO DAILY", "Amlodipine 5 mg PO DAILY", "Hydrochlorothiazide 25 mg PO DAILY")),
     _chronic("hld", ("2724",), ("HLD", "hyperlipidemia", "high cholesterol"), 0.35,
-             meds=("Atorvastatin 40 mg PO QPM", "Simvastatin 20 mg PO QPM")),
+             meds=("Atorvastatin 40 mg PO QPM|Simvastatin 20 mg PO QPM|Rosuvastatin 10 mg PO QPM",)),
     _chronic("dm2", ("25000", "V5867"), ("DM2", "type 2 diabetes", "NIDDM", "insulin-dependent DM"), 0.25,
              meds=("MetFORMIN (Glucophage) 1000 mg PO BID", "Glargine 20 units SC qHS", "Humalog sliding scale")),
     _chronic("cad", ("41401", "V4581"), ("CAD", "coronary artery disease", "CAD s/p CABG", "CAD s/p PCI"), 0.2,
              meds=("Aspirin 81 mg PO DAILY", "Clopidogrel 75 mg PO DAILY", "Metoprolol Tartrate 25 mg PO BID"), mort=0.15),
     _chronic("afib", ("42731", "V5861"), ("afib", "AF", "paroxysmal atrial fibrillation"), 0.15, age_slope=0.6,
-             meds=("Warfarin 5 mg PO DAILY16", "Apixaban 5 mg PO BID", "Diltiazem 120 mg PO DAILY"),
+             meds=("Warfarin 5 mg PO DAILY16|Apixaban 5 mg PO BID|Rivaroxaban 20 mg PO DAILY", "Diltiazem 120 mg PO DAILY|Metoprolol Succinate XL 50 mg PO DAILY"),
              exam=("CV: irregularly irregular",), mort=0.1),
     _chronic("ckd", ("5853", "40390"), ("CKD", "CKD stage III", "chronic kidney disease"), 0.15,
              meds=("Calcitriol 0.25 mcg PO DAILY", "Sevelamer 800 mg PO TID"), mort=0.25, los=0.1),
@@ -327,8 +327,8 @@ _CHRONIC: tuple[_Condition, ...] = (
              exam=("Ext: 1+ bilateral LE edema",), mort=0.35, los=0.1, resp=0.2),
     _chronic("hypothyroid", ("2449",), ("hypothyroidism", "hypothyroid"), 0.12, meds=("Levothyroxine Sodium 75 mcg PO DAILY",)),
     _chronic("depression", ("311",), ("depression", "MDD", "anxiety/depression"), 0.15, age_slope=-0.2,
-             meds=("Sertraline 50 mg PO DAILY", "Citalopram 20 mg PO DAILY")),
-    _chronic("gerd", ("53081",), ("GERD", "reflux"), 0.15, meds=("Omeprazole 20 mg PO DAILY", "Pantoprazole 40 mg PO Q24H")),
+             meds=("Sertraline 50 mg PO DAILY|Citalopram 20 mg PO DAILY|Escitalopram 10 mg PO DAILY", "Trazodone 50 mg PO QHS:PRN insomnia")),
+    _chronic("gerd", ("53081",), ("GERD", "reflux"), 0.15, meds=("Omeprazole 20 mg PO DAILY|Pantoprazole 40 mg PO Q24H",)),
     _chronic("obesity", ("27800",), ("obesity", "morbid obesity, BMI 42"), 0.1, age_slope=-0.2),
     _chronic("anemia", ("2859",), ("chronic anemia", "anemia"), 0.1, meds=("Ferrous Sulfate 325 mg PO DAILY",), los=0.1),
     _chronic("tobacco", ("3051",), ("tobacco use", "active smoker", "tobacco abuse"), 0.15, age_slope=-0.4, mort=0.1, resp=0.1),
@@ -588,14 +588,14 @@ _NORMAL_EXAM = {
 }
 # What the ED course says at each tier of observed severity (noisy readout of the latent severity).
 _COURSE_BY_TIER = (
-    ("HD stable in the ED", "ambulating in the ED without difficulty", "pain controlled with tylenol", "comfortable on arrival"),
-    ("given 1L NS", "labs notable for mild leukocytosis", "admitted to medicine for further management", "VSS in the ED"),
+    ("HD stable", "ambulating without difficulty", "pain controlled with tylenol", "comfortable on arrival"),
+    ("given 1L NS", "labs notable for mild leukocytosis", "admitted to medicine for further management", "VSS"),
     ("received 3L IVF", "lactate 3.4", "admitted to the step-down unit", "transient hypotension responsive to fluids", "started on IV abx"),
     ("started on levophed for MAP < 65", "MAP in the 50s despite 4L IVF", "admitted to the MICU", "R IJ CVL placed in the ED",
      "lactate 6.2", "family meeting held re: goals of care"),
 )
 _GEN_BY_TIER = (
-    ("NAD, A&Ox3", "well-appearing, comfortable", "pleasant elderly pt in NAD", "sitting up in bed, NAD"),
+    ("NAD, A&Ox3", "well-appearing, comfortable", "pleasant, in NAD", "sitting up in bed, NAD"),
     ("tired-appearing but in NAD", "mildly uncomfortable", "appears stated age, mild distress"),
     ("ill-appearing", "uncomfortable, diaphoretic", "lethargic but arousable", "moderate distress"),
     ("toxic-appearing", "lethargic, responds only to sternal rub", "mottled, cool extremities", "obtunded"),
@@ -702,7 +702,8 @@ def _medical_history(rng, adm: _Admission) -> str:
 
 
 def _medication_list(rng, conditions: Sequence[_Condition], p: float) -> list[str]:
-    return _dedupe(m for c in conditions for m in c.meds if rng.random() < p)
+    """Each drug slot of each condition taken with probability p (one of its alternatives)."""
+    return _dedupe(_pick(rng, slot.split("|")) for c in conditions for slot in c.meds if rng.random() < p)
 
 
 def _medications(rng, adm: _Admission) -> str:
@@ -929,7 +930,7 @@ def _hospital_course(rng, adm: _Admission) -> str:
     for c in adm.acute:
         lines.append(f"# {_pick(rng, c.names)}: {_pick(rng, c.hpi)}. Treated with {_pick(rng, c.treat)}. {_pick(rng, _COURSE_RESPONSE)}")
     for c in adm.chronic[:2]:
-        meds = [m.split(" ")[0] for m in c.meds]
+        meds = [_pick(rng, slot.split("|")).split(" ")[0] for slot in c.meds]
         lines.append(f"# {_pick(rng, c.names)}: " + (f"continued home {_pick(rng, meds)}." if meds else "stable, no active issues."))
     return "\n".join(lines)
 
@@ -987,7 +988,7 @@ def _radiology_report(rng, adm: _Admission, kind: str, finding: str, impression:
                     f"at {_DE_ID}, within 30 minutes of discovery." if finding and rng.random() < 0.3 else "")
     return "\n\n".join([
         f"EXAMINATION:  {exam}",
-        f"INDICATION:  {_age_text(adm.age)} year old {word} with {indication}  // {_pick(rng, ('eval for acute process', 'r/o ' + _pick(rng, adm.reason.names), 'interval change?'))}",
+        f"INDICATION:  {_DE_ID} year old {word} with {indication}  // {_pick(rng, ('eval for acute process', 'r/o ' + _pick(rng, adm.reason.names), 'interval change?'))}",
         f"TECHNIQUE:  {technique}",
         f"COMPARISON:  {_pick(rng, ('None.', f'{_DE_ID}', f'Prior study from {_DE_ID}.'))}",
         "FINDINGS: \n\n" + " ".join(sentences),

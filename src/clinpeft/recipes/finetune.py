@@ -36,7 +36,7 @@ from clinpeft.modeling.adapters import find_clinical_adapter
 from clinpeft.modeling.base import count_parameters, device_summary, resolve_base
 from clinpeft.modeling.classifier import Classifier, build_classifier, encode, pad_batch, predict_logits, save_bundle
 from clinpeft.rundir import atomic_run_dir, write_json
-from clinpeft.training import training_arguments
+from clinpeft.training import silence_trainer, training_arguments
 
 
 def main(config: FinetuneConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> dict:
@@ -141,7 +141,7 @@ def make_trainer(clf: Classifier, task: TaskData, config: FinetuneConfig, run_di
         compute_metrics=compute_metrics,
         callbacks=[keep_best],
     )
-    return trainer, keep_best
+    return silence_trainer(trainer, progress), keep_best
 
 
 def probabilities(task_type: str, logits: np.ndarray) -> np.ndarray:

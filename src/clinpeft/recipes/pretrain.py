@@ -34,7 +34,7 @@ from clinpeft.modeling.base import (
     resolve_base,
 )
 from clinpeft.rundir import atomic_run_dir, write_json
-from clinpeft.training import split_perplexity, training_arguments
+from clinpeft.training import silence_trainer, split_perplexity, training_arguments
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True) -> dict:
     # --- setup: base model, corpus, blocks
     base_path = resolve_base(config.model.base, progress=progress)
     tokenizer = load_tokenizer(base_path)
+    tokenizer.model_max_length = 2**62  # notes are cut into blocks by packing, not by the tokenizer
     cache_dir = run_dir / ".cache"  # Arrow files of the notes: inside the run, deleted at the end
     splits, data_info = load_corpus(config.data, cache_dir)
     blocks = tokenize_corpus(splits, tokenizer, config, progress)
@@ -103,12 +104,12 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True) -> dict:
 
     # --- fit
     trainer_dir = run_dir / ".trainer"
-    trainer = Trainer(
+    trainer = silence_trainer(Trainer(
         model=model,
         args=training_arguments(config.train, trainer_dir, progress),
         train_dataset=train_blocks,
         data_collator=default_data_collator,  # blocks are fixed-size; no attention_mask on purpose
-    )
+    ), progress)
     fit_started = time.time()
     trainer.train()
     train_time = time.time() - fit_started
