@@ -41,7 +41,8 @@ into a note. So a bag of words learns every task, but not perfectly: a TF-IDF + 
 gets a test AUROC of roughly 0.65-0.9 per task at the "default" size (see tests/test_synthetic.py).
 
 Everything is drawn from numpy Generators seeded by (seed, stream), never from Python's `hash` or
-set order, so a seed gives byte-identical files on every platform (gzip headers carry no mtime).
+set order, so a seed gives byte-identical files on every platform for a given numpy version (the
+gzip headers carry no mtime and no file name).
 
 Ids and the patient split
 -------------------------
@@ -481,7 +482,8 @@ def _draw_acute(rng: np.random.Generator, age: int, chronic_keys: Sequence[str],
     return _ACUTE[int(rng.choice(len(_ACUTE), p=w / w.sum()))]
 
 
-def _draw_admission(rng, patient, sex, age, frailty, chronic) -> _Admission:
+def _draw_admission(rng: np.random.Generator, patient: int, sex: str, age: int, frailty: float,
+                    chronic: list[_Condition]) -> _Admission:
     chronic_keys = [c.key for c in chronic]
     acute = [_draw_acute(rng, age, chronic_keys)]
     if rng.random() < 0.25:  # a second acute problem
@@ -509,7 +511,8 @@ def _draw_admission(rng, patient, sex, age, frailty, chronic) -> _Admission:
                       _code_procedures(rng, acute, severity, vent, vent_days))
 
 
-def _code_diagnoses(rng, acute, chronic, severity, age, died) -> list[str]:
+def _code_diagnoses(rng: np.random.Generator, acute: list[_Condition], chronic: list[_Condition],
+                    severity: float, age: int, died: bool) -> list[str]:
     codes = []
     for i, c in enumerate(acute):  # principal diagnosis first, like SEQ_NUM 1
         codes += [c.dx[0]] + _some(rng, c.dx[1:], 0.6 if i == 0 else 0.4)
@@ -529,7 +532,8 @@ def _code_diagnoses(rng, acute, chronic, severity, age, died) -> list[str]:
     return _dedupe(codes)
 
 
-def _code_procedures(rng, acute, severity, vent, vent_days) -> list[str]:
+def _code_procedures(rng: np.random.Generator, acute: list[_Condition], severity: float, vent: bool,
+                     vent_days: float) -> list[str]:
     codes = [code for c in acute for code, p in c.procs if rng.random() < p]
     codes += _some(rng, _BACKGROUND_PROCS, 0.04)
     if vent:
@@ -944,8 +948,9 @@ def _discharge_summary(rng, adm: _Admission) -> str:
     procs = _dedupe(_PROC_NAMES[c] for c in adm.procs if c in _PROC_NAMES)
     dx_secondary = _dedupe(_pick(rng, c.names) for c in adm.acute[1:] + adm.chronic)[:4]
     # bounded lists keep a summary at ~150-400 words (CPU demo speed)
-    admission_meds = _medication_list(rng, adm.chronic, 0.5)[:8]
-    discharge_meds = _dedupe(_medication_list(rng, adm.acute, 0.7) + [m for m in admission_meds if rng.random() < 0.85])[:8]
+    admission_meds = _medication_list(rng, adm.chronic, 0.5)[:6]
+    discharge_meds = _dedupe(_medication_list(rng, adm.acute, 0.7) + [m for m in admission_meds if rng.random() < 0.85])[:6]
+    disposition = _pick(rng, _DISPOSITION)
     sections = [
         f"Name:  {_DE_ID}                     Unit No:   {_DE_ID}",
         f"Admission Date:  {_DE_ID}              Discharge Date:   {_DE_ID}",
@@ -964,7 +969,7 @@ def _discharge_summary(rng, adm: _Admission) -> str:
         f"Brief Hospital Course:\n{_hospital_course(rng, adm)}",
         "Medications on Admission:\n" + _numbered(admission_meds),
         "Discharge Medications:\n" + _numbered(discharge_meds),
-        f"Discharge Disposition:\n{_pick(rng, _DISPOSITION)}" + (f"\n\nFacility:\n{_DE_ID}" if rng.random() < 0.2 else ""),
+        f"Discharge Disposition:\n{disposition}" + (f"\n\nFacility:\n{_DE_ID}" if disposition == "Extended Care" else ""),
         f"Discharge Diagnosis:\nPrimary: {_pick(rng, adm.reason.names)}" + (f"\nSecondary: {', '.join(dx_secondary)}" if dx_secondary else ""),
         "Discharge Condition:\nMental Status: Clear and coherent.\nLevel of Consciousness: Alert and interactive.\n"
         "Activity Status: " + _pick(rng, ("Ambulatory - Independent.", "Ambulatory - requires assistance or aid (walker or cane).", "Out of Bed with assistance to chair or wheelchair.")),
