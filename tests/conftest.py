@@ -51,6 +51,27 @@ def other_tiny_llama(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_home(tmp_path_factory) -> Path:
+    """A CLINPEFT_HOME holding the real demo base model, built once per test session.
+
+    CI sets CLINPEFT_HOME to a folder of the clone; locally a temporary folder is used, never
+    the user's own cache.
+    """
+    from clinpeft.modeling import demo_base as db
+
+    home = Path(os.environ["CLINPEFT_HOME"]) if os.environ.get("CLINPEFT_HOME") else tmp_path_factory.mktemp("home")
+    db.ensure_demo_base(home / f"demo-base-{db.DEMO_BASE_VERSION}", progress=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def demo_base(demo_home) -> Path:
+    from clinpeft.modeling.demo_base import DEMO_BASE_VERSION
+
+    return demo_home / f"demo-base-{DEMO_BASE_VERSION}"
+
+
+@pytest.fixture(scope="session")
 def synthetic_tasks(tmp_path_factory) -> dict:
     """The five tasks, small: {task: dir}."""
     from clinpeft.data.synthetic import write_tasks

@@ -31,9 +31,9 @@ CLINICAL_TEXTS = [
 
 
 @pytest.fixture(scope="session")
-def built(tmp_path_factory) -> Path:
-    """The real demo base, built once per session, never in the user's home."""
-    return db.ensure_demo_base(tmp_path_factory.mktemp("demo-base") / "base", progress=False)
+def built(demo_base) -> Path:
+    """The real demo base, built once per session (conftest), never in the user's home."""
+    return demo_base
 
 
 @pytest.fixture(scope="session")

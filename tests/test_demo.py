@@ -1,0 +1,55 @@
+"""`clinpeft demo --quick` end to end: both tables from the real recipes, and a rerun reuses the runs."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from clinpeft.cli import main
+
+TASKS = ["PMV", "MOR", "LOS", "DIAG", "PROC"]
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_home, tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CLINPEFT_HOME", str(demo_home))
+    out = tmp_path_factory.mktemp("demo") / "demo-out"
+    try:
+        assert main(["demo", "--out", str(out), "--quick", "--quiet"]) == 0
+    finally:
+        mp.undo()
+    return out
+
+
+@pytest.mark.slow
+def test_table2_shows_clinical_pretraining_lowers_test_perplexity(demo_run):
+    table = pd.read_csv(demo_run / "report" / "table2.csv")
+    run = json.loads((demo_run / "pretrain" / "lora" / "run.json").read_text())
+    assert len(table) == 2  # the base model without adapter, and the clinical LoRA
+    assert run["test_ppl"] < run["base_test_ppl"]
+    assert run["trainable_params"] > 0 and run["train_time_s"] > 0
+    markdown = (demo_run / "report" / "table2.md").read_text()
+    assert "LoRA" in markdown and "(none: base model)" in markdown
+
+
+@pytest.mark.slow
+def test_table3_has_every_task_and_the_macro_average(demo_run):
+    table = pd.read_csv(demo_run / "report" / "table3.csv")
+    assert len(table) == 3  # lora, clinical_frozen+downstream, clinical_trainable+downstream
+    for task in TASKS:
+        assert table[task].between(0, 100).all(), task
+    assert table["Macro avg"].to_numpy() == pytest.approx(table[TASKS].mean(axis=1).to_numpy())
+    for variant in ("lora", "clinical_frozen+downstream", "clinical_trainable+downstream"):
+        for task in TASKS:
+            metrics = json.loads((demo_run / "finetune" / variant / task.lower() / "metrics.json").read_text())
+            assert metrics["variant"] == variant and metrics["task"] == task.lower()
+
+
+@pytest.mark.slow
+def test_rerun_reuses_finished_runs(demo_run, demo_home, monkeypatch, capsys):
+    monkeypatch.setenv("CLINPEFT_HOME", str(demo_home))
+    stamp = (demo_run / "finetune" / "lora" / "mor" / "metrics.json").stat().st_mtime
+    assert main(["demo", "--out", str(demo_run), "--quick", "--quiet"]) == 0
+    assert (demo_run / "finetune" / "lora" / "mor" / "metrics.json").stat().st_mtime == stamp
+    assert "reusing" in capsys.readouterr().out
