@@ -88,5 +88,9 @@ def tokenize_and_pack(batch: dict, tokenizer, text_column: str, block_size: int,
     return layout(segments, block_size, tokenizer.pad_token_id)
 
 
-def count_predicted_tokens(labels: list[list[int]]) -> int:
-    return sum(1 for row in labels for t in row if t != IGNORE_INDEX)
+def count_predicted_tokens(blocks, batch_size: int = 1000) -> int:
+    """Tokens with a label (not -100) in a dataset of blocks, read batch by batch (bounded memory)."""
+    return sum(
+        sum(t != IGNORE_INDEX for row in batch["labels"] for t in row)
+        for batch in blocks.select_columns(["labels"]).iter(batch_size=batch_size)
+    )

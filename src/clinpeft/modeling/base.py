@@ -61,7 +61,7 @@ def load_causal_lm(path: Path, dtype: str = "auto", attn_implementation: str = "
         path, dtype=torch_dtype(dtype), attn_implementation=attn_implementation
     )
     model.config.use_cache = False  # a KV cache would let packed notes attend to each other
-    return model
+    return to_device(model)
 
 
 def load_sequence_classifier(
@@ -88,7 +88,14 @@ def load_sequence_classifier(
         hf_logging.set_verbosity(verbosity)
     model.config.pad_token_id = pad_token_id
     model.config.use_cache = False
-    return model
+    return to_device(model)
+
+
+def to_device(model):
+    """This process's accelerator (its own GPU under `accelerate launch`), or the CPU."""
+    from accelerate import PartialState
+
+    return model.to(PartialState().device)
 
 
 HEAD_NAMES = ("score", "classifier")  # LLaMA-family, BERT-family

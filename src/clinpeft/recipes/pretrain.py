@@ -81,7 +81,7 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True) -> dict:
     splits, data_info = load_corpus(config.data, cache_dir)
     blocks = tokenize_corpus(splits, tokenizer, config, progress)
     train_blocks, test_blocks = blocks["train"], blocks["test"]
-    train_tokens = count_predicted_tokens(train_blocks["labels"])
+    train_tokens = count_predicted_tokens(train_blocks)
     ppl_train_blocks = sample_blocks(train_blocks, config.eval.train_max_blocks, config.data.split_seed)
 
     model = load_causal_lm(base_path, config.model.dtype, config.model.attn_implementation)
@@ -146,7 +146,7 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True) -> dict:
         "train_blocks": len(train_blocks),
         "test_blocks": len(test_blocks),
         "train_tokens": train_tokens,
-        "test_tokens": count_predicted_tokens(test_blocks["labels"]),
+        "test_tokens": count_predicted_tokens(test_blocks),
         "packing": config.data.packing,
         "packing_efficiency": train_tokens / (len(train_blocks) * config.data.max_seq_len),  # predicted / slots
         "optimizer_steps": trainer.state.global_step,
