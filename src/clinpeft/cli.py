@@ -30,6 +30,10 @@ the two steps of the paper:
 
 everything at once on a tiny model (CPU, a few minutes):
   clinpeft demo --out demo-out
+  clinpeft demo --out demo-out --methods all      # Table 2 with all six pretraining methods
+
+trainable parameters of a recipe, without weights (the paper's Table 2 counts):
+  clinpeft params llama-7b configs/llama-7b/pretrain_prefix_tuning.yaml
 """
 
 
@@ -70,12 +74,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="demo directory (data/, pretrain/, finetune/, report/); rerunning reuses finished runs")
     p.add_argument("--quick", action="store_true", help="smaller data and fewer steps (about 2 minutes on a laptop CPU)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and of training")
+    p.add_argument("--methods", default="lora", metavar="M[,M...]|all",
+                   help="pretraining methods for Table 2 (lora, prefix_tuning, prompt_tuning, p_tuning, "
+                   "adaption_prompt, full, or all; default lora); fine-tuning always uses the clinical LoRA")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("pretrain", help="step 1: domain-adaptive pretraining of a clinical adapter (Table 2)",
                        description="Train a PEFT adapter on clinical notes on top of a local causal LM; "
                        "writes adapter/, config.yaml and run.json (parameters, perplexities, time).")
     add_workflow_args(p, "YAML recipe, e.g. configs/demo/pretrain_lora.yaml")
+
+    p = sub.add_parser("params", help="trainable / total parameters of a pretraining recipe, without loading weights",
+                       description="Build MODEL on the meta device (no weights, no memory), apply the recipe's "
+                       "PEFT method and print trainable parameters, total parameters and the percentage "
+                       "(the paper's Table 2 column).")
+    p.add_argument("model", help="a local model directory (its config.json), demo, or a preset: llama-7b, llama-13b")
+    p.add_argument("recipe", help="pretraining recipe, e.g. configs/llama-7b/pretrain_lora.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. peft.r=8")
+    p.add_argument("--json", action="store_true", help="print one JSON object: trainable_params, total_params, percent")
 
     p = sub.add_parser("finetune", help="step 2: downstream fine-tuning for a clinical task (Table 3)",
                        description="Train a classifier (variant: head, lora, clinical_frozen, clinical_frozen+downstream, "
@@ -114,6 +130,21 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"{args.out}: {result['trainable_params']:,} trainable params ({result['trainable_percent']:.4f}%), "
               f"train ppl {result['train_ppl']:.3f}, test ppl {result['test_ppl']:.3f}"
               + (f" (base model {result['base_test_ppl']:.3f})" if result.get("base_test_ppl") else ""))
+    elif args.command == "params":
+        import json
+
+        from clinpeft.config import PretrainConfig, load_config
+        from clinpeft.recipes import params
+        from clinpeft.report import format_params, format_percent
+
+        config = load_config(PretrainConfig, args.recipe, args.overrides)
+        counts = params.count(args.model, config)
+        if args.json:
+            print(json.dumps(counts))
+        else:
+            trainable, total = counts["trainable_params"], counts["total_params"]
+            print(f"{args.model} + {config.peft.method}: trainable params: {trainable:,} ({format_params(trainable)}) "
+                  f"|| total params: {total:,} ({format_params(total)}) || trainable: {format_percent(counts['percent'])}")
     elif args.command == "finetune":
         from clinpeft.config import FinetuneConfig, load_config
         from clinpeft.recipes import finetune
@@ -137,7 +168,7 @@ def run_command(args: argparse.Namespace) -> int:
     elif args.command == "demo":
         from clinpeft.recipes import demo
 
-        demo.main(args.out, quick=args.quick, seed=args.seed, progress=progress)
+        demo.main(args.out, quick=args.quick, seed=args.seed, progress=progress, methods=demo.parse_methods(args.methods))
     return 0
 
 

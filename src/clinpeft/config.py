@@ -6,8 +6,8 @@ Defaults are the paper's hyperparameters (Gema et al. 2023, Appendix A.1 and B.1
 small diff on them. Unknown keys and ill-typed values fail with a message naming the key. The
 resolved config is saved as `config.yaml` in every run directory.
 
-PEFT hyperparameters carry peft's own names (`r`, `lora_alpha`, `lora_dropout`,
-`target_modules`), so a recipe reads like the peft docs.
+PEFT hyperparameters carry peft's own names (`r`, `lora_alpha`, `num_virtual_tokens`,
+`encoder_hidden_size`, `adapter_len`, ...), so a recipe reads like the peft docs.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from clinpeft.errors import ClinpeftError
 
@@ -61,10 +61,62 @@ class LoraSection(Section):
     bias: Literal["none", "all", "lora_only"] = "none"
 
 
-class PeftSection(LoraSection):
-    """The clinical adapter of domain-adaptive pretraining. `method` picks the PEFT technique."""
+# The methods of the paper's Table 2: five PEFT techniques and full fine-tuning ("Clinical LLaMA").
+PEFT_METHODS = ("lora", "prefix_tuning", "prompt_tuning", "p_tuning", "adaption_prompt", "full")
+PeftMethod = Literal["lora", "prefix_tuning", "prompt_tuning", "p_tuning", "adaption_prompt", "full"]
 
-    method: Literal["lora"] = "lora"
+# The peft.* keys each method reads; a key of another method left at its default is ignored, a
+# changed one is an error (it would silently do nothing).
+METHOD_FIELDS = {
+    "lora": ("r", "lora_alpha", "lora_dropout", "target_modules", "bias"),
+    "prefix_tuning": ("num_virtual_tokens", "prefix_projection", "encoder_hidden_size"),
+    "prompt_tuning": ("num_virtual_tokens", "prompt_tuning_init", "prompt_tuning_init_text"),
+    "p_tuning": ("num_virtual_tokens", "encoder_reparameterization_type", "encoder_hidden_size",
+                 "encoder_num_layers", "encoder_dropout"),
+    "adaption_prompt": ("adapter_len", "adapter_layers"),
+    "full": (),
+}
+
+
+class PeftSection(LoraSection):
+    """The clinical adapter of domain-adaptive pretraining. `method` picks the PEFT technique.
+
+    One flat section under peft's own parameter names; each method reads only its own keys
+    (METHOD_FIELDS). Defaults are peft's where peft has one, else the paper's Table 2 setting for
+    LLaMA-7B. Search spaces (Appendix A.2): configs/search_spaces.yaml.
+    """
+
+    method: PeftMethod = "lora"
+    # prefix_tuning, prompt_tuning, p_tuning: virtual tokens put before every row
+    num_virtual_tokens: int = Field(20, ge=1)
+    # prefix_tuning: False = the key/value prefix itself is trained (num_virtual_tokens x 2 x layers x hidden
+    # params); True = it is produced by a 2-layer MLP of width encoder_hidden_size
+    prefix_projection: bool = False
+    # prompt_tuning: start the soft prompt from the embeddings of this text (TEXT) or at random (RANDOM)
+    prompt_tuning_init: Literal["TEXT", "RANDOM"] = "TEXT"
+    prompt_tuning_init_text: str = "Finish this clinical note:"  # the paper's (Appendix A.2)
+    # p_tuning: the prompt encoder that produces the virtual tokens (MLP: always 2 hidden layers)
+    encoder_reparameterization_type: Literal["MLP", "LSTM"] = "MLP"
+    encoder_hidden_size: int | None = Field(None, ge=1)  # None: the model's hidden size (peft's default)
+    encoder_num_layers: int = Field(2, ge=1)  # LSTM layers (bidirectional); MLP ignores it
+    encoder_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # between LSTM layers
+    # adaption_prompt (LLaMA-Adapter): adapter_len prompt tokens in each of the top adapter_layers layers,
+    # adapter_layers x (adapter_len x hidden + 1 gate) params
+    adapter_len: int = Field(10, ge=1)
+    adapter_layers: int = Field(30, ge=1)
+
+    @model_validator(mode="after")
+    def _only_this_methods_keys(self) -> "PeftSection":
+        own = set(METHOD_FIELDS[self.method]) | {"method"}
+        changed = [name for name, field in type(self).model_fields.items()
+                   if name not in own and getattr(self, name) != field.get_default(call_default_factory=True)]
+        if changed:
+            owners = {name: next(m for m, keys in METHOD_FIELDS.items() if name in keys) for name in changed}
+            keys = ", ".join(f"peft.{name} (a {owners[name]} key)" for name in changed)
+            raise ValueError(f"{keys} does nothing with peft.method={self.method}; remove it, or set peft.method "
+                             f"to the method it belongs to (keys of {self.method}: "
+                             f"{', '.join(METHOD_FIELDS[self.method]) or 'none'})")
+        return self
 
 
 class TrainSection(Section):

@@ -80,7 +80,7 @@ def set_progress_bars(enabled: bool) -> None:
 
 @torch.no_grad()
 def token_nll(model, blocks, batch_size: int, desc: str = "perplexity", progress: bool = True) -> tuple[float, int]:
-    """Summed next-token NLL (nats) and the number of predicted tokens over packed `blocks`.
+    """Summed next-token NLL (nats) and the number of predicted tokens over `blocks` (packed or not).
 
     Labels of -100 are skipped. With several processes (accelerate launch) each takes a shard
     and the sums are added, so the result is the same as on one device.
@@ -97,10 +97,13 @@ def token_nll(model, blocks, batch_size: int, desc: str = "perplexity", progress
         for start in tqdm(starts, desc=desc, disable=not progress or not state.is_main_process, leave=False):
             rows = blocks[indices[start : start + batch_size]]
             input_ids = torch.tensor(rows["input_ids"], device=device)
-            position_ids = torch.tensor(rows["position_ids"], device=device)
             labels = torch.tensor(rows["labels"], device=device)
-            # attention_mask=None + position ids: each packed note attends only to itself.
-            logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+            # attention_mask=None + position ids: each packed note attends only to itself. Unpacked
+            # rows (one note each, right-padded) have no position ids: see pretrain.tokenize_corpus.
+            extra = {"position_ids": torch.tensor(rows["position_ids"], device=device)} if "position_ids" in rows else {}
+            logits = model(input_ids=input_ids, use_cache=False, **extra).logits
+            # prompt / p-tuning return logits for their virtual tokens first: keep the row's own
+            logits = logits[:, -input_ids.size(1):]
             shift_logits = logits[:, :-1].float()
             shift_labels = labels[:, 1:]
             nll = torch.nn.functional.cross_entropy(

@@ -12,6 +12,21 @@ peft pitfalls handled here (DESIGN.md 5): `PeftModel.set_adapter` takes one name
 adapters go through `model.base_model.set_adapter([...])`, which also makes both trainable; we
 set `requires_grad` explicitly afterwards. A CAUSAL_LM adapter loads onto a classifier only with
 `task_type=None`.
+
+Clinical adapters of the other Table 2 methods, downstream (DESIGN.md 5):
+- adaption_prompt loads like a LoRA (task_type=None); it has no `modules_to_save`, which does not
+  matter here since we save the head ourselves.
+- prompt_tuning / p_tuning only prepend their virtual tokens in peft's task wrapper, so they are
+  loaded as SEQ_CLS (which wraps the head in a ModulesToSaveWrapper: the copy it trains is the
+  head, see `head_module`). peft loads prompt adapters frozen only, and saves p-tuning's *output*
+  embeddings, not its MLP/LSTM encoder: "trainable" therefore trains those embeddings directly.
+  The classifier pools the last position of `inputs_embeds`, so these need left padding.
+- prefix_tuning cannot classify with transformers 5.x (LlamaForSequenceClassification has no
+  `past_key_values` argument any more, which peft needs for the prefix): refused.
+- A downstream LoRA cannot be stacked on a non-LoRA clinical adapter: peft cannot make adapters
+  of two types active in one model. Refused, with the variants that do work.
+- `full` is not an adapter but a whole clinical model (the paper's "Clinical LLaMA"): it becomes
+  the base model of the run (`full_model_variant`).
 """
 
 from __future__ import annotations
@@ -20,14 +35,46 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
+import torch
+from peft import (
+    AdaptionPromptConfig,
+    LoraConfig,
+    PeftConfig,
+    PeftModel,
+    PrefixTuningConfig,
+    PromptEncoderConfig,
+    PromptTuningConfig,
+    get_peft_model,
+)
+from peft.utils import load_peft_weights
 
 from clinpeft.config import LoraSection, PeftSection
 from clinpeft.errors import ClinpeftError
 
 CLINICAL = "clinical"
 DOWNSTREAM = "downstream"
-ADAPTER_META = "clinpeft_adapter.json"  # written beside adapter_config.json
+ADAPTER_META = "clinpeft_adapter.json"  # written beside adapter_config.json (or a full model's config.json)
+
+PROMPT_LEARNING = ("prefix_tuning", "prompt_tuning", "p_tuning")  # peft's prompt-learning methods
+
+# Methods that cannot train on packed blocks, and why: pretraining falls back to one note per row
+# for them (tests/test_methods.py shows the packed logits differ from each note's own, and that the
+# fallback gives each note's own). LoRA, adaption_prompt and full pack exactly: adaption_prompt's
+# prompt is attended by every token whatever its position, and its queries take the packed
+# position ids.
+PACKING_FALLBACK = {
+    "prefix_tuning": "prefix tuning hands its prefix to the model as a KV cache, and transformers builds "
+                     "the per-note attention mask of packed blocks only without a cache, so packed notes "
+                     "would attend to each other",
+    "prompt_tuning": "prompt tuning prepends its virtual tokens once per row and peft drops position_ids, "
+                     "so packed notes would share one prompt and attend to each other",
+    "p_tuning": "p-tuning prepends its virtual tokens once per row and peft drops position_ids, "
+                "so packed notes would share one prompt and attend to each other",
+}
+
+# A full clinical model is a new base model: the variants that keep it frozen map onto the plain
+# variants on top of it (Table 3's "Clinical LLaMA" row is the head on it).
+FULL_MODEL_VARIANTS = {"clinical_frozen": "head", "clinical_frozen+downstream": "lora"}
 
 
 def lora_config(section: LoraSection, task_type: str | None) -> LoraConfig:
@@ -41,19 +88,61 @@ def lora_config(section: LoraSection, task_type: str | None) -> LoraConfig:
     )
 
 
-def pretraining_peft_config(section: PeftSection):
-    """The peft config of a domain-adaptive-pretraining method (peft's own parameter names)."""
-    if section.method == "lora":
-        return lora_config(section, task_type="CAUSAL_LM")
-    raise ClinpeftError(f"peft.method: {section.method!r} is not supported; use lora")
+def pretraining_peft_config(section: PeftSection, tokenizer_path: str | Path | None = None):
+    """The peft config of a domain-adaptive-pretraining method (peft's own parameter names).
+
+    `tokenizer_path`: the base model's directory, for prompt tuning's text initialisation.
+    """
+    method, task_type = section.method, "CAUSAL_LM"
+    if method == "lora":
+        return lora_config(section, task_type)
+    if method == "prefix_tuning":
+        return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=section.num_virtual_tokens,
+                                  prefix_projection=section.prefix_projection,
+                                  encoder_hidden_size=section.encoder_hidden_size)
+    if method == "prompt_tuning":
+        from_text = section.prompt_tuning_init == "TEXT"
+        if from_text and tokenizer_path is None:
+            raise ClinpeftError("peft.prompt_tuning_init=TEXT needs the base model's tokenizer; "
+                                "set peft.prompt_tuning_init=RANDOM")
+        return PromptTuningConfig(task_type=task_type, num_virtual_tokens=section.num_virtual_tokens,
+                                  prompt_tuning_init=section.prompt_tuning_init,
+                                  prompt_tuning_init_text=section.prompt_tuning_init_text if from_text else None,
+                                  tokenizer_name_or_path=str(tokenizer_path) if from_text else None)
+    if method == "p_tuning":
+        return PromptEncoderConfig(task_type=task_type, num_virtual_tokens=section.num_virtual_tokens,
+                                   encoder_reparameterization_type=section.encoder_reparameterization_type,
+                                   encoder_hidden_size=section.encoder_hidden_size,
+                                   encoder_num_layers=section.encoder_num_layers,
+                                   encoder_dropout=section.encoder_dropout)
+    if method == "adaption_prompt":
+        return AdaptionPromptConfig(task_type=task_type, adapter_len=section.adapter_len,
+                                    adapter_layers=section.adapter_layers)
+    raise ClinpeftError(f"peft.method={method} trains the model itself; it has no peft config")
 
 
-def add_pretraining_adapter(model, section: PeftSection):
-    """Wrap a causal LM with a fresh trainable clinical adapter (the only trainable weights)."""
+def add_pretraining_adapter(model, section: PeftSection, tokenizer_path: str | Path | None = None):
+    """Wrap a causal LM with a fresh trainable clinical adapter (the only trainable weights).
+
+    `full` returns the model itself with every parameter trainable (the paper's Clinical LLaMA).
+    """
+    if section.method == "full":
+        for param in model.parameters():
+            param.requires_grad = True
+        return model
+    layers = getattr(model.config, "num_hidden_layers", None)
+    if section.method == "adaption_prompt" and layers is not None and section.adapter_layers > layers:
+        raise ClinpeftError(f"peft.adapter_layers={section.adapter_layers}: {type(model).__name__} has only "
+                            f"{layers} layers; set peft.adapter_layers to at most {layers}")
     try:
-        return get_peft_model(model, pretraining_peft_config(section))
+        return get_peft_model(model, pretraining_peft_config(section, tokenizer_path))
     except ValueError as exc:  # e.g. target_modules not in this architecture
         raise ClinpeftError(f"peft: cannot add {section.method} to {type(model).__name__}: {exc}") from None
+
+
+def packing_fallback(method: str) -> str | None:
+    """Why `method` cannot train on packed blocks (None: it can)."""
+    return PACKING_FALLBACK.get(method)
 
 
 def write_adapter_meta(adapter_dir: Path, base_fingerprint: str, base_model: str, method: str) -> None:
@@ -63,30 +152,73 @@ def write_adapter_meta(adapter_dir: Path, base_fingerprint: str, base_model: str
 
 @dataclass
 class ClinicalAdapter:
-    path: Path  # folder with adapter_config.json + adapter_model.safetensors
-    base_fingerprint: str | None
+    path: Path  # folder with adapter_config.json + adapter_model.safetensors (full: a model directory)
+    base_fingerprint: str | None  # of the base model it was trained on
     base_model: str | None
-    method: str
+    method: str  # a peft.method of pretraining
 
 
 def find_clinical_adapter(location: str | Path) -> ClinicalAdapter:
-    """A pretrain run directory, or its adapter folder -> the adapter to load."""
+    """A pretrain run directory, or its adapter/ (or, for `full`, model/) folder -> what to load."""
     location = Path(location)
     for candidate in (location / "adapter", location):
         if (candidate / "adapter_config.json").is_file():
-            meta_file = candidate / ADAPTER_META
-            meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+            meta = _read_meta(candidate)
             peft_type = PeftConfig.from_pretrained(candidate).peft_type
             return ClinicalAdapter(
                 path=candidate,
                 base_fingerprint=meta.get("base_fingerprint"),
                 base_model=meta.get("base_model"),
-                method=meta.get("method", str(peft_type).lower()),
+                method=meta.get("method", str(getattr(peft_type, "value", peft_type)).lower()),
             )
+    for candidate in (location / "model", location):
+        meta = _read_meta(candidate)
+        if meta.get("method") == "full" and (candidate / "config.json").is_file():
+            return ClinicalAdapter(candidate, meta.get("base_fingerprint"), meta.get("base_model"), "full")
     raise ClinpeftError(
-        f"clinical_adapter {location}: no adapter_config.json in it or in its adapter/ folder; "
+        f"clinical_adapter {location}: no adapter_config.json (or full model) in it or in its adapter/ folder; "
         "pass the directory written by `clinpeft pretrain --out`"
     )
+
+
+def _read_meta(folder: Path) -> dict:
+    meta_file = folder / ADAPTER_META
+    return json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+
+
+def check_variant(adapter: ClinicalAdapter, variant: str) -> None:
+    """Refuse, before any work, a variant that cannot be built on this kind of clinical adapter."""
+    where = f"clinical_adapter {adapter.path}"
+    if adapter.method == "prefix_tuning":
+        raise ClinpeftError(
+            f"{where} is a prefix_tuning adapter, which cannot classify with transformers 5.x (peft passes the "
+            "prefix as past_key_values, an argument LlamaForSequenceClassification no longer has); fine-tune on "
+            "a clinical adapter of another method (lora, adaption_prompt, prompt_tuning, p_tuning)"
+        )
+    if adapter.method == "full":
+        if variant not in FULL_MODEL_VARIANTS:
+            raise ClinpeftError(
+                f"{where} is a full clinical model, not an adapter: variant {variant} would fine-tune all of its "
+                "weights; use variant=clinical_frozen (head only, Table 3's 'Clinical LLaMA' row) or "
+                "clinical_frozen+downstream (a downstream LoRA on it)"
+            )
+        return
+    if variant.endswith("+downstream") and adapter.method != "lora":
+        raise ClinpeftError(
+            f"{where} is a {adapter.method} adapter: peft cannot make a downstream LoRA and a {adapter.method} "
+            f"adapter active in one model, so variant {variant} is not possible; use variant="
+            f"{variant.removesuffix('+downstream')} with it, or pretrain a LoRA clinical adapter (peft.method=lora)"
+        )
+
+
+def full_model_variant(variant: str) -> str:
+    """The plain variant a clinical_* variant becomes on a full clinical model (see FULL_MODEL_VARIANTS)."""
+    return FULL_MODEL_VARIANTS[variant]
+
+
+def padding_side(adapter: ClinicalAdapter | None) -> str:
+    """Prompt methods feed the classifier `inputs_embeds`; it then pools the last position, so pad left."""
+    return "left" if adapter is not None and adapter.method in PROMPT_LEARNING else "right"
 
 
 def check_same_base(adapter: ClinicalAdapter, fingerprint: str, base: str) -> None:
@@ -98,15 +230,34 @@ def check_same_base(adapter: ClinicalAdapter, fingerprint: str, base: str) -> No
         )
 
 
-def load_clinical_adapter(model, adapter: ClinicalAdapter):
-    """Put the clinical adapter on a classifier. task_type=None: a CAUSAL_LM adapter config
-    would make peft build a causal-LM wrapper around a classification model."""
-    if adapter.method != "lora":
-        raise ClinpeftError(f"clinical_adapter {adapter.path}: {adapter.method} adapters cannot be stacked yet; use a LoRA")
-    config = PeftConfig.from_pretrained(adapter.path)
-    config.task_type = None
-    config.inference_mode = False
-    return PeftModel.from_pretrained(model, adapter.path, adapter_name=CLINICAL, config=config, is_trainable=True)
+def attach_adapter(model, adapter_dir: Path, name: str, trainable: bool = True):
+    """Put a saved adapter (any method but prefix tuning) on a classifier, under `name`.
+
+    LoRA and adaption_prompt: task_type=None (a CAUSAL_LM config would make peft build a causal-LM
+    wrapper around a classification model). Prompt methods: peft's SEQ_CLS wrapper, the only one
+    that prepends their virtual tokens; `inference_mode` so that the saved embeddings are used as
+    they are (peft saves p-tuning's encoder output, not the encoder), and loaded by hand because
+    peft's loader expects the head in the file and refuses prompt adapters as trainable.
+    `requires_grad` is set by `set_trainable` afterwards.
+    """
+    config = PeftConfig.from_pretrained(adapter_dir)
+    if not config.is_prompt_learning:
+        config.task_type = None
+        config.inference_mode = False
+        if isinstance(model, PeftModel):
+            model.load_adapter(adapter_dir, adapter_name=name, peft_config=config, is_trainable=trainable)
+            return model
+        return PeftModel.from_pretrained(model, adapter_dir, adapter_name=name, config=config, is_trainable=trainable)
+    if config.peft_type == "PREFIX_TUNING" or isinstance(model, PeftModel):
+        raise ClinpeftError(f"{adapter_dir}: a {config.peft_type} adapter cannot be put on this classifier")
+    config.task_type = "SEQ_CLS"
+    config.inference_mode = True
+    if getattr(config, "prompt_tuning_init", None) is not None:
+        config.prompt_tuning_init = "RANDOM"  # overwritten below; TEXT would reload the tokenizer
+    model = get_peft_model(model, config, adapter_name=name)
+    with torch.no_grad():
+        model.prompt_encoder[name].embedding.weight.copy_(load_peft_weights(str(adapter_dir))["prompt_embeddings"])
+    return model
 
 
 def stack_adapters(model, variant: str, clinical: ClinicalAdapter | None, downstream: LoraSection):
@@ -115,7 +266,8 @@ def stack_adapters(model, variant: str, clinical: ClinicalAdapter | None, downst
     if variant.startswith("clinical"):
         if clinical is None:
             raise ClinpeftError(f"variant {variant} needs clinical_adapter=<pretrain run dir>")
-        model = load_clinical_adapter(model, clinical)
+        check_variant(clinical, variant)
+        model = attach_adapter(model, clinical.path, CLINICAL)
         active.append(CLINICAL)
     if variant == "lora" or variant.endswith("+downstream"):
         config = lora_config(downstream, task_type=None)
@@ -142,16 +294,37 @@ def trainable_adapters(variant: str) -> list[str]:
 
 
 def is_adapter_param(name: str, adapter: str) -> bool:
-    """LoRA weights are named `...q_proj.lora_A.<adapter>.weight`."""
-    return f".{adapter}." in name and ".lora_" in name
+    """Whether parameter `name` belongs to adapter `adapter`, for every method we load downstream.
+
+    LoRA: `...q_proj.lora_A.<adapter>.weight`; prompt methods: `prompt_encoder.<adapter>.embedding.weight`;
+    adaption_prompt: `...self_attn.adaption_prompt` / `adaption_gate` (no adapter name in the path: one
+    model holds at most one adaption_prompt adapter here, the clinical one).
+    """
+    if ".lora_" in name:
+        return f".{adapter}." in name
+    if name.startswith("prompt_encoder."):
+        return name.startswith(f"prompt_encoder.{adapter}.")
+    return adapter == CLINICAL and (".adaption_prompt" in name or ".adaption_gate" in name)
 
 
 def set_trainable(model, adapters: list[str], head_name: str) -> None:
     """Freeze everything, then unfreeze the listed adapters and the classification head.
 
     Done by hand, after all adapters are in place, because `set_adapter([...])` marks every
-    active adapter trainable, including a clinical adapter meant to stay frozen.
+    active adapter trainable, including a clinical adapter meant to stay frozen. Under peft's
+    SEQ_CLS wrapper (prompt methods) the head is `<head>.modules_to_save.<adapter>`, a copy;
+    `<head>.original_module` is not used in the forward pass and stays frozen.
     """
     for name, param in model.named_parameters():
-        in_head = f".{head_name}." in f".{name}" or name.startswith(f"{head_name}.")
+        in_head = (f".{head_name}." in f".{name}" or name.startswith(f"{head_name}.")) and ".original_module." not in name
         param.requires_grad = in_head or any(is_adapter_param(name, a) for a in adapters)
+
+
+def head_module(model, head_name: str) -> torch.nn.Module:
+    """The classification head the forward pass uses (unwrapping peft's ModulesToSaveWrapper)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = getattr(inner, head_name)
+    copies = getattr(head, "modules_to_save", None)
+    if isinstance(copies, torch.nn.ModuleDict) and len(copies) > 0:
+        return copies[head.active_adapters[0]]
+    return head

@@ -21,7 +21,10 @@ from tqdm.auto import tqdm
 from clinpeft.errors import ClinpeftError
 from clinpeft.modeling.adapters import (
     ClinicalAdapter,
+    attach_adapter,
     check_same_base,
+    head_module,
+    padding_side,
     set_trainable,
     stack_adapters,
     trainable_adapters,
@@ -53,7 +56,7 @@ def build_classifier(
     attn_implementation: str = "sdpa",
 ) -> Classifier:
     """A classifier ready to train: exactly the variant's adapters and the head are trainable."""
-    tokenizer = load_tokenizer(base_path, padding_side="right")
+    tokenizer = load_tokenizer(base_path, padding_side=padding_side(clinical))
     model = load_sequence_classifier(
         base_path, num_labels, tokenizer.pad_token_id, PROBLEM_TYPES[task_type], dtype, attn_implementation
     )
@@ -66,16 +69,11 @@ def build_classifier(
     return Classifier(model, tokenizer, head_name, active, fingerprint)
 
 
-def _head_module(model, head_name: str) -> torch.nn.Module:
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return getattr(inner, head_name)
-
-
 def save_bundle(clf: Classifier, run_dir: Path, meta: dict) -> None:
     run_dir = Path(run_dir)
     if clf.adapters:
         clf.model.save_pretrained(run_dir / "adapters", selected_adapters=clf.adapters, safe_serialization=True)
-    head = _head_module(clf.model, clf.head_name)
+    head = head_module(clf.model, clf.head_name)
     save_file({k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}, run_dir / "head.safetensors")
     write_json(run_dir / "bundle.json", {**meta, "adapters": clf.adapters, "head": clf.head_name,
                                          "base_fingerprint": clf.fingerprint})
@@ -87,8 +85,6 @@ def load_bundle(run_dir: str | Path, base: str | None = None, dtype: str = "auto
     `base` overrides the base model path recorded at training time (e.g. the run moved to
     another machine); its fingerprint must still match.
     """
-    from peft import PeftConfig, PeftModel
-
     run_dir = Path(run_dir)
     meta = read_json(run_dir / "bundle.json")
     base_path = Path(base or meta["base_model"])
@@ -106,17 +102,11 @@ def load_bundle(run_dir: str | Path, base: str | None = None, dtype: str = "auto
             f"{run_dir} was trained on a base model with fingerprint {meta['base_fingerprint']}, "
             f"but {base_path} has {fingerprint}; pass --base with the model it was trained on"
         )
-    for i, name in enumerate(meta["adapters"]):
-        adapter_dir = run_dir / "adapters" / name
-        config = PeftConfig.from_pretrained(adapter_dir)
-        config.task_type = None  # see clinpeft.modeling.adapters.load_clinical_adapter
-        if i == 0:
-            model = PeftModel.from_pretrained(model, adapter_dir, adapter_name=name, config=config)
-        else:
-            model.load_adapter(adapter_dir, adapter_name=name, peft_config=config)
+    for name in meta["adapters"]:
+        model = attach_adapter(model, run_dir / "adapters" / name, name, trainable=False)
     if len(meta["adapters"]) > 1:
         model.base_model.set_adapter(meta["adapters"])
-    head = _head_module(model, meta["head"])
+    head = head_module(model, meta["head"])
     head.load_state_dict(load_file(run_dir / "head.safetensors"))
     model.eval()
     for param in model.parameters():

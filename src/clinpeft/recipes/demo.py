@@ -2,10 +2,11 @@
 
     clinpeft demo --out demo-out            # about 10 minutes on a 2-core CPU
     clinpeft demo --out demo-out --quick    # about 2 minutes
+    clinpeft demo --out demo-out --methods all   # Table 2 with all six pretraining methods
 
 1. the demo base model: a tiny LLaMA trained on general English (built once, cached);
 2. synthetic MIMIC-style data: a MIMIC-IV-Note-shaped corpus and the five outcome tasks;
-3. domain-adaptive pretraining of a clinical LoRA (Table 2);
+3. domain-adaptive pretraining of a clinical LoRA, and of the other `--methods` (Table 2);
 4. downstream fine-tuning of LOS, MOR, PMV, DIAG and PROC with three variants (Table 3);
 5. the report: Table 2 and Table 3 in demo-out/report/.
 
@@ -19,8 +20,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from clinpeft.config import FinetuneConfig, PretrainConfig, load_config
+from clinpeft.config import PEFT_METHODS, FinetuneConfig, PretrainConfig, load_config
 from clinpeft.data.synthetic import TASKS, write_demo_data
+from clinpeft.errors import ClinpeftError
 from clinpeft.modeling.demo_base import ensure_demo_base
 from clinpeft.recipes import finetune, pretrain
 from clinpeft.report import write_report
@@ -32,6 +34,15 @@ VARIANTS = ("lora", "clinical_frozen+downstream", "clinical_trainable+downstream
 # --quick: less data (size "quick") and shorter training; same recipes otherwise.
 QUICK_PRETRAIN = ["train.epochs=1", "data.max_seq_len=128"]
 QUICK_FINETUNE = ["task.max_seq_len=128"]
+
+
+def parse_methods(text: str) -> list[str]:
+    """`--methods`: "all" or a comma list of pretraining methods -> list, LoRA first (step 4 needs it)."""
+    methods = list(PEFT_METHODS) if text.strip() == "all" else [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in PEFT_METHODS]
+    if unknown:
+        raise ClinpeftError(f"--methods: unknown method(s) {', '.join(unknown)}; use all or some of {', '.join(PEFT_METHODS)}")
+    return ["lora"] + [m for m in dict.fromkeys(methods) if m != "lora"]
 
 
 def step(message: str) -> None:
@@ -47,7 +58,8 @@ def demo_data(out: Path, quick: bool, seed: int) -> Path:
     return data
 
 
-def main(out: str | Path, quick: bool = False, seed: int = 0, progress: bool = True) -> dict:
+def main(out: str | Path, quick: bool = False, seed: int = 0, progress: bool = True,
+         methods: list[str] | tuple = ("lora",)) -> dict:
     started = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -62,16 +74,19 @@ def main(out: str | Path, quick: bool = False, seed: int = 0, progress: bool = T
     corpus = [data / "corpus" / "discharge.csv.gz", data / "corpus" / "radiology.csv.gz"]
     print(f"data: {data}")
 
-    step("3/5 domain-adaptive pretraining: clinical LoRA")
-    clinical = out / "pretrain" / "lora"
-    if not (clinical / "run.json").is_file():
-        config = load_config(PretrainConfig, CONFIGS / "pretrain_lora.yaml", [
+    methods = parse_methods(",".join(methods))
+    step(f"3/5 domain-adaptive pretraining: {', '.join(methods)}")
+    for method in methods:  # each from configs/demo/pretrain_<method>.yaml
+        run_dir = out / "pretrain" / method
+        if (run_dir / "run.json").is_file():
+            print(f"reusing {run_dir}")
+            continue
+        config = load_config(PretrainConfig, CONFIGS / f"pretrain_{method}.yaml", [
             f"model.base={base}", f"data.paths=[{', '.join(map(str, corpus))}]", *seed_override,
             *(QUICK_PRETRAIN if quick else [])])
-        result = pretrain.main(config, clinical, overwrite=True, progress=progress)
-        print(f"test perplexity: base model {result['base_test_ppl']:.2f} -> clinical LoRA {result['test_ppl']:.2f}")
-    else:
-        print(f"reusing {clinical}")
+        result = pretrain.main(config, run_dir, overwrite=True, progress=progress)
+        print(f"{method}: test perplexity: base model {result['base_test_ppl']:.2f} -> {result['test_ppl']:.2f}")
+    clinical = out / "pretrain" / "lora"  # the paper fine-tunes on the clinical LoRA
 
     step(f"4/5 downstream fine-tuning: {len(TASKS)} tasks x {len(VARIANTS)} variants")
     for variant in VARIANTS:

@@ -8,6 +8,11 @@ setup (task data validated, base model + the variant's adapters + head) -> fit (
 class-weighted cross-entropy or BCE, validation AUROC every epoch, the best epoch kept) ->
 test (AUROC, predictions) -> save the bundle.
 
+The clinical adapter may come from any pretraining method but prefix tuning (refused: it cannot
+classify in transformers 5.x). A downstream LoRA stacks only on a LoRA clinical adapter; prompt
+methods pad on the left. A `full` run is a whole clinical model: it becomes the base model, with
+clinical_frozen = the head on it and clinical_frozen+downstream = a LoRA on it (modeling/adapters.py).
+
 Output directory:
     adapters/<name>/, head.safetensors, bundle.json   the trained classifier (see modeling/classifier.py)
     labels.txt         the label vocabulary, in output-unit order
@@ -32,7 +37,7 @@ from clinpeft.config import FinetuneConfig, save_config
 from clinpeft.data.tasks import TaskData, load_task
 from clinpeft.errors import ClinpeftError
 from clinpeft.metrics import sigmoid, softmax, task_metrics
-from clinpeft.modeling.adapters import find_clinical_adapter
+from clinpeft.modeling.adapters import check_variant, find_clinical_adapter, full_model_variant
 from clinpeft.modeling.base import count_parameters, device_summary, resolve_base
 from clinpeft.modeling.classifier import Classifier, build_classifier, encode, pad_batch, predict_logits, save_bundle
 from clinpeft.rundir import atomic_run_dir, write_json
@@ -50,6 +55,7 @@ def main(config: FinetuneConfig, out: str | Path, overwrite: bool = False, progr
                 "or choose variant=lora or variant=head"
             )
         clinical = find_clinical_adapter(config.clinical_adapter)
+        check_variant(clinical, config.variant)
     with atomic_run_dir(out, overwrite) as run_dir:
         save_config(config, run_dir)
         return run(config, task, clinical, run_dir, progress)
@@ -157,15 +163,36 @@ def write_predictions(path: Path, task: TaskData, split: str, logits: np.ndarray
     pd.DataFrame(columns).to_csv(path, index=False, float_format="%.6f")
 
 
+def table3_row(variant: str, clinical_method: str | None) -> dict:
+    """{"row": name} for a clinical adapter that is not a LoRA, so that `clinpeft report` does not file
+    it under the paper's "Clinical LoRA" rows: e.g. "+ Clinical Prompt Tuning (Frozen)"."""
+    if clinical_method in (None, "lora", "full"):
+        return {}
+    from clinpeft.report import method_name
+
+    state = "Trainable" if variant.startswith("clinical_trainable") else "Frozen"
+    return {"row": f"+ Clinical {method_name(clinical_method)} ({state})"}
+
+
 def run(config: FinetuneConfig, task: TaskData, clinical, run_dir: Path, progress: bool = True) -> dict:
     from transformers import set_seed
 
     started = time.time()
     set_seed(config.train.seed)
 
-    # --- setup: the variant's model
-    base_path = resolve_base(config.model.base, progress=progress)
-    clf = build_classifier(base_path, task.task_type, task.num_labels, config.variant, clinical, config.lora,
+    # --- setup: the variant's model. A full clinical model (peft.method=full) is not an adapter but a
+    # new base model: clinical_frozen is then the head on it, clinical_frozen+downstream a LoRA on it.
+    variant, clinical_method = config.variant, clinical.method if clinical else None
+    clinical_dir, base_name = (str(clinical.path) if clinical else None), None
+    if clinical_method == "full":
+        base_path, variant = clinical.path, full_model_variant(config.variant)
+        base_name = f"Clinical {Path(clinical.base_model or 'model').name}"  # Table 3's "Clinical LLaMA"
+        print(f"clinical_adapter {clinical.path} is a full clinical model: it is the base model of this run "
+              f"(model.base is not loaded), variant {config.variant} -> {variant}")
+        clinical = None
+    else:
+        base_path = resolve_base(config.model.base, progress=progress)
+    clf = build_classifier(base_path, task.task_type, task.num_labels, variant, clinical, config.lora,
                            config.model.dtype, config.model.attn_implementation)
     trainable, total = count_parameters(clf.model)
 
@@ -187,13 +214,13 @@ def run(config: FinetuneConfig, task: TaskData, clinical, run_dir: Path, progres
     # --- save: the bundle, predictions, metrics
     save_bundle(clf, run_dir, {
         "base_model": str(base_path),
-        "variant": config.variant,
+        "variant": variant,
         "task": task.name,
         "task_type": task.task_type,
         "labels": task.labels,
         "max_seq_len": config.task.max_seq_len,
         "padding_side": clf.tokenizer.padding_side,
-        "clinical_adapter": str(clinical.path) if clinical else None,
+        "clinical_adapter": clinical_dir,
     })
     (run_dir / "labels.txt").write_text("\n".join(task.labels) + "\n")
     write_predictions(run_dir / "predictions.csv", task, "test", test_logits)
@@ -203,10 +230,12 @@ def run(config: FinetuneConfig, task: TaskData, clinical, run_dir: Path, progres
         "kind": "finetune",
         "task": task.name,
         "task_type": task.task_type,
-        "variant": config.variant,
+        "variant": variant,  # differs from config.variant only on a full clinical model (see above)
         "base_model": str(base_path),
-        "base_model_name": base_path.name,
-        "clinical_adapter": str(clinical.path) if clinical else None,
+        "base_model_name": base_name or base_path.name,
+        "clinical_adapter": clinical_dir,
+        "clinical_method": clinical_method,
+        **table3_row(variant, clinical_method),
         "val": val_metrics,
         "test": test_metrics,
         "best_epoch": keep_best.best_epoch,

@@ -7,8 +7,14 @@ setup (base model, corpus split by patient, packed blocks) -> base perplexity ->
 -> fit (HF Trainer: one device, or DDP/FSDP under `accelerate launch`) -> perplexity ->
 save the adapter (PEFT layout) and run.json.
 
+`peft.method`: lora | prefix_tuning | prompt_tuning | p_tuning | adaption_prompt (an adapter on the
+frozen base model) or full (every weight trains: the paper's Clinical LLaMA). Prefix, prompt and
+p-tuning cannot keep packed notes apart, so they train on one note per row (the run says so in
+its log and in run.json: "packing": false, "packing_fallback": why).
+
 Output directory:
     adapter/            adapter_config.json, adapter_model.safetensors, clinpeft_adapter.json
+    model/              instead of adapter/ for full: the whole model (safetensors) + tokenizer
     config.yaml         the resolved config
     run.json            parameters, perplexities, time, throughput (read by `clinpeft report`)
 """
@@ -24,7 +30,7 @@ from clinpeft import __version__
 from clinpeft.config import PretrainConfig, save_config
 from clinpeft.data.notes import load_corpus
 from clinpeft.data.packing import count_predicted_tokens, tokenize_and_pack
-from clinpeft.modeling.adapters import add_pretraining_adapter, write_adapter_meta
+from clinpeft.modeling.adapters import add_pretraining_adapter, packing_fallback, write_adapter_meta
 from clinpeft.modeling.base import (
     base_fingerprint,
     count_parameters,
@@ -46,18 +52,25 @@ def main(config: PretrainConfig, out: str | Path, overwrite: bool = False, progr
         return run(config, run_dir, progress)
 
 
-def tokenize_corpus(splits, tokenizer, config: PretrainConfig, progress: bool = True):
-    """Notes -> packed blocks of `max_seq_len` tokens (see clinpeft.data.packing)."""
+def tokenize_corpus(splits, tokenizer, config: PretrainConfig, progress: bool = True, packing: bool | None = None):
+    """Notes -> packed blocks of `max_seq_len` tokens (see clinpeft.data.packing).
+
+    packing=False (default: data.packing): one note segment per row, right-padded. Those rows carry
+    no position_ids: every row starts at position 0 anyway, real tokens never attend to the padding
+    after them (causal), padding has label -100, and peft's prompt methods refuse position ids.
+    """
     data = config.data
-    return splits.map(
+    packing = data.packing if packing is None else packing
+    blocks = splits.map(
         tokenize_and_pack,
         batched=True,
         batch_size=1000,  # notes per packing window: at most one part-filled block per window
         remove_columns=splits["train"].column_names,
         num_proc=data.num_proc if data.num_proc > 1 else None,
-        fn_kwargs=dict(tokenizer=tokenizer, text_column="text", block_size=data.max_seq_len, packing=data.packing),
-        desc="tokenise + pack",
+        fn_kwargs=dict(tokenizer=tokenizer, text_column="text", block_size=data.max_seq_len, packing=packing),
+        desc="tokenise + pack" if packing else "tokenise (one note per row)",
     )
+    return blocks if packing else blocks.remove_columns("position_ids")
 
 
 def sample_blocks(blocks, max_blocks: int | None, seed: int):
@@ -65,6 +78,36 @@ def sample_blocks(blocks, max_blocks: int | None, seed: int):
     if max_blocks is None or len(blocks) <= max_blocks:
         return blocks
     return blocks.shuffle(seed=seed).select(range(max_blocks))
+
+
+def save_clinical(model, method: str, run_dir: Path, base_path: Path, fingerprint: str) -> Path:
+    """adapter/ in PEFT layout, or for `full` model/ (safetensors + tokenizer), with its metadata."""
+    model.eval()  # peft saves p-tuning's encoder *output*: computed without dropout
+    if method == "full":
+        out_dir = run_dir / "model"
+        model.save_pretrained(out_dir, safe_serialization=True)
+        load_tokenizer(base_path).save_pretrained(out_dir)  # as loaded, not the packing-time copy
+    else:
+        out_dir = run_dir / "adapter"
+        model.save_pretrained(out_dir, safe_serialization=True)
+    write_adapter_meta(out_dir, fingerprint, str(base_path), method)
+    return out_dir
+
+
+def load_clinical_lm(run_dir: str | Path, base: str | Path | None = None, dtype: str = "auto"):
+    """The causal LM a pretrain run produced (base + adapter, or the full model), for inference.
+
+    `base`: the base model's directory if it moved since training (adapters only).
+    """
+    from peft import PeftModel
+
+    from clinpeft.modeling.adapters import find_clinical_adapter
+
+    clinical = find_clinical_adapter(run_dir)
+    if clinical.method == "full":
+        return load_causal_lm(clinical.path, dtype).eval()
+    base_model = load_causal_lm(resolve_base(str(base or clinical.base_model), progress=False), dtype)
+    return PeftModel.from_pretrained(base_model, clinical.path).eval()
 
 
 def run(config: PretrainConfig, run_dir: Path, progress: bool = True) -> dict:
@@ -79,7 +122,12 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True) -> dict:
     tokenizer.model_max_length = 2**62  # notes are cut into blocks by packing, not by the tokenizer
     cache_dir = run_dir / ".cache"  # Arrow files of the notes: inside the run, deleted at the end
     splits, data_info = load_corpus(config.data, cache_dir)
-    blocks = tokenize_corpus(splits, tokenizer, config, progress)
+    method = config.peft.method
+    fallback = packing_fallback(method) if config.data.packing else None
+    if fallback:
+        log.warning("peft.method=%s trains on one note per row, not packed blocks: %s", method, fallback)
+    packing = config.data.packing and fallback is None
+    blocks = tokenize_corpus(splits, tokenizer, config, progress, packing=packing)
     train_blocks, test_blocks = blocks["train"], blocks["test"]
     train_tokens = count_predicted_tokens(train_blocks)
     ppl_train_blocks = sample_blocks(train_blocks, config.eval.train_max_blocks, config.data.split_seed)
@@ -98,8 +146,8 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True) -> dict:
             "base_test_ppl": split_perplexity(model, test_blocks, config.eval.batch_size, "base ppl (test)", progress),
         }
 
-    # --- the clinical adapter: the only trainable weights
-    model = add_pretraining_adapter(model, config.peft)
+    # --- the clinical adapter: the only trainable weights (full: every weight)
+    model = add_pretraining_adapter(model, config.peft, tokenizer_path=base_path)
     trainable, total = count_parameters(model)
 
     # --- fit
@@ -108,7 +156,7 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True) -> dict:
         model=model,
         args=training_arguments(config.train, trainer_dir, progress),
         train_dataset=train_blocks,
-        data_collator=default_data_collator,  # blocks are fixed-size; no attention_mask on purpose
+        data_collator=default_data_collator,  # rows are fixed-size; no attention_mask on purpose (see packing)
     ), progress)
     fit_started = time.time()
     trainer.train()
@@ -124,16 +172,14 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True) -> dict:
     train_ppl = split_perplexity(model, ppl_train_blocks, config.eval.batch_size, "ppl (train)", progress)
     test_ppl = split_perplexity(model, test_blocks, config.eval.batch_size, "ppl (test)", progress)
 
-    # --- save: adapter in PEFT layout + what it was trained on
-    adapter_dir = run_dir / "adapter"
-    model.save_pretrained(adapter_dir, safe_serialization=True)
-    write_adapter_meta(adapter_dir, fingerprint, str(base_path), config.peft.method)
+    # --- save: adapter in PEFT layout (full: the whole model + tokenizer) + what it was trained on
+    save_clinical(model, method, run_dir, base_path, fingerprint)
     shutil.rmtree(trainer_dir, ignore_errors=True)
     shutil.rmtree(cache_dir, ignore_errors=True)
 
     result = {
         "kind": "pretrain",
-        "method": config.peft.method,
+        "method": method,
         "base_model": str(base_path),
         "base_model_name": base_path.name,
         "base_fingerprint": fingerprint,
@@ -147,7 +193,8 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True) -> dict:
         "test_blocks": len(test_blocks),
         "train_tokens": train_tokens,
         "test_tokens": count_predicted_tokens(test_blocks),
-        "packing": config.data.packing,
+        "packing": packing,
+        "packing_fallback": fallback,  # why this method could not pack (None: it packed, or packing was off)
         "packing_efficiency": train_tokens / (len(train_blocks) * config.data.max_seq_len),  # predicted / slots
         "optimizer_steps": trainer.state.global_step,
         "train_time_s": train_time,
