@@ -99,9 +99,10 @@ def load_corpus(section: CorpusSection, cache_dir: Path):
 
     files = corpus_files(section.paths)
     headers = check_columns(files, section.text_column)
-    by_patient = section.patient_column is not None and all(
-        file_format(p) == "txt" or section.patient_column in cols for p, cols in headers.items()
-    ) and any(file_format(p) != "txt" for p in files)
+    tables = {p: cols for p, cols in headers.items() if file_format(p) != "txt"}  # .txt has no patient id
+    by_patient = bool(tables) and section.patient_column is not None and all(
+        section.patient_column in cols for cols in tables.values()
+    )
 
     parts = []
     for path in files:
