@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from clinpeft.config import PretrainConfig, load_config
-from clinpeft.data.notes import in_test_split, load_corpus
+from clinpeft.data.notes import in_test_split, in_val_split, load_corpus
 from clinpeft.errors import ClinpeftError
 from clinpeft.modeling.adapters import add_pretraining_adapter
 from clinpeft.modeling.base import load_causal_lm
@@ -29,6 +29,7 @@ def test_run_directory_is_complete(clinical_run):
         assert run[key] > 0, key
     assert run["split_by"] == "subject_id"
     assert run["optimizer_steps"] == 4
+    assert run["val_ppl"] is None and run["val_notes"] is None and run["val_blocks"] is None  # data.val_fraction=0
 
 
 def test_lora_trainable_params_match_formula(tiny_llama):
@@ -81,6 +82,23 @@ def test_split_is_by_patient(synthetic_corpus, tmp_path):
     assert info["train_notes"] == len(notes) - len(expected_test)
     assert set(splits["test"]["text"]) == set(expected_test["text"])
     assert not set(splits["train"]["text"]) & set(splits["test"]["text"])
+
+
+def test_val_split_is_carved_from_train_by_patient(synthetic_corpus, tmp_path):
+    paths = f"data.paths=[{synthetic_corpus['discharge']}, {synthetic_corpus['radiology']}]"
+    plain, _ = load_corpus(load_config(PretrainConfig, None, [paths, "data.test_fraction=0.3"]).data, tmp_path / "a")
+    splits, info = load_corpus(load_config(PretrainConfig, None, [paths, "data.test_fraction=0.3",
+                                                                    "data.val_fraction=0.4"]).data, tmp_path / "b")
+    assert sorted(splits["test"]["text"]) == sorted(plain["test"]["text"])  # the test split does not move
+    assert sorted(list(splits["train"]["text"]) + list(splits["val"]["text"])) == sorted(plain["train"]["text"])
+    assert info["val_notes"] == len(splits["val"]) > 0 and info["train_notes"] == len(splits["train"]) > 0
+    notes = pd.concat([pd.read_csv(synthetic_corpus[k]) for k in ("discharge", "radiology")])
+    patient_of = dict(zip(notes["text"], notes["subject_id"].astype(str)))
+    patients = {name: {patient_of[t] for t in splits[name]["text"]} for name in ("train", "val", "test")}
+    assert not patients["val"] & patients["train"] and not patients["val"] & patients["test"]
+    assert patients["val"] == {p for p in patients["val"] | patients["train"] if in_val_split(p, 0.4, 0)}
+    # salted: the val draw is not the test draw (with the same fraction it would pick no train patient)
+    assert any(not in_test_split(p, 0.4, 0) for p in patients["val"])
 
 
 def test_txt_and_jsonl_corpora_split_by_note(tmp_path):

@@ -20,6 +20,8 @@ from clinpeft.config import CorpusSection
 from clinpeft.errors import ClinpeftError
 
 SUFFIXES = {".csv": "csv", ".jsonl": "json", ".json": "json", ".txt": "txt"}
+CORPUS_FORMAT = "clinpeft-corpus"  # manifest.json "format" of a `clinpeft prepare notes` directory
+VAL_SALT = "val:"  # salts the validation draw apart from the test draw
 
 
 def file_format(path: Path) -> str:
@@ -87,15 +89,85 @@ def check_columns(files: list[Path], text_column: str) -> dict[Path, list[str]]:
     return headers
 
 
+def split_draw(key: str, seed: int, salt: str = "") -> float:
+    """sha1 of the seeded (and salted) key, read as a number in [0, 1): a stateless, portable draw."""
+    digest = hashlib.sha1(f"{seed}:{salt}{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def in_test_split(key: str, test_fraction: float, seed: int) -> bool:
     """Seeded, stateless assignment: sha1(seed:key) read as a number in [0, 1)."""
-    digest = hashlib.sha1(f"{seed}:{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < test_fraction
+    return split_draw(key, seed) < test_fraction
+
+
+def in_val_split(key: str, val_fraction: float, seed: int) -> bool:
+    """The validation draw: sha1(seed:val:key), salted so it is independent of the test draw.
+
+    Applied to train notes only, so val_fraction is a share of the train patients and adding a
+    validation split never moves a note into or out of the test split.
+    """
+    return split_draw(key, seed, salt=VAL_SALT) < val_fraction
+
+
+def is_prepared_corpus(path: str | Path) -> bool:
+    """A directory written by `clinpeft prepare notes` (its manifest.json says so)."""
+    manifest = Path(path).expanduser() / "manifest.json"
+    if not manifest.is_file():
+        return False
+    try:
+        return json.loads(manifest.read_text()).get("format") == CORPUS_FORMAT
+    except (json.JSONDecodeError, AttributeError):
+        return False
+
+
+def cache_file(cache_dir: Path, name: str) -> dict:
+    """`map`/`filter` kwargs that write the result under cache_dir (the run's .cache).
+
+    datasets writes a map's output next to its input's Arrow files by default: for a prepared
+    corpus that is the corpus directory, which must stay as `prepare` wrote it (and may be shared
+    by concurrent runs). The cache dir is fresh per run, so nothing stale is reused.
+    """
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    return {"cache_file_name": str(Path(cache_dir) / f"{name}.arrow"), "load_from_cache_file": False}
 
 
 def load_corpus(section: CorpusSection, cache_dir: Path):
-    """-> (DatasetDict with "train" and "test", each a `text` column; info dict for run.json)."""
-    from datasets import DatasetDict, concatenate_datasets, load_dataset
+    """-> (DatasetDict "train", "test" [, "val"], each with a `text` column; info dict for run.json).
+
+    data.paths holds raw files (split here by patient) or corpora from `clinpeft prepare notes`
+    (their train/test splits are used as they are). With data.val_fraction > 0 a "val" split is
+    carved out of the train notes by patient (`in_val_split`).
+    """
+    from datasets import DatasetDict
+
+    prepared = [p for p in section.paths if is_prepared_corpus(p)]
+    if prepared and len(prepared) != len(section.paths):
+        raw = [p for p in section.paths if p not in prepared]
+        raise ClinpeftError(f"data.paths mixes prepared corpora ({', '.join(prepared)}) with raw files "
+                            f"({', '.join(raw)}); prepare the raw files with `clinpeft prepare notes` too, or list only raw files")
+    train, test, info = (_load_prepared if prepared else _load_raw)(section, cache_dir)
+    if section.val_fraction > 0:
+        fraction, seed = section.val_fraction, section.split_seed
+        train = train.map(lambda b: {"_val": [in_val_split(k, fraction, seed) for k in b["_key"]]}, batched=True,
+                          **cache_file(cache_dir, "val-draw"))
+        val = train.filter(lambda b: b["_val"], batched=True, **cache_file(cache_dir, "val")).remove_columns(["_val", "_key"])
+        train = train.filter(lambda b: [not v for v in b["_val"]], batched=True,
+                             **cache_file(cache_dir, "train-without-val")).remove_columns("_val")
+        if len(val) == 0 or len(train) == 0:
+            raise ClinpeftError(f"data: {len(train) + len(val)} train notes give an empty {'val' if len(val) == 0 else 'train'} "
+                                f"split at data.val_fraction={fraction}; add notes or change the fraction")
+    train = train.remove_columns("_key")
+    splits = DatasetDict(train=train, test=test)
+    info.update(train_notes=len(train), test_notes=len(test), val_notes=None)
+    if section.val_fraction > 0:
+        splits["val"] = val
+        info["val_notes"] = len(val)
+    return splits, info
+
+
+def _load_raw(section: CorpusSection, cache_dir: Path):
+    """Raw files -> (train with `_key`, test, info): drop empty notes, split by patient here."""
+    from datasets import concatenate_datasets, load_dataset
 
     files = corpus_files(section.paths)
     headers = check_columns(files, section.text_column)
@@ -132,23 +204,65 @@ def load_corpus(section: CorpusSection, cache_dir: Path):
         raise ClinpeftError(f"data.paths: no non-empty notes in {', '.join(map(str, files))}")
 
     fraction, seed = section.test_fraction, section.split_seed
-    corpus = corpus.map(
-        lambda b: {"_test": [in_test_split(k, fraction, seed) for k in b["_key"]]}, batched=True, remove_columns="_key"
-    )
+    corpus = corpus.map(lambda b: {"_test": [in_test_split(k, fraction, seed) for k in b["_key"]]}, batched=True)
     train = corpus.filter(lambda b: [not t for t in b["_test"]], batched=True).remove_columns("_test")
-    test = corpus.filter(lambda b: b["_test"], batched=True).remove_columns("_test")
+    test = corpus.filter(lambda b: b["_test"], batched=True).remove_columns(["_test", "_key"])
     if len(train) == 0 or len(test) == 0:
         raise ClinpeftError(
             f"data: {len(corpus)} notes give an empty {'test' if len(test) == 0 else 'train'} split "
             f"at data.test_fraction={section.test_fraction}; add notes or change the fraction"
         )
-    splits = DatasetDict(train=train, test=test)
     info = {
         "files": [str(f) for f in files],
         "notes_read": n_read,
         "notes_dropped_empty": n_empty,
-        "train_notes": len(train),
-        "test_notes": len(test),
         "split_by": section.patient_column if by_patient else "note",
     }
-    return splits, info
+    return train, test, info
+
+
+def _load_prepared(section: CorpusSection, cache_dir: Path):
+    """Corpora from `clinpeft prepare notes` -> (train with `_key`, test, info), splits as prepared.
+
+    The Arrow shards are memory-mapped, not copied. Several corpora are concatenated split by split;
+    they must have been split the same way (by patient or by note). data.max_documents caps each split.
+    """
+    from datasets import Dataset, concatenate_datasets
+
+    manifests = {Path(p).expanduser(): json.loads((Path(p).expanduser() / "manifest.json").read_text())
+                 for p in section.paths}
+    split_by = {m["split_by"] for m in manifests.values()}
+    if len(split_by) > 1:
+        raise ClinpeftError(f"data.paths: prepared corpora split by {' and by '.join(sorted(split_by))}; "
+                            "prepare them all with (or all without) a patient column")
+    split_by = split_by.pop()
+    key_column = "note_id" if split_by == "note" else "subject_id"  # the unit that must not straddle splits
+
+    def split(name: str):
+        shards = []
+        for root, manifest in manifests.items():
+            for shard in manifest["splits"][name]["shards"]:
+                path = root / shard
+                if not path.is_file():
+                    raise ClinpeftError(f"{root}: shard {shard} of manifest.json is missing; run `clinpeft prepare notes` again")
+                shards.append(Dataset.from_file(str(path)))
+        ds = concatenate_datasets(shards) if len(shards) > 1 else shards[0]
+        if section.max_documents:
+            ds = ds.select(range(min(section.max_documents, len(ds))))
+        return ds
+
+    train, test = split("train"), split("test")
+    if len(train) == 0 or len(test) == 0:
+        raise ClinpeftError(f"data.paths: prepared corpora {', '.join(map(str, manifests))} have an empty "
+                            f"{'test' if len(test) == 0 else 'train'} split; prepare them with another --test-fraction")
+    train = train.map(lambda b: {"_key": [str(k) for k in b[key_column]]}, batched=True,
+                      remove_columns=[c for c in train.column_names if c != "text"], **cache_file(cache_dir, "train-keys"))
+    test = test.select_columns(["text"])
+    info = {
+        "files": [str(p) for p in manifests],
+        "notes_read": sum(m["notes_read"] for m in manifests.values()),
+        "notes_dropped_empty": sum(m["dropped"].get("empty", 0) for m in manifests.values()),
+        "split_by": split_by,
+        "prepared_test_fraction": sorted({m["test_fraction"] for m in manifests.values()}),
+    }
+    return train, test, info

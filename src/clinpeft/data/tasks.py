@@ -71,7 +71,10 @@ def read_split_csv(path: Path) -> pd.DataFrame:
         raise ClinpeftError(
             f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(frame.columns)}; expected id,text,label"
         )
-    return frame[list(COLUMNS)]
+    frame = frame[list(COLUMNS)].copy()
+    # " 1" and "1" are the same label and the same id: a stray space must not make a new class
+    frame["id"], frame["label"] = frame["id"].str.strip(), frame["label"].str.strip()
+    return frame
 
 
 def read_labels(path: Path) -> list[str]:
@@ -86,14 +89,29 @@ def read_labels(path: Path) -> list[str]:
     return labels
 
 
-def detect_kind(frames: dict[str, pd.DataFrame]) -> str:
-    """Multilabel when any label cell joins several codes with a comma."""
+def detect_kind(frames: dict[str, pd.DataFrame], task_dir: Path | None = None) -> str:
+    """The kind written by `clinpeft prepare` in task_dir/manifest.json; else multilabel when a label cell has a comma.
+
+    The manifest matters for multilabel tasks whose admissions all have at most one code.
+    """
+    manifest = task_dir / "manifest.json" if task_dir else None
+    if manifest and manifest.is_file():
+        import json
+
+        try:
+            kind = json.loads(manifest.read_text()).get("kind")
+        except (json.JSONDecodeError, AttributeError):
+            kind = None
+        if kind in ("single_label", "multilabel"):
+            return kind
     return "multilabel" if any(f["label"].str.contains(",").any() for f in frames.values()) else "single_label"
 
 
 def validate_split(frame: pd.DataFrame, path: Path, kind: str, vocabulary: set[str]) -> None:
-    for i, (text, cell) in enumerate(zip(frame["text"], frame["label"])):
+    for i, (note_id, text, cell) in enumerate(zip(frame["id"], frame["text"], frame["label"])):
         row = i + 2  # 1-based, after the header
+        if not note_id.strip():
+            raise ClinpeftError(f"{path} row {row}: empty id; give every note a unique id (e.g. its HADM_ID)")
         if not text.strip():
             raise ClinpeftError(f"{path} row {row}: empty text; remove the row or fill it in")
         if kind == "single_label":
@@ -113,13 +131,16 @@ def validate_split(frame: pd.DataFrame, path: Path, kind: str, vocabulary: set[s
             raise ClinpeftError(
                 f"{path} row {row}: label {unknown[0]!r} is not in labels.txt; add it there or fix the row"
             )
-    duplicated = frame["id"][frame["id"].duplicated()]
-    if len(duplicated):
-        raise ClinpeftError(f"{path}: id {duplicated.iloc[0]!r} appears more than once; ids must be unique")
+    duplicated = frame["id"].duplicated()
+    if duplicated.any():
+        i = int(duplicated.to_numpy().argmax())
+        first = int((frame["id"] == frame["id"].iloc[i]).to_numpy().argmax())
+        raise ClinpeftError(f"{path} row {i + 2}: id {frame['id'].iloc[i]!r} appears more than once (first at row {first + 2}); "
+                            "ids must be unique")
 
 
 def check_no_leakage(frames: dict[str, pd.DataFrame], task_dir: Path) -> None:
-    """The same id in two splits would leak test notes into training."""
+    """The same id, or the same note text under another id, in two splits would leak test notes into training."""
     seen: dict[str, str] = {}
     for split, frame in frames.items():
         for note_id in frame["id"]:
@@ -129,6 +150,17 @@ def check_no_leakage(frames: dict[str, pd.DataFrame], task_dir: Path) -> None:
                     "split by patient so no note appears twice"
                 )
             seen[note_id] = split
+    first_seen: dict[str, tuple[str, int]] = {}  # text -> (split, row); exact copies, whitespace at the ends ignored
+    for split, frame in frames.items():
+        for i, text in enumerate(frame["text"]):
+            key = text.strip()
+            if key in first_seen and first_seen[key][0] != split:
+                other, row = first_seen[key]
+                raise ClinpeftError(
+                    f"{task_dir}: {split}.csv row {i + 2} has the same text as {other}.csv row {row}; "
+                    "a note copied into two splits leaks into evaluation: remove one"
+                )
+            first_seen.setdefault(key, (split, i + 2))
 
 
 def load_task(path: str | Path, name: str | None = None, kind: str = "auto", max_examples: int | None = None) -> TaskData:
@@ -139,7 +171,7 @@ def load_task(path: str | Path, name: str | None = None, kind: str = "auto", max
     frames = {split: read_split_csv(task_dir / f"{split}.csv") for split in SPLITS}
     labels = read_labels(task_dir / "labels.txt")
     if kind == "auto":
-        kind = detect_kind(frames)
+        kind = detect_kind(frames, task_dir)
     vocabulary = set(labels)
     for split, frame in frames.items():
         validate_split(frame, task_dir / f"{split}.csv", kind, vocabulary)

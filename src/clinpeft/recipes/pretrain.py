@@ -28,7 +28,7 @@ from pathlib import Path
 
 from clinpeft import __version__
 from clinpeft.config import PretrainConfig, save_config
-from clinpeft.data.notes import load_corpus
+from clinpeft.data.notes import cache_file, load_corpus
 from clinpeft.data.packing import count_predicted_tokens, tokenize_and_pack
 from clinpeft.modeling.adapters import add_pretraining_adapter, packing_fallback, write_adapter_meta
 from clinpeft.modeling.base import (
@@ -52,8 +52,12 @@ def main(config: PretrainConfig, out: str | Path, overwrite: bool = False, progr
         return run(config, run_dir, progress)
 
 
-def tokenize_corpus(splits, tokenizer, config: PretrainConfig, progress: bool = True, packing: bool | None = None):
+def tokenize_corpus(splits, tokenizer, config: PretrainConfig, progress: bool = True, packing: bool | None = None,
+                    cache_dir: Path | None = None):
     """Notes -> packed blocks of `max_seq_len` tokens (see clinpeft.data.packing).
+
+    cache_dir: where the blocks' Arrow files go (default: datasets' choice, next to the notes' files;
+    pass the run's cache so a prepared corpus directory is never written into).
 
     packing=False (default: data.packing): one note segment per row, right-padded. Those rows carry
     no position_ids: every row starts at position 0 anyway, real tokens never attend to the padding
@@ -69,6 +73,8 @@ def tokenize_corpus(splits, tokenizer, config: PretrainConfig, progress: bool = 
         num_proc=data.num_proc if data.num_proc > 1 else None,
         fn_kwargs=dict(tokenizer=tokenizer, text_column="text", block_size=data.max_seq_len, packing=packing),
         desc="tokenise + pack" if packing else "tokenise (one note per row)",
+        **({"cache_file_names": {name: cache_file(cache_dir, f"blocks-{name}")["cache_file_name"] for name in splits},
+            "load_from_cache_file": False} if cache_dir is not None else {}),
     )
     return blocks if packing else blocks.remove_columns("position_ids")
 
@@ -114,10 +120,10 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True) -> dict:
     from transformers import Trainer, default_data_collator, set_seed
 
     started = time.time()
-    set_seed(config.train.seed)
 
     # --- setup: base model, corpus, blocks
     base_path = resolve_base(config.model.base, progress=progress)
+    set_seed(config.train.seed)  # after resolve_base: building the demo model on first use draws random numbers
     tokenizer = load_tokenizer(base_path)
     tokenizer.model_max_length = 2**62  # notes are cut into blocks by packing, not by the tokenizer
     cache_dir = run_dir / ".cache"  # Arrow files of the notes: inside the run, deleted at the end
@@ -127,16 +133,18 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True) -> dict:
     if fallback:
         log.warning("peft.method=%s trains on one note per row, not packed blocks: %s", method, fallback)
     packing = config.data.packing and fallback is None
-    blocks = tokenize_corpus(splits, tokenizer, config, progress, packing=packing)
+    blocks = tokenize_corpus(splits, tokenizer, config, progress, packing=packing, cache_dir=cache_dir)
     train_blocks, test_blocks = blocks["train"], blocks["test"]
+    val_blocks = blocks["val"] if "val" in blocks else None  # data.val_fraction > 0: carved from train patients
     train_tokens = count_predicted_tokens(train_blocks)
     ppl_train_blocks = sample_blocks(train_blocks, config.eval.train_max_blocks, config.data.split_seed)
 
     model = load_causal_lm(base_path, config.model.dtype, config.model.attn_implementation)
     fingerprint = base_fingerprint(model)
     if progress:
-        print(f"corpus: {data_info['train_notes']} train / {data_info['test_notes']} test notes "
-              f"-> {len(train_blocks)} / {len(test_blocks)} blocks of {config.data.max_seq_len} tokens")
+        names = ["train", "test"] + (["val"] if val_blocks is not None else [])
+        print(f"corpus: {' / '.join(str(len(splits[n])) for n in names)} {' / '.join(names)} notes "
+              f"-> {' / '.join(str(len(blocks[n])) for n in names)} blocks of {config.data.max_seq_len} tokens")
 
     # --- the base model's perplexity on the same blocks: the row that adaptation must beat
     base_ppl = {"base_train_ppl": None, "base_test_ppl": None}
@@ -168,9 +176,11 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True) -> dict:
     )
     tokens_seen = blocks_seen * config.data.max_seq_len
 
-    # --- validate: token-weighted perplexity on both splits
+    # --- validate: token-weighted perplexity on each split
     train_ppl = split_perplexity(model, ppl_train_blocks, config.eval.batch_size, "ppl (train)", progress)
     test_ppl = split_perplexity(model, test_blocks, config.eval.batch_size, "ppl (test)", progress)
+    # the split a sweep may select on, so the test perplexity stays untouched by model selection
+    val_ppl = split_perplexity(model, val_blocks, config.eval.batch_size, "ppl (val)", progress) if val_blocks is not None else None
 
     # --- save: adapter in PEFT layout (full: the whole model + tokenizer) + what it was trained on
     save_clinical(model, method, run_dir, base_path, fingerprint)
@@ -181,16 +191,18 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True) -> dict:
         "kind": "pretrain",
         "method": method,
         "base_model": str(base_path),
-        "base_model_name": base_path.name,
+        "base_model_name": config.model.name or base_path.name,
         "base_fingerprint": fingerprint,
         "trainable_params": trainable,
         "total_params": total,
         "trainable_percent": 100.0 * trainable / total,
         "train_ppl": train_ppl,
         "test_ppl": test_ppl,
+        "val_ppl": val_ppl,  # None without data.val_fraction
         **base_ppl,
         "train_blocks": len(train_blocks),
         "test_blocks": len(test_blocks),
+        "val_blocks": len(val_blocks) if val_blocks is not None else None,
         "train_tokens": train_tokens,
         "test_tokens": count_predicted_tokens(test_blocks),
         "packing": packing,
