@@ -102,3 +102,25 @@ def clinical_run(tiny_llama, synthetic_corpus, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "clinical-lora"
     pretrain.main(load_config(PretrainConfig, None, pretrain_overrides(tiny_llama, synthetic_corpus)), out, progress=False)
     return out
+
+
+def build_tiny_bert(path: Path, seed: int = 0) -> Path:
+    """A random BERT encoder (hidden 32, 2 layers) with a WordPiece tokenizer trained on TOKENIZER_TEXT,
+    saved as a masked LM like a local BlueBERT checkpoint."""
+    import torch
+    from transformers import BertForMaskedLM
+
+    from clinpeft.modeling.demo_bert import tiny_bert_config, train_wordpiece_tokenizer
+
+    tokenizer = train_wordpiece_tokenizer(TOKENIZER_TEXT, vocab_size=300)
+    config = tiny_bert_config(len(tokenizer), hidden_size=32, intermediate_size=64, num_attention_heads=4)
+    torch.manual_seed(seed)
+    BertForMaskedLM(config).save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A tiny BERT-family encoder, the stand-in for the paper's clinical BERT baselines."""
+    return build_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert")

@@ -42,6 +42,7 @@ EXPECTED_TRAINABLE = {
     "clinical_frozen+downstream": {"head", DOWNSTREAM},
     "clinical_trainable": {"head", CLINICAL},
     "clinical_trainable+downstream": {"head", CLINICAL, DOWNSTREAM},
+    "full": {"head", "base"},  # every weight of the base model
 }
 
 

@@ -4,8 +4,10 @@
 
 Table 2 (domain-adaptive pretraining) is built from every `run.json` (kind "pretrain"), Table 3
 (downstream AUROC) from every `metrics.json` (kind "finetune") found under the given paths.
-Nothing is recomputed: the tables only format what the runs recorded, so a report can be rebuilt
-anywhere the run directories are copied. Missing optional keys give blank cells.
+The AUROCs are not recomputed: the tables format what the runs recorded, so a report can be rebuilt
+anywhere the run directories are copied. Missing optional keys give blank cells. What needs the
+test predictions (each cell's 95% bootstrap interval, the macro average's, `--compare` p-values,
+ROC plots, best/worst labels) is computed from each run's predictions.csv by report_stats.py.
 
 The .md files are for reading (rounded like the paper, with footnotes defining every number);
 the .csv files hold the unrounded numbers and exact parameter counts for reuse.
@@ -409,38 +411,79 @@ def _test_auroc_percent(run: dict) -> float | None:
     return None if auroc is None else 100.0 * auroc
 
 
-def _table3_frames(finetune_runs, tasks_order=TASKS_ORDER) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    runs = list(finetune_runs)
-    cells = _table3_cells(runs)
+def table3_layout(finetune_runs, tasks_order=TASKS_ORDER) -> tuple[list[str], list]:
+    """(tasks, rows) of Table 3: the task columns (lower-case, in tasks_order then others sorted) and
+    the rows in table order, each a report_stats.Row(name, {task: run}); see `table3`."""
+    from clinpeft.report_stats import Row
+
+    cells = _table3_cells(list(finetune_runs))
     order = [t.lower() for t in tasks_order]
     present = {task for by_task in cells.values() for task in by_task}
     tasks = [t for t in order if t in present] + sorted(present - set(order))
-    columns = [t.upper() for t in tasks]
-
     keys = sorted(cells, key=lambda k: (k[0].lower(), k[0], _variant_rank(k[1]), k[2] or ""))
     bases_with_head = {k[0] for k in keys if k[1] == "head" and k[2] is None}
-    raw_rows, shown_rows, incomplete, no_auroc = [], [], [], []
-    for base, variant, row in keys:
-        name = _row_name(base, variant, row, base in bases_with_head)
-        values = {}
+    rows = [Row(_row_name(base, variant, row, base in bases_with_head), cells[(base, variant, row)])
+            for base, variant, row in keys]
+    return tasks, rows
+
+
+def _cell_interval(run: dict, name: str, task: str, stats) -> tuple[float, float] | None:
+    """A cell's 95% interval (fractions): from the report's bootstrap when given, else metrics.json."""
+    if stats is not None:
+        cell = stats.cells.get((name, task))
+        return cell.ci if cell is not None else None
+    from clinpeft.report_stats import _recorded_ci
+
+    return _recorded_ci(run)
+
+
+def _with_interval(text: str, ci, mark: str = "") -> str:
+    """Cell text with its interval: "78.40 [76.1, 80.5]" (interval in %, see report_stats.format_interval), the mark after it."""
+    from clinpeft.report_stats import format_interval
+
+    interval = format_interval(ci)
+    return f"{text} {interval}{mark}" if text and interval else text + mark
+
+
+def _table3_frames(finetune_runs, tasks_order=TASKS_ORDER, stats=None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    runs = list(finetune_runs)
+    tasks, rows = table3_layout(runs, tasks_order)
+    columns = [t.upper() for t in tasks]
+    raw_rows, shown_rows, incomplete, no_auroc, any_ci = [], [], [], [], False
+    for row in rows:
+        name, values, intervals = row.name, {}, {}
+        some_run = next(iter(row.runs.values()))
+        base, variant = _base_name(some_run), str(some_run.get("variant", "")).strip()
         for task in tasks:
-            run = cells[(base, variant, row)].get(task)
+            run = row.runs.get(task)
             values[task] = _test_auroc_percent(run) if run else None
+            intervals[task] = _cell_interval(run, name, task, stats) if values[task] is not None else None
             if run and values[task] is None:
                 no_auroc.append(str(run["_dir"]))
         have = [v for v in values.values() if v is not None]
         macro = macro_average(have) if have else None
+        intervals[MACRO] = stats.macro_ci.get(name) if stats is not None and macro is not None else None
+        any_ci = any_ci or any(ci is not None for ci in intervals.values())
         complete = len(have) == len(tasks)
         if have and not complete:
             incomplete.append((name, [t.upper() for t in tasks if values[t] is None]))
-        raw_rows.append([name, base, variant, *values.values(), macro, len(have)])
+        bounds = [100 * ci[k] if ci is not None else None for ci in intervals.values() for k in (0, 1)]
+        raw_rows.append([name, base, variant, *values.values(), macro, len(have), *bounds])
         mark = "" if complete or macro is None else INCOMPLETE_MARK
-        shown_rows.append([name, *map(format_auroc, values.values()), format_auroc(macro) + mark])
+        shown_rows.append([name, *(_with_interval(format_auroc(values[t]), intervals[t]) for t in tasks),
+                           _with_interval(format_auroc(macro), intervals[MACRO], mark)])
 
-    raw = pd.DataFrame(raw_rows, columns=["Model", "Base model", "Variant", *columns, MACRO, "Tasks averaged"])
-    for col in [*columns, MACRO]:
+    bound_columns = [f"{c} {k}" for c in [*columns, MACRO] for k in ("lo", "hi")]
+    raw = pd.DataFrame(raw_rows, columns=["Model", "Base model", "Variant", *columns, MACRO, "Tasks averaged",
+                                          *bound_columns])
+    for col in [*columns, MACRO, *bound_columns]:
         raw[col] = raw[col].astype("float64")
     raw["Tasks averaged"] = raw["Tasks averaged"].astype("Int64")
+    if any_ci:  # each AUROC column followed by its interval bounds, in %
+        raw = raw[["Model", "Base model", "Variant", *[x for c in [*columns, MACRO] for x in (c, f"{c} lo", f"{c} hi")],
+                   "Tasks averaged"]]
+    else:
+        raw = raw.drop(columns=bound_columns)
     shown = pd.DataFrame(shown_rows, columns=["Model", *columns, MACRO])
     notes = _table3_notes(runs, tasks, incomplete, no_auroc)
     return raw, shown, notes
@@ -574,24 +617,37 @@ def format_markdown(df: pd.DataFrame) -> str:
     return "\n".join([line(header), rule, *(line(r) for r in rows)]) + "\n"
 
 
-def _write_markdown(path: Path, title: str, table: pd.DataFrame, footnotes: list[str]) -> Path:
-    text = f"# {title}\n\n{format_markdown(table)}\n" + "".join(f"- {note}\n" for note in footnotes)
+def _write_markdown(path: Path, title: str, table: pd.DataFrame, footnotes: list[str], extra: str = "") -> Path:
+    text = f"# {title}\n\n{format_markdown(table)}\n" + "".join(f"- {note}\n" for note in footnotes) + extra
     path.write_text(text, encoding="utf-8")
     return path
 
 
-def write_report(paths: Iterable[str | Path], out_dir: str | Path) -> dict[str, Path]:
+def write_report(paths: Iterable[str | Path], out_dir: str | Path, *, compare: str | None = None,
+                 n_resamples: int = 1000, seed: int = 0, progress: bool = False) -> dict[str, Path]:
     """Writes table2.md/table2.csv (if pretraining runs) and table3.md/table3.csv (if fine-tuning
     runs) into out_dir (created); returns {file name: path} of the files written.
 
     The .md files have a title line, the table (GitHub markdown) and footnotes defining the
     numbers (token-weighted perplexity; test AUROC in %; the macro average; skipped labels of
     multilabel tasks when recorded). The CSVs hold raw numbers, not formatted strings.
+
+    Table 3 cells carry their 95% bootstrap interval ("78.40 [76.1, 80.5]"; CSV columns "<task> lo",
+    "<task> hi" in %), computed from each run's predictions.csv with `n_resamples` and `seed`
+    (0 resamples: only intervals recorded in metrics.json). With `compare` (a row name as printed,
+    or a unique part of one), table3.md gets a second table: each cell's difference to that row
+    and its paired bootstrap p-value (CSV: "<task> diff", "<task> p", "Compared with"). Also
+    written: roc_<task>.png, macro_auroc.png (linked from table3.md) and labels_<task>.md (best and
+    worst labels of multilabel tasks). See report_stats.py.
     """
     pretrain_runs, finetune_runs = find_runs(paths)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ClinpeftError(f"--out {out} is a file; choose a directory for the report")
+    if compare is not None and not finetune_runs:
+        raise ClinpeftError("--compare needs fine-tuning runs (metrics.json); the given paths hold only pretraining runs")
+    if compare is not None and n_resamples <= 0:
+        raise ClinpeftError("--compare needs resamples for its p-values; drop --bootstrap-resamples 0 (default 1000)")
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     if pretrain_runs:
@@ -601,9 +657,38 @@ def write_report(paths: Iterable[str | Path], out_dir: str | Path) -> dict[str, 
         raw.to_csv(out / "table2.csv", index=False)
         written["table2.csv"] = out / "table2.csv"
     if finetune_runs:
-        raw, shown, notes = _table3_frames(finetune_runs)
-        title = "Table 3: downstream clinical outcome prediction, test AUROC (%)"
-        written["table3.md"] = _write_markdown(out / "table3.md", title, shown, _table3_footnotes(notes))
-        raw.to_csv(out / "table3.csv", index=False)
-        written["table3.csv"] = out / "table3.csv"
+        written.update(_write_table3(out, finetune_runs, compare, n_resamples, seed, progress))
     return written
+
+
+def _write_table3(out: Path, finetune_runs: list[dict], compare: str | None, n_resamples: int, seed: int,
+                  progress: bool) -> dict[str, Path]:
+    """table3.md/.csv with intervals (and the comparison with `compare`), plots, label lists."""
+    from clinpeft import report_stats
+
+    tasks, rows = table3_layout(finetune_runs)
+    stats = report_stats.table3_statistics(rows, tasks, n_resamples=n_resamples, seed=seed, compare=compare,
+                                           progress=progress)
+    raw, shown, notes = _table3_frames(finetune_runs, stats=stats)
+    figures = report_stats.write_plots(out, stats, rows, tasks, dict(zip(raw["Model"], raw[MACRO])))
+    figures.update(report_stats.write_label_lists(out, stats, rows, tasks))
+    footnotes = _table3_footnotes(notes) + report_stats.reading_notes(stats, rows, tasks)
+    links = [f"[{name[4:-4].upper()} ROC curves]({name})" for name in figures if name.startswith("roc_")]
+    links += ["[macro AUROC with intervals](macro_auroc.png)"] if "macro_auroc.png" in figures else []
+    links += [f"[{name[7:-3].upper()} best and worst labels]({name})" for name in figures if name.startswith("labels_")]
+    extra = f"\nFigures and details: {' · '.join(links)}.\n" if links else ""
+    if stats.compare_row is not None:
+        table = report_stats.comparison_table(stats, rows, tasks, MACRO)
+        extra += (f"\n## Paired comparison with {stats.compare_row}\n\n{format_markdown(table)}\n"
+                  + "".join(f"- {note}\n" for note in report_stats.comparison_notes(stats, rows, tasks)))
+        raw["Compared with"] = stats.compare_row
+        for key, column in [*((t, t.upper()) for t in tasks), ("macro", MACRO)]:
+            tests = [stats.paired.get((name, key)) for name in raw["Model"]]
+            raw[f"{column} diff"] = [100 * t.diff if t else None for t in tests]
+            raw[f"{column} p"] = [t.p_value if t else None for t in tests]
+            raw[[f"{column} diff", f"{column} p"]] = raw[[f"{column} diff", f"{column} p"]].astype("float64")
+    title = "Table 3: downstream clinical outcome prediction, test AUROC (%)"
+    written = {"table3.md": _write_markdown(out / "table3.md", title, shown, footnotes, extra)}
+    raw.to_csv(out / "table3.csv", index=False)
+    written["table3.csv"] = out / "table3.csv"
+    return {**written, **figures}

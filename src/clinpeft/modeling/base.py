@@ -22,6 +22,10 @@ def resolve_base(base: str, *, progress: bool = True) -> Path:
         from clinpeft.modeling.demo_base import ensure_demo_base
 
         return ensure_demo_base(progress=progress)
+    if base == "demo-bert":
+        from clinpeft.modeling.demo_bert import ensure_demo_bert
+
+        return ensure_demo_bert(progress=progress)
     path = Path(base).expanduser()
     if not (path / "config.json").is_file():
         what = "does not exist" if not path.exists() else "has no config.json"
@@ -30,6 +34,29 @@ def resolve_base(base: str, *, progress: bool = True) -> Path:
             "(config.json, tokenizer, *.safetensors), or model.base=demo for the tiny demo model"
         )
     return path
+
+
+def is_encoder(base: str | Path) -> bool:
+    """Whether `model.base` is a BERT-family encoder (BlueBERT, UmlsBERT, Bio+ClinicalBERT, CORe, RoBERTa...)
+    rather than a LLaMA-family decoder, read from its config.json without loading weights.
+
+    Encoder = a model_type that transformers can build as a masked LM (bert, roberta, electra,
+    deberta, ...), not configured as a decoder (`is_decoder`), and not saved as a causal LM
+    (`architectures` ending in ForCausalLM / LMHeadModel). "demo-bert" is the demo's encoder.
+    """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    if str(base) == "demo-bert":
+        return True
+    if str(base) == "demo":
+        return False
+    config_file = Path(base).expanduser() / "config.json"
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        return False  # resolve_base / from_pretrained report the missing or broken model
+    causal = any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in config.get("architectures") or [])
+    return config.get("model_type") in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not config.get("is_decoder") and not causal
 
 
 def torch_dtype(setting: str) -> torch.dtype:

@@ -6,6 +6,13 @@ without the training process. A bundle (inside a finetune run directory):
     bundle.json          base model path + fingerprint, variant, adapters, task, labels, max_seq_len
     adapters/<name>/     adapter_config.json + adapter_model.safetensors ("clinical", "downstream")
     head.safetensors     the classification head
+    model/               variant `full` only, instead of adapters/ and head.safetensors: the whole
+                         fine-tuned classifier (config.json, model.safetensors, tokenizer), since
+                         every weight changed; it needs no base model to reload
+
+The base model may be a LLaMA-family decoder (the head reads the last non-pad token) or a
+BERT-family encoder (BlueBERT, ...: the head reads [CLS] through BERT's pooler); both load
+through AutoModelForSequenceClassification with the model's own tokenizer, padded on the right.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from clinpeft.modeling.adapters import (
 from clinpeft.modeling.base import base_fingerprint, classification_head, load_sequence_classifier, load_tokenizer
 from clinpeft.rundir import read_json, write_json
 
+FULL_MODEL_DIR = "model"  # variant full: the whole fine-tuned classifier, in a bundle
 PROBLEM_TYPES = {"binary": "single_label_classification", "multiclass": "single_label_classification",
                  "multilabel": "multi_label_classification"}
 
@@ -64,13 +72,28 @@ def build_classifier(
     if clinical is not None:
         check_same_base(clinical, fingerprint, str(base_path))
     head_name, _ = classification_head(model)
-    model, active = stack_adapters(model, variant, clinical, downstream_lora)
-    set_trainable(model, trainable_adapters(variant), head_name)
+    try:
+        model, active = stack_adapters(model, variant, clinical, downstream_lora)
+    except ValueError as exc:  # peft: e.g. LLaMA's q_proj/v_proj asked of a BERT (query/value)
+        raise ClinpeftError(f"lora.target_modules={list(downstream_lora.target_modules)} on {base_path}: {exc}; "
+                            "set lora.target_modules to module names of this model "
+                            "(LLaMA: [q_proj,v_proj], BERT: [query,value])") from None
+    if variant == "full":  # every weight of the base model trains, with the head
+        for param in model.parameters():
+            param.requires_grad = True
+    else:
+        set_trainable(model, trainable_adapters(variant), head_name)
     return Classifier(model, tokenizer, head_name, active, fingerprint)
 
 
 def save_bundle(clf: Classifier, run_dir: Path, meta: dict) -> None:
     run_dir = Path(run_dir)
+    if meta.get("variant") == "full":  # every weight changed: save the whole classifier, once
+        clf.model.save_pretrained(run_dir / FULL_MODEL_DIR, safe_serialization=True)
+        clf.tokenizer.save_pretrained(run_dir / FULL_MODEL_DIR)
+        write_json(run_dir / "bundle.json", {**meta, "adapters": [], "head": clf.head_name,
+                                             "model_dir": FULL_MODEL_DIR, "base_fingerprint": clf.fingerprint})
+        return
     if clf.adapters:
         clf.model.save_pretrained(run_dir / "adapters", selected_adapters=clf.adapters, safe_serialization=True)
     head = head_module(clf.model, clf.head_name)
@@ -87,6 +110,8 @@ def load_bundle(run_dir: str | Path, base: str | None = None, dtype: str = "auto
     """
     run_dir = Path(run_dir)
     meta = read_json(run_dir / "bundle.json")
+    if meta.get("model_dir"):  # variant full: the saved classifier is complete, no base model needed
+        return _load_full_bundle(run_dir, meta, dtype), meta
     base_path = Path(base or meta["base_model"])
     if not (base_path / "config.json").is_file():
         raise ClinpeftError(
@@ -112,6 +137,18 @@ def load_bundle(run_dir: str | Path, base: str | None = None, dtype: str = "auto
     for param in model.parameters():
         param.requires_grad = False
     return Classifier(model, tokenizer, meta["head"], list(meta["adapters"]), fingerprint), meta
+
+
+def _load_full_bundle(run_dir: Path, meta: dict, dtype: str) -> Classifier:
+    model_dir = run_dir / meta["model_dir"]
+    tokenizer = load_tokenizer(model_dir, padding_side=meta.get("padding_side", "right"))
+    model = load_sequence_classifier(
+        model_dir, len(meta["labels"]), tokenizer.pad_token_id, PROBLEM_TYPES[meta["task_type"]], dtype
+    )
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad = False
+    return Classifier(model, tokenizer, meta["head"], [], meta["base_fingerprint"])
 
 
 def encode(tokenizer, texts: list[str], max_seq_len: int) -> list[list[int]]:

@@ -16,12 +16,12 @@ from clinpeft import __version__
 from clinpeft.data.tasks import TaskData, read_split_csv, validate_split
 from clinpeft.metrics import task_metrics
 from clinpeft.modeling.classifier import load_bundle, predict_logits
-from clinpeft.recipes.finetune import write_predictions
+from clinpeft.recipes.finetune import bootstrap_fields, write_predictions
 from clinpeft.rundir import atomic_run_dir, write_json
 
 
 def main(run: str | Path, data: str | Path, out: str | Path, base: str | None = None, batch_size: int = 16,
-         overwrite: bool = False, progress: bool = True) -> dict:
+         overwrite: bool = False, progress: bool = True, bootstrap_resamples: int = 1000, bootstrap_seed: int = 0) -> dict:
     started = time.time()
     data = Path(data)
     frame = read_split_csv(data)
@@ -31,6 +31,9 @@ def main(run: str | Path, data: str | Path, out: str | Path, base: str | None = 
     task = TaskData(name=meta["task"], kind=kind, labels=list(meta["labels"]), splits={"eval": frame})
 
     logits = predict_logits(clf, frame["text"].tolist(), meta["max_seq_len"], batch_size, progress, "evaluate")
+    scores = task_metrics(meta["task_type"], task.targets("eval"), logits, task.labels)
+    if bootstrap_resamples:  # "auroc_ci": 95% bootstrap interval over these notes, as in finetune
+        scores.update(bootstrap_fields(task, "eval", logits, bootstrap_resamples, bootstrap_seed))
     metrics = {
         "kind": "evaluation",
         "run": str(run),
@@ -38,7 +41,7 @@ def main(run: str | Path, data: str | Path, out: str | Path, base: str | None = 
         "task": meta["task"],
         "task_type": meta["task_type"],
         "variant": meta["variant"],
-        "eval": task_metrics(meta["task_type"], task.targets("eval"), logits, task.labels),
+        "eval": scores,
         "wall_time_s": time.time() - started,
         "clinpeft_version": __version__,
     }

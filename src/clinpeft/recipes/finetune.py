@@ -13,10 +13,15 @@ classify in transformers 5.x). A downstream LoRA stacks only on a LoRA clinical 
 methods pad on the left. A `full` run is a whole clinical model: it becomes the base model, with
 clinical_frozen = the head on it and clinical_frozen+downstream = a LoRA on it (modeling/adapters.py).
 
+Variant `full` trains every weight of model.base with the head (saved whole, as model/). model.base
+may also be a BERT-family encoder (BlueBERT, UmlsBERT, Bio+ClinicalBERT, CORe; detected from its
+config.json), the paper's baselines: variant full (or head, or lora with lora.target_modules=[query,value]);
+clinical_* variants are refused for encoders.
+
 Output directory:
     adapters/<name>/, head.safetensors, bundle.json   the trained classifier (see modeling/classifier.py)
     labels.txt         the label vocabulary, in output-unit order
-    metrics.json       val and test AUROC (and per-label detail for multilabel tasks)
+    metrics.json       val and test AUROC with 95% bootstrap intervals (and per-label detail for multilabel tasks)
     predictions.csv    test notes: id, gold label, one probability column per label
     config.yaml        the resolved config
 """
@@ -38,14 +43,17 @@ from clinpeft.data.tasks import TaskData, load_task
 from clinpeft.errors import ClinpeftError
 from clinpeft.metrics import sigmoid, softmax, task_metrics
 from clinpeft.modeling.adapters import check_variant, find_clinical_adapter, full_model_variant
-from clinpeft.modeling.base import count_parameters, device_summary, resolve_base
+from clinpeft.modeling.base import count_parameters, device_summary, is_encoder, resolve_base
 from clinpeft.modeling.classifier import Classifier, build_classifier, encode, pad_batch, predict_logits, save_bundle
 from clinpeft.rundir import atomic_run_dir, write_json
 from clinpeft.training import silence_trainer, training_arguments
 
 
-def main(config: FinetuneConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> dict:
-    """Run one fine-tuning job into `out` (created whole, or not at all). Returns metrics.json."""
+def main(config: FinetuneConfig, out: str | Path, overwrite: bool = False, progress: bool = True,
+         callbacks: list | tuple = ()) -> dict:
+    """Run one fine-tuning job into `out` (created whole, or not at all). Returns metrics.json.
+
+    callbacks: extra transformers TrainerCallbacks (a sweep's pruning reads the per-epoch val AUROC)."""
     task = load_task(config.task.path, config.task.name, config.task.kind, config.task.max_examples)
     clinical = None
     if config.variant.startswith("clinical"):
@@ -56,9 +64,15 @@ def main(config: FinetuneConfig, out: str | Path, overwrite: bool = False, progr
             )
         clinical = find_clinical_adapter(config.clinical_adapter)
         check_variant(clinical, config.variant)
+        if clinical.method != "full" and is_encoder(config.model.base):
+            raise ClinpeftError(
+                f"model.base {config.model.base} is a BERT-family encoder: variant {config.variant} needs a clinical "
+                "adapter pretrained on it, and `clinpeft pretrain` trains LLaMA-family (causal) models only; use "
+                "variant=full (the paper's baseline rows), head or lora with an encoder"
+            )
     with atomic_run_dir(out, overwrite) as run_dir:
         save_config(config, run_dir)
-        return run(config, task, clinical, run_dir, progress)
+        return run(config, task, clinical, run_dir, progress, callbacks)
 
 
 def class_weights(targets: np.ndarray, num_labels: int) -> torch.Tensor:
@@ -89,7 +103,8 @@ class PadCollator:
         return batch
 
 
-def make_trainer(clf: Classifier, task: TaskData, config: FinetuneConfig, run_dir: Path, progress: bool):
+def make_trainer(clf: Classifier, task: TaskData, config: FinetuneConfig, run_dir: Path, progress: bool,
+                 callbacks: list | tuple = ()):
     """HF Trainer with the task's loss, validation AUROC each epoch and the best epoch restored."""
     from transformers import Trainer, TrainerCallback
 
@@ -145,7 +160,7 @@ def make_trainer(clf: Classifier, task: TaskData, config: FinetuneConfig, run_di
         eval_dataset=val_ds,
         data_collator=PadCollator(clf.tokenizer, multilabel),
         compute_metrics=compute_metrics,
-        callbacks=[keep_best],
+        callbacks=[keep_best, *callbacks],  # keep_best first: it records the epoch before a sweep may prune
     )
     return silence_trainer(trainer, progress), keep_best
 
@@ -160,12 +175,28 @@ def write_predictions(path: Path, task: TaskData, split: str, logits: np.ndarray
     probs = probabilities(task.task_type, logits)
     columns = {"id": frame["id"], "label": frame["label"]}
     columns.update({f"p_{label}": probs[:, i] for i, label in enumerate(task.labels)})
-    pd.DataFrame(columns).to_csv(path, index=False, float_format="%.6f")
+    pd.DataFrame(columns).to_csv(path, index=False, float_format="%.7g")
 
 
-def table3_row(variant: str, clinical_method: str | None) -> dict:
-    """{"row": name} for a clinical adapter that is not a LoRA, so that `clinpeft report` does not file
-    it under the paper's "Clinical LoRA" rows: e.g. "+ Clinical Prompt Tuning (Frozen)"."""
+def bootstrap_fields(task: TaskData, split: str, logits: np.ndarray, n_resamples: int, seed: int) -> dict:
+    """{"auroc_ci": [lo, hi], "bootstrap": {...}} of a split: notes resampled in id order, one
+    random stream per task (statistics.py), so `clinpeft report` redraws the same resamples."""
+    from clinpeft.statistics import bootstrap_auroc
+
+    boot = bootstrap_auroc(task.task_type, task.targets(split), probabilities(task.task_type, logits),
+                           ids=task.splits[split]["id"].tolist(), n_resamples=n_resamples, seed=seed, stream=task.name)
+    return boot.fields()
+
+
+def table3_row(variant: str, clinical_method: str | None, encoder_name: str | None = None) -> dict:
+    """{"row": name} where `clinpeft report`'s default row name would mislead:
+    - a clinical adapter that is not a LoRA, so it is not filed under the paper's "Clinical LoRA"
+      rows: e.g. "+ Clinical Prompt Tuning (Frozen)";
+    - an encoder (`encoder_name`: its display name): fully fine-tuned it is a baseline row of its own,
+      named like the paper's ("BlueBERT"); head-only it is "BlueBERT (head only)".
+    """
+    if encoder_name is not None:
+        return {"row": {"full": encoder_name, "head": f"{encoder_name} (head only)"}.get(variant, f"{encoder_name} + LoRA")}
     if clinical_method in (None, "lora", "full"):
         return {}
     from clinpeft.report import method_name
@@ -174,11 +205,22 @@ def table3_row(variant: str, clinical_method: str | None) -> dict:
     return {"row": f"+ Clinical {method_name(clinical_method)} ({state})"}
 
 
-def run(config: FinetuneConfig, task: TaskData, clinical, run_dir: Path, progress: bool = True) -> dict:
+def check_encoder_length(base_path: Path, max_seq_len: int) -> None:
+    """An encoder has learned position embeddings for max_position_embeddings tokens only (BERT: 512,
+    [CLS] and [SEP] included); longer inputs would index past them."""
+    import json
+
+    limit = json.loads((base_path / "config.json").read_text()).get("max_position_embeddings")
+    if limit and max_seq_len > limit:
+        raise ClinpeftError(f"task.max_seq_len={max_seq_len}: the encoder {base_path} has {limit} positions; "
+                            f"set task.max_seq_len={limit} or less")
+
+
+def run(config: FinetuneConfig, task: TaskData, clinical, run_dir: Path, progress: bool = True,
+        callbacks: list | tuple = ()) -> dict:
     from transformers import set_seed
 
     started = time.time()
-    set_seed(config.train.seed)
 
     # --- setup: the variant's model. A full clinical model (peft.method=full) is not an adapter but a
     # new base model: clinical_frozen is then the head on it, clinical_frozen+downstream a LoRA on it.
@@ -192,12 +234,17 @@ def run(config: FinetuneConfig, task: TaskData, clinical, run_dir: Path, progres
         clinical = None
     else:
         base_path = resolve_base(config.model.base, progress=progress)
+    base_name = config.model.name or base_name or base_path.name
+    encoder = is_encoder(base_path)
+    if encoder:
+        check_encoder_length(base_path, config.task.max_seq_len)
+    set_seed(config.train.seed)  # after resolve_base: building a demo model on first use draws random numbers
     clf = build_classifier(base_path, task.task_type, task.num_labels, variant, clinical, config.lora,
                            config.model.dtype, config.model.attn_implementation)
     trainable, total = count_parameters(clf.model)
 
     # --- fit, selecting the epoch by validation AUROC
-    trainer, keep_best = make_trainer(clf, task, config, run_dir, progress)
+    trainer, keep_best = make_trainer(clf, task, config, run_dir, progress, callbacks)
     fit_started = time.time()
     trainer.train()
     train_time = time.time() - fit_started
@@ -210,6 +257,10 @@ def run(config: FinetuneConfig, task: TaskData, clinical, run_dir: Path, progres
                                  config.eval.batch_size, progress, "test")
     val_metrics = task_metrics(task.task_type, task.targets("val"), val_logits, task.labels)
     test_metrics = task_metrics(task.task_type, task.targets("test"), test_logits, task.labels)
+    if config.eval.bootstrap_resamples:  # "auroc_ci": 95% bootstrap interval over the split's notes
+        for split, logits, split_metrics in (("val", val_logits, val_metrics), ("test", test_logits, test_metrics)):
+            split_metrics.update(bootstrap_fields(task, split, logits, config.eval.bootstrap_resamples,
+                                                  config.eval.bootstrap_seed))
 
     # --- save: the bundle, predictions, metrics
     save_bundle(clf, run_dir, {
@@ -232,10 +283,11 @@ def run(config: FinetuneConfig, task: TaskData, clinical, run_dir: Path, progres
         "task_type": task.task_type,
         "variant": variant,  # differs from config.variant only on a full clinical model (see above)
         "base_model": str(base_path),
-        "base_model_name": base_name or base_path.name,
+        "base_model_name": base_name,
+        "model_kind": "encoder" if encoder else "decoder",
         "clinical_adapter": clinical_dir,
         "clinical_method": clinical_method,
-        **table3_row(variant, clinical_method),
+        **table3_row(variant, clinical_method, base_name if encoder else None),
         "val": val_metrics,
         "test": test_metrics,
         "best_epoch": keep_best.best_epoch,

@@ -1,0 +1,63 @@
+"""Report figures (matplotlib, Agg backend: files only, no display): ROC curves and macro AUROC bars.
+
+    roc_<task>.png      one ROC curve per Table 3 row on the task's test notes
+    macro_auroc.png     macro AUROC of each row with its 95% bootstrap interval as error bars
+
+The figures only draw what `report_stats` computed; they hold no note text.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: report runs on servers and in CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def roc_figure(path: Path, title: str, curves: list[tuple[str, np.ndarray, np.ndarray]]) -> Path:
+    """Writes one ROC plot: curves = [(legend text, false positive rates, true positive rates)],
+    with the chance diagonal. Returns path."""
+    fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=110)
+    for label, fpr, tpr in curves:
+        ax.plot(fpr, tpr, linewidth=1.6, label=label)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance (AUROC 50)")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="False positive rate (1 - specificity)",
+           ylabel="True positive rate (sensitivity)")
+    ax.set_title(title, fontsize=10)
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def macro_bar_figure(path: Path, title: str, bars: list[tuple[str, float, float | None, float | None]]) -> Path:
+    """Writes horizontal bars of macro AUROC (x 100) per row, top row first: bars = [(row name,
+    value, interval low, interval high)], error bars where the interval is known. Returns path."""
+    names = [b[0] for b in bars]
+    values = np.array([b[1] for b in bars], dtype=float)
+    lows = np.array([b[1] - b[2] if b[2] is not None else 0.0 for b in bars])
+    highs = np.array([b[3] - b[1] if b[3] is not None else 0.0 for b in bars])
+    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.45 * len(bars)), dpi=110)
+    y = np.arange(len(bars))[::-1]  # first row at the top, as in the table
+    ax.barh(y, values, xerr=np.vstack([lows, highs]), color="#4C72B0", alpha=0.85,
+            error_kw={"ecolor": "black", "capsize": 3, "linewidth": 1})
+    for yi, value, high in zip(y, values, highs):
+        ax.text(value + high + 0.5, yi, f"{value:.1f}", va="center", fontsize=8)
+    ax.axvline(50, color="grey", linestyle=":", linewidth=1)  # chance
+    ax.set_yticks(y, names, fontsize=8)
+    low_edge = min(50.0, float(np.nanmin(values - lows))) if len(bars) else 50.0
+    ax.set_xlim(max(0.0, low_edge - 5), 100)
+    ax.set_xlabel("Macro AUROC (%), error bars: 95% bootstrap interval")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

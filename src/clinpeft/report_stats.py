@@ -1,0 +1,455 @@
+"""Statistics, plots and per-label lists of `clinpeft report`, from each run's predictions.csv.
+
+Table 3 itself comes from metrics.json (report.py). This module reads the test predictions that
+every `clinpeft finetune` run writes (predictions.csv: id, label, p_<label> per label of
+labels.txt) and adds:
+
+- the 95% bootstrap interval of every cell and of each row's macro average (statistics.py:
+  notes sorted by id, one random stream per task, so a cell's interval equals the one in its
+  metrics.json up to the rounding of predictions.csv);
+- with `--compare ROW`, the paired bootstrap p-value of each cell against the same task of ROW
+  (both rows resampled on the same notes; refused when the two runs' test notes differ);
+- roc_<task>.png, macro_auroc.png (plots.py) and labels_<task>.md (best and worst labels of the
+  multilabel tasks).
+
+A run without predictions.csv keeps the interval recorded in its metrics.json, if any, and gets
+no p-value or curve; a footnote says which.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from clinpeft.errors import ClinpeftError
+from clinpeft.statistics import Bootstrap, PairedTest, bootstrap_auroc, macro_values, paired_p_value, paired_test, \
+    percentile_interval
+
+PREDICTIONS_FILE = "predictions.csv"
+LABELS_FILE = "labels.txt"
+SIGNIFICANCE = 0.05  # cells with p below this get a mark in the comparison table
+N_BEST_WORST = 5  # labels listed at each end in labels_<task>.md
+
+
+@dataclass
+class Row:
+    """One Table 3 row: its printed name and its runs by task (lower-case task name)."""
+
+    name: str
+    runs: dict[str, dict]
+
+
+# --------------------------------------------------------------------------- predictions
+
+
+@dataclass
+class Predictions:
+    """A run's test predictions: ids (str), y (class indices or (n, L) multi-hot), probs ((n, C))."""
+
+    ids: np.ndarray
+    y: np.ndarray
+    probs: np.ndarray | None
+    labels: list[str]
+    task_type: str
+
+
+def read_predictions(run: dict) -> Predictions | None:
+    """The run's predictions.csv and labels.txt, or None when the run has no predictions.csv.
+
+    Columns: id, label (one label, or comma-joined codes for multilabel tasks), p_<label> for every
+    label of labels.txt in that order. Malformed files -> ClinpeftError naming the file and row.
+    """
+    run_dir = Path(run["_dir"])
+    path = run_dir / PREDICTIONS_FILE
+    if not path.is_file():
+        return None
+    labels_path = run_dir / LABELS_FILE
+    if not labels_path.is_file():
+        raise ClinpeftError(f"{labels_path} not found; predictions.csv needs the run's label vocabulary next to it")
+    labels = [line.strip() for line in labels_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ClinpeftError(f"{path}: cannot be parsed as CSV ({exc}); re-run `clinpeft evaluate` on the run") from None
+    columns = ["id", "label", *(f"p_{label}" for label in labels)]
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ClinpeftError(f"{path}: missing column(s) {', '.join(missing[:5])}; expected id, label and p_<label> "
+                            f"for each label of {LABELS_FILE}")
+    try:
+        probs = frame[columns[2:]].astype(np.float64).to_numpy()
+    except ValueError as exc:
+        raise ClinpeftError(f"{path}: a probability is not a number ({exc})") from None
+    if not np.all(np.isfinite(probs)):
+        row = int(np.flatnonzero(~np.isfinite(probs).all(axis=1))[0]) + 2
+        raise ClinpeftError(f"{path}, row {row}: probability is NaN or inf; re-run the evaluation")
+    index = {label: i for i, label in enumerate(labels)}
+    task_type = str(run.get("task_type") or ("binary" if len(labels) == 2 else "multiclass"))
+    if task_type == "multilabel":
+        y = np.zeros((len(frame), len(labels)), dtype=np.int8)
+        for row, cell in enumerate(frame["label"]):
+            for code in (c.strip() for c in cell.split(",") if c.strip()):
+                if code not in index:
+                    raise ClinpeftError(f"{path}, row {row + 2}: label {code!r} is not in {LABELS_FILE}")
+                y[row, index[code]] = 1
+    else:
+        unknown = sorted(set(frame["label"]) - set(index))
+        if unknown:
+            raise ClinpeftError(f"{path}: label(s) {', '.join(map(repr, unknown[:5]))} not in {LABELS_FILE}")
+        y = frame["label"].map(index).to_numpy(dtype=np.int64)
+    return Predictions(frame["id"].to_numpy(dtype=str), y, probs, labels, task_type)
+
+
+def _same_notes(a: Predictions, b: Predictions, dir_a, dir_b) -> None:
+    """Refuse a paired comparison unless both runs scored the same notes with the same gold labels."""
+    ids_a, ids_b = set(a.ids.tolist()), set(b.ids.tolist())
+    if ids_a != ids_b:
+        only_a, only_b = len(ids_a - ids_b), len(ids_b - ids_a)
+        raise ClinpeftError(
+            f"--compare: {dir_a} and {dir_b} were tested on different notes ({only_a} ids only in the first, "
+            f"{only_b} only in the second); a paired test needs the same test split, compare rows evaluated on it"
+        )
+    order_a, order_b = np.argsort(a.ids, kind="stable"), np.argsort(b.ids, kind="stable")
+    if a.labels != b.labels or not np.array_equal(a.y[order_a], b.y[order_b]):
+        raise ClinpeftError(f"--compare: {dir_a} and {dir_b} have different gold labels for the same note ids; "
+                            "they were not evaluated on the same task data")
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+@dataclass
+class Cell:
+    """A Table 3 cell: test AUROC (fraction), its interval and where the interval came from."""
+
+    auroc: float | None
+    ci: tuple[float, float] | None = None
+    source: str | None = None  # "predictions.csv" | "metrics.json"
+    boot: Bootstrap | None = None
+    preds: Predictions | None = None  # ids and gold labels; probs freed once resampled (see below)
+    roc: tuple[np.ndarray, np.ndarray] | None = None  # (false positive rates, true positive rates)
+
+
+@dataclass
+class Table3Stats:
+    n_resamples: int
+    seed: int
+    cells: dict[tuple[str, str], Cell] = field(default_factory=dict)  # (row name, task) -> Cell
+    macro_ci: dict[str, tuple[float, float]] = field(default_factory=dict)  # row name -> interval (fraction)
+    compare_row: str | None = None
+    paired: dict[tuple[str, str], PairedTest] = field(default_factory=dict)  # (row name, task or "macro")
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_row(wanted: str, names: list[str]) -> str:
+    """The Table 3 row named `wanted`: an exact name, else the only row containing it (case-insensitive)."""
+    if wanted in names:
+        return wanted
+    hits = [name for name in names if wanted.strip().lower() in name.lower()]
+    if len(hits) == 1:
+        return hits[0]
+    listing = "; ".join(repr(n) for n in names)
+    if not hits:
+        raise ClinpeftError(f"--compare {wanted!r} matches no Table 3 row; the rows are: {listing}")
+    raise ClinpeftError(f"--compare {wanted!r} matches {len(hits)} rows ({'; '.join(map(repr, hits))}); "
+                        "pass the full row name, as printed in Table 3")
+
+
+def _test(run: dict) -> dict:
+    return run["test"] if isinstance(run.get("test"), dict) else {}
+
+
+def roc_points(preds: Predictions) -> tuple[np.ndarray, np.ndarray] | None:
+    """The ROC curve drawn for a run: binary on P(class 1); multiclass and multilabel micro-averaged
+    (every (note, label) pair one point; multiclass one-vs-rest). None without both classes."""
+    from sklearn.metrics import roc_curve
+
+    if preds.task_type == "binary":
+        y, score = preds.y == 1, preds.probs[:, -1]
+    else:
+        truth = preds.y if preds.task_type == "multilabel" else np.eye(len(preds.labels), dtype=np.int8)[preds.y]
+        y, score = truth.ravel().astype(bool), preds.probs.ravel()
+    if y.all() or not y.any():
+        return None
+    fpr, tpr, _ = roc_curve(y, score)
+    return fpr, tpr
+
+
+def _recorded_ci(run: dict) -> tuple[float, float] | None:
+    ci = _test(run).get("auroc_ci")
+    if isinstance(ci, (list, tuple)) and len(ci) == 2:
+        try:
+            lo, hi = float(ci[0]), float(ci[1])
+        except (TypeError, ValueError):
+            return None
+        return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) else None
+    return None
+
+
+def _auroc(run: dict) -> float | None:
+    value = _test(run).get("auroc")
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def table3_statistics(rows: list[Row], tasks: list[str], *, n_resamples: int = 1000, seed: int = 0,
+                      compare: str | None = None, progress: bool = False) -> Table3Stats:
+    """Intervals of every cell and macro average, and the paired p-values against `compare`.
+
+    Cell interval: bootstrap of the run's predictions.csv (n_resamples, seed, stream = the task
+    name as recorded in metrics.json), else the "auroc_ci" recorded in metrics.json, else none.
+    Macro interval of a row: percentile interval of the mean over the row's tasks of their
+    resample-b AUROCs (each task resampled independently); only when every task of the row has
+    predictions. Paired p-values: statistics.paired_p_value on the two rows' resamples of the same
+    notes; the macro's on the resampled macro averages, when both rows have predictions for the
+    same tasks.
+    """
+    from tqdm.auto import tqdm
+
+    stats = Table3Stats(n_resamples=n_resamples, seed=seed)
+    reference = resolve_row(compare, [r.name for r in rows]) if compare is not None else None  # fail before work
+    no_predictions: list[str] = []
+    work = [(row, task) for row in rows for task in tasks if task in row.runs]
+    for row, task in tqdm(work, desc="bootstrap", unit="cell", disable=not progress or n_resamples == 0):
+        run = row.runs[task]
+        cell = Cell(auroc=_auroc(run))
+        preds = read_predictions(run) if n_resamples else None
+        if preds is not None:
+            cell.preds = preds
+            cell.boot = bootstrap_auroc(preds.task_type, preds.y, preds.probs, ids=preds.ids, n_resamples=n_resamples,
+                                        seed=seed, stream=str(run.get("task", task)),
+                                        multi_class=str(_test(run).get("multi_class", "ovo")))
+            cell.ci, cell.source = cell.boot.interval(), PREDICTIONS_FILE
+            cell.roc = roc_points(preds)
+            preds.probs = None  # (notes x labels) float64: ~100 MB for a DIAG run on MIMIC-III; not needed again
+        elif _recorded_ci(run) is not None:
+            cell.ci, cell.source = _recorded_ci(run), "metrics.json"
+            no_predictions.append(str(run["_dir"]))
+        else:
+            no_predictions.append(str(run["_dir"]))
+        stats.cells[(row.name, task)] = cell
+
+    for row in rows:
+        cells = [stats.cells[(row.name, t)] for t in tasks if t in row.runs]
+        boots = [cell.boot for cell in cells if cell.auroc is not None]  # the tasks of the row's macro avg
+        if boots and all(b is not None for b in boots):
+            stats.macro_ci[row.name] = percentile_interval(macro_values(boots))
+    if no_predictions and n_resamples:
+        stats.notes.append(f"No {PREDICTIONS_FILE} (interval from metrics.json when recorded, no p-value, no ROC "
+                           f"curve, no macro interval for the row) in: {', '.join(no_predictions)}.")
+    if reference is not None:
+        _compare(stats, rows, tasks, reference)
+    return stats
+
+
+def _compare(stats: Table3Stats, rows: list[Row], tasks: list[str], reference: str) -> None:
+    stats.compare_row = reference
+    ref = next(r for r in rows if r.name == reference)
+    for row in rows:
+        if row.name == reference:
+            continue
+        common = []
+        for task in tasks:
+            mine, theirs = stats.cells.get((row.name, task)), stats.cells.get((reference, task))
+            if not (mine and theirs and mine.boot is not None and theirs.boot is not None):
+                continue
+            _same_notes(mine.preds, theirs.preds, row.runs[task]["_dir"], ref.runs[task]["_dir"])
+            if mine.auroc is None or theirs.auroc is None:
+                continue
+            stats.paired[(row.name, task)] = paired_test(mine.boot, theirs.boot, mine.auroc, theirs.auroc)
+            common.append(task)
+        if common and set(common) == set(row.runs) == set(ref.runs):
+            mine = macro_values([stats.cells[(row.name, t)].boot for t in common])
+            theirs = macro_values([stats.cells[(reference, t)].boot for t in common])
+            observed = np.mean([stats.cells[(row.name, t)].auroc - stats.cells[(reference, t)].auroc for t in common])
+            p, used = paired_p_value(mine, theirs)
+            stats.paired[(row.name, "macro")] = PairedTest(float(observed), percentile_interval(mine - theirs), p, used)
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def format_interval(ci: tuple[float, float] | None) -> str:
+    """An AUROC interval (fractions) in % with 1 decimal: (0.761, 0.805) -> "[76.1, 80.5]".
+    One decimal: with 1000 resamples the bounds move by about 0.1 points (sd over seeds, 706 notes)."""
+    if ci is None or not all(math.isfinite(v) for v in ci):
+        return ""
+    return f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def format_p(p: float) -> str:
+    """A p-value with 3 decimals ("p=0.041"); "p<0.001" below."""
+    if not math.isfinite(p):
+        return ""
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+
+
+def comparison_table(stats: Table3Stats, rows: list[Row], tasks: list[str], macro_name: str) -> pd.DataFrame:
+    """Rows x (tasks, macro): difference to the reference row in AUROC points, its p-value, and a
+    dagger when p < 0.05. The reference row reads "(reference)"."""
+    records = []
+    for row in rows:
+        if row.name == stats.compare_row:
+            records.append([row.name, *["(reference)"] * (len(tasks) + 1)])
+            continue
+        cells = []
+        for key in [*tasks, "macro"]:
+            test = stats.paired.get((row.name, key))
+            if test is None or not math.isfinite(test.p_value):
+                cells.append("")
+                continue
+            mark = "\u2020" if test.p_value < SIGNIFICANCE else ""
+            cells.append(f"{100 * test.diff:+.2f} ({format_p(test.p_value)}){mark}")
+        records.append([row.name, *cells])
+    return pd.DataFrame(records, columns=["Model", *(t.upper() for t in tasks), macro_name])
+
+
+def reading_notes(stats: Table3Stats, rows: list[Row], tasks: list[str]) -> list[str]:
+    """Footnotes on how to read the intervals and p-values, with this table's own interval widths."""
+    widths = []
+    for task in tasks:
+        cells = [stats.cells[(r.name, task)] for r in rows if (r.name, task) in stats.cells]
+        spans = [100 * (c.ci[1] - c.ci[0]) for c in cells if c.ci is not None]
+        sizes = sorted({len(c.preds.ids) for c in cells if c.preds is not None})
+        if spans:
+            notes = f"{sizes[0]}" if len(sizes) == 1 else ("/".join(map(str, sizes)) if sizes else "?")
+            widths.append(f"{task.upper()} {np.median(spans):.1f} points ({notes} notes)")
+    lines = []
+    if widths:
+        lines.append(
+            f"[lo, hi]: 95% percentile bootstrap interval of the test AUROC ({stats.n_resamples} resamples of the "
+            f"test notes with replacement, seed {stats.seed}; clinpeft/statistics.py). Median interval width here: "
+            f"{'; '.join(widths)}. Two rows whose AUROCs differ by less than about half that width are not "
+            "distinguishable on this test set (e.g. a 1-point difference on ~700 notes is noise). Overlapping intervals "
+            "are not a test; the paired p-values of `clinpeft report --compare ROW` are."
+        )
+    if stats.macro_ci:
+        lines.append(f"Macro avg interval: each task resampled independently, the mean of the tasks' resampled "
+                     "AUROCs per resample.")
+    return lines + stats.notes
+
+
+def comparison_notes(stats: Table3Stats, rows: list[Row], tasks: list[str]) -> list[str]:
+    n_tests = sum(1 for key in stats.paired)
+    return [
+        f"Difference = row AUROC - {stats.compare_row} AUROC, in points (x 100). p: two-sided paired bootstrap "
+        f"p-value ({stats.n_resamples} resamples, both rows resampled on the same test notes): twice the share of "
+        "resampled differences on the far side of 0, with the +1 correction; the smallest possible is "
+        f"{2 / (stats.n_resamples + 1):.3f}. \u2020 p < {SIGNIFICANCE}, not corrected for the {n_tests} comparisons "
+        "in this table (with that many, about 1 in 20 true-null cells is marked by chance).",
+        "Blank: no predictions.csv for one of the two runs, or a task the reference row lacks. Macro avg: paired "
+        "difference of the macro averages over the tasks both rows have (only when they have the same tasks).",
+    ]
+
+
+# --------------------------------------------------------------------------- plots and label lists
+
+
+def _file_task(task: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in task.lower())
+
+
+def write_plots(out: Path, stats: Table3Stats, rows: list[Row], tasks: list[str],
+                macro: dict[str, float | None]) -> dict[str, Path]:
+    """roc_<task>.png for every task with predictions; macro_auroc.png when some run has predictions.
+    `macro`: row name -> macro AUROC in % (as in Table 3). Returns {file name: path}."""
+    from sklearn.metrics import auc
+
+    from clinpeft.plots import macro_bar_figure, roc_figure
+
+    written = {}
+    for task in tasks:
+        curves, kind = [], None
+        for row in rows:
+            cell = stats.cells.get((row.name, task))
+            if cell is None or cell.roc is None:
+                continue
+            kind, (fpr, tpr) = cell.preds.task_type, cell.roc
+            table = "" if cell.auroc is None else f"{100 * cell.auroc:.1f}"
+            if kind == "binary":
+                label = f"{row.name} (AUROC {table})"
+            else:
+                label = f"{row.name} (curve area {100 * float(auc(fpr, tpr)):.1f}; Table 3: {table})"
+            curves.append((label, fpr, tpr))
+        if not curves:
+            continue
+        title = f"{task.upper()}: ROC curves on the test notes"
+        if kind == "multilabel":
+            title += "\nmicro-averaged over labels (Table 3 reports the macro over labels)"
+        elif kind == "multiclass":
+            title += "\nmicro-averaged one-vs-rest over classes (Table 3 reports the macro)"
+        name = f"roc_{_file_task(task)}.png"
+        written[name] = roc_figure(out / name, title, curves)
+    bars = []
+    if not any(cell.preds is not None for cell in stats.cells.values()):
+        return written  # only recorded numbers, nothing resampled: the table says it all
+    for row in rows:
+        value = macro.get(row.name)
+        if value is None or not math.isfinite(value):
+            continue
+        ci = stats.macro_ci.get(row.name)
+        low, high = (100 * ci[0], 100 * ci[1]) if ci else (None, None)
+        bars.append((row.name, value, low, high))
+    if bars:
+        written["macro_auroc.png"] = macro_bar_figure(out / "macro_auroc.png",
+                                                      "Macro AUROC over tasks, test split", bars)
+    return written
+
+
+def label_lists(stats: Table3Stats, rows: list[Row], task: str, n: int = N_BEST_WORST) -> str | None:
+    """Markdown: per row, the n best and n worst labels of a multilabel task by test AUROC, with
+    support (positive test notes) and, from predictions, the label's 95% bootstrap interval.
+    From metrics.json's per_label_auroc / per_label_support. None if no row has them."""
+    sections = []
+    for row in rows:
+        run = row.runs.get(task)
+        if run is None or run.get("task_type") != "multilabel":
+            continue
+        test = _test(run)
+        per_label, support = test.get("per_label_auroc") or {}, test.get("per_label_support") or {}
+        if not per_label:
+            continue
+        cell = stats.cells.get((row.name, task))
+        label_ci = {}
+        if cell is not None and cell.boot is not None and cell.boot.per_label is not None:
+            for j, label in enumerate(cell.preds.labels):
+                if label in per_label:
+                    label_ci[label] = percentile_interval(cell.boot.per_label[:, j])
+        ranked = sorted(per_label.items(), key=lambda kv: (-float(kv[1]), kv[0]))
+        best, worst = ranked[:n], ranked[::-1][:n]
+        skipped = test.get("n_labels_skipped")
+        lines = [f"## {row.name}", "",
+                 f"{len(per_label)} labels evaluated, {skipped if skipped is not None else '?'} skipped "
+                 "(one class only in the test split).", ""]
+        for heading, chosen in (("Best", best), ("Worst", worst)):
+            lines += [f"{heading} {len(chosen)}:", "", "| Label | AUROC | 95% interval | Support |",
+                      "|---|---:|---:|---:|"]
+            for label, value in chosen:
+                lines.append(f"| {label} | {100 * float(value):.2f} | {format_interval(label_ci.get(label))} | "
+                             f"{support.get(label, '')} |")
+            lines.append("")
+        sections.append("\n".join(lines))
+    if not sections:
+        return None
+    header = (f"# {task.upper()}: best and worst labels by test AUROC\n\n"
+              "Per-label AUROC on sigmoid probabilities (x 100); support = positive test notes of the label. "
+              "Labels with few positives have wide intervals: their rank is mostly noise.\n\n")
+    return header + "\n".join(sections)
+
+
+def write_label_lists(out: Path, stats: Table3Stats, rows: list[Row], tasks: list[str]) -> dict[str, Path]:
+    written = {}
+    for task in tasks:
+        text = label_lists(stats, rows, task)
+        if text:
+            name = f"labels_{_file_task(task)}.md"
+            (out / name).write_text(text, encoding="utf-8")
+            written[name] = out / name
+    return written
