@@ -7,6 +7,7 @@ Offline by default: the Hugging Face libraries are told not to reach the network
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 
@@ -28,12 +29,18 @@ the two steps of the paper:
       clinical_adapter=runs/clinical-lora task.path=demo-out/data/tasks/mor --out runs/mor
   clinpeft report runs --out runs/report
 
+the paper's Table 3 grid (variants x tasks + BERT baselines), resumable:
+  clinpeft experiment configs/demo/table3.yaml --out t3
+
 everything at once on a tiny model (CPU, a few minutes):
   clinpeft demo --out demo-out
   clinpeft demo --out demo-out --methods all      # Table 2 with all six pretraining methods
 
 trainable parameters of a recipe, without weights (the paper's Table 2 counts):
   clinpeft params llama-7b configs/llama-7b/pretrain_prefix_tuning.yaml
+
+hyperparameter search (Optuna GP, resumable; --workers N, --storage postgresql://... for several machines):
+  clinpeft sweep configs/demo/sweep_lora.yaml --out sweeps/demo-mor --trials 6
 """
 
 
@@ -95,10 +102,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("finetune", help="step 2: downstream fine-tuning for a clinical task (Table 3)",
                        description="Train a classifier (variant: head, lora, clinical_frozen, clinical_frozen+downstream, "
-                       "clinical_trainable, clinical_trainable+downstream) on a task directory "
+                       "clinical_trainable, clinical_trainable+downstream, full; model.base may also be a BERT-family "
+                       "encoder, fine-tuned with variant full) on a task directory "
                        "(train/val/test.csv with id,text,label + labels.txt); writes the model bundle, "
                        "metrics.json and predictions.csv.")
     add_workflow_args(p, "YAML recipe, e.g. configs/demo/finetune_lora.yaml")
+
+    p = sub.add_parser("experiment", help="the Table 3 grid: base models x variants x tasks (+ encoder baselines), resumable",
+                       description="Run every cell of a grid recipe into OUT/<model>/<variant>/<task>/ (each a "
+                       "finetune run directory), pretraining the clinical adapters it names first, then write "
+                       "OUT/report/table3.md/.csv. Rerunning the same command skips finished cells and retries "
+                       "failed ones (their errors: OUT/<model>/<variant>/<task>.failed.json, OUT/experiment.json).")
+    p.add_argument("recipe", help="grid recipe, e.g. configs/demo/table3.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="grid overrides, e.g. data.tasks=[mor,pmv] 'finetune.overrides=[train.epochs=1]'")
+    p.add_argument("--out", required=True, help="experiment directory; an existing one is resumed")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("evaluate", help="re-score a saved fine-tuning run on a CSV of labelled notes",
                        description="Rebuild a fine-tuned classifier from its run directory and score a CSV (id,text,label).")
@@ -113,7 +132,50 @@ def build_parser() -> argparse.ArgumentParser:
                        "(pretraining) and table3.md/.csv (fine-tuning).")
     p.add_argument("runs", nargs="+", help="run directories, or folders above them")
     p.add_argument("--out", required=True, help="report directory")
+    p.add_argument("--compare", metavar="ROW",
+                   help="add the paired bootstrap p-value of every Table 3 cell against this row "
+                        "(its name as printed, or a unique part of it)")
+    p.add_argument("--bootstrap-resamples", type=int, default=1000, metavar="N",
+                   help="resamples of the test notes for the 95%% intervals and p-values (default 1000; 0: none)")
+    p.add_argument("--bootstrap-seed", type=int, default=0, metavar="SEED", help="seed of the resampling (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("sweep", help="Bayesian hyperparameter search (Optuna) over a pretrain or finetune recipe",
+                       description="Tune a recipe over the paper's search spaces (A.2/B.2; narrowed or replaced by "
+                       "the recipe's search: section) with Optuna: pretrain minimises validation perplexity, "
+                       "finetune maximises validation AUROC (macro over sweep.tasks). Each trial is a run directory "
+                       "under --out; writes best.yaml, trials.csv, history.png, importances.png, sweep.md. "
+                       "Rerunning the same command resumes the study up to --trials.")
+    p.add_argument("recipe", help="YAML recipe with optional search: and sweep: sections, e.g. configs/demo/sweep_lora.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, and search.KEY=[a,b] / sweep.KEY=VALUE for the sweep itself")
+    p.add_argument("--out", required=True, help="sweep directory (created, or resumed when it holds this sweep)")
+    p.add_argument("--trials", type=int, default=20, help="trials in the study in total, resumed ones included "
+                   "(complete, pruned or failed; trials of killed workers are retried, not counted); default 20, the paper's")
+    p.add_argument("--sampler", choices=["gp", "tpe", "random"], default="gp",
+                   help="gp: Gaussian-process Bayesian optimisation (the paper's; default), tpe, random")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed")
+    p.add_argument("--storage", help="Optuna storage URL shared by several machines, e.g. postgresql://user:pw@host/db "
+                   "(default: the journal file DIR/study.journal)")
+    p.add_argument("--study", help="study name (default: the --out directory's name); the same on every machine")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes on the same study (one GPU each when there are GPUs)")
+    p.add_argument("--pruner", choices=["none", "median"], default="none",
+                   help="finetune only: stop a trial whose per-epoch val AUROC is below the median of earlier trials")
+    p.add_argument("--overwrite", action="store_true", help="delete --out (and the study) and start over")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set in the processes --workers starts
+
+    p = sub.add_parser("prepare", help="build the pretraining corpus or the task datasets from raw MIMIC files",
+                       description="Turn raw clinical tables into what `pretrain` and `finetune` read.")
+    builders = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    for name in PREPARE_MODULES:
+        importlib.import_module(name).add_parser(builders)
     return parser
+
+
+# `clinpeft prepare DATASET`: each builder module registers its own subcommand with
+# add_parser(subparsers), which sets `run=<function(args, progress) -> None>` as a default.
+PREPARE_MODULES: tuple[str, ...] = ("clinpeft.prepare.notes", "clinpeft.prepare.mimic3", "clinpeft.prepare.pmv")
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -129,7 +191,8 @@ def run_command(args: argparse.Namespace) -> int:
         result = pretrain.main(config, args.out, args.overwrite, progress)
         print(f"{args.out}: {result['trainable_params']:,} trainable params ({result['trainable_percent']:.4f}%), "
               f"train ppl {result['train_ppl']:.3f}, test ppl {result['test_ppl']:.3f}"
-              + (f" (base model {result['base_test_ppl']:.3f})" if result.get("base_test_ppl") else ""))
+              + (f" (base model {result['base_test_ppl']:.3f})" if result.get("base_test_ppl") else "")
+              + (f", val ppl {result['val_ppl']:.3f}" if result.get("val_ppl") is not None else ""))
     elif args.command == "params":
         import json
 
@@ -153,6 +216,23 @@ def run_command(args: argparse.Namespace) -> int:
         result = finetune.main(config, args.out, args.overwrite, progress)
         print(f"{args.out}: {result['task']} {result['variant']}: val AUROC {result['val']['auroc']:.4f}, "
               f"test AUROC {result['test']['auroc']:.4f}")
+    elif args.command == "experiment":
+        from clinpeft.config import load_config
+        from clinpeft.recipes import experiment
+
+        grid = load_config(experiment.ExperimentConfig, args.recipe, args.overrides)
+        state = experiment.main(grid, args.out, args.recipe, progress)
+        if "report" in state:
+            print("\n" + open(state["report"]["table3.md"]).read())
+        print(f"{args.out}: {state['n_ran']} cells run, {state['n_done_earlier']} done earlier, {state['n_failed']} failed "
+              f"({state['wall_time_s'] / 60:.1f} min)")
+        if state["n_failed"]:
+            print(f"failed cells (errors in {args.out}/experiment.json); rerun the same command to retry them:",
+                  file=sys.stderr)
+            for record in state["cells"]:
+                if record["status"] == "failed":
+                    print(f"  {record['cell']}: {record['error']}", file=sys.stderr)
+            return 1
     elif args.command == "evaluate":
         from clinpeft.recipes import evaluate
 
@@ -161,10 +241,26 @@ def run_command(args: argparse.Namespace) -> int:
     elif args.command == "report":
         from clinpeft.report import write_report
 
-        written = write_report(args.runs, args.out)
+        if args.bootstrap_resamples < 0:
+            raise ClinpeftError(f"--bootstrap-resamples {args.bootstrap_resamples}: use 0 (no intervals) or more, e.g. 1000")
+        written = write_report(args.runs, args.out, compare=args.compare, n_resamples=args.bootstrap_resamples,
+                               seed=args.bootstrap_seed, progress=progress)
         for path in written.values():
-            if str(path).endswith(".md"):
+            if path.name.startswith("table") and path.suffix == ".md":  # labels_<task>.md: files only
                 print(open(path).read())
+    elif args.command == "prepare":
+        args.run(args, progress)
+    elif args.command == "sweep":
+        from clinpeft.recipes import sweep
+
+        result = sweep.main(args.recipe, args.overrides, args.out, args.trials, args.sampler, args.seed, args.storage,
+                            args.study, args.workers, args.pruner, args.overwrite, progress, args.worker)
+        if args.worker is None:
+            if result["best_trial"] is None:
+                raise ClinpeftError(f"{args.out}: no trial completed; see the error column of {args.out}/trials.csv")
+            print(f"{args.out}: best trial {result['best_trial']}: {result['best_value']:.4f} with "
+                  + " ".join(f"{k}={v}" for k, v in result["best_params"].items())
+                  + f"; {result['n_complete']} trials completed; best recipe: {args.out}/best.yaml")
     elif args.command == "demo":
         from clinpeft.recipes import demo
 

@@ -12,6 +12,7 @@ PEFT hyperparameters carry peft's own names (`r`, `lora_alpha`, `num_virtual_tok
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -28,6 +29,7 @@ VARIANTS = (
     "clinical_frozen+downstream",  # clinical adapter frozen + downstream LoRA + head
     "clinical_trainable",  # clinical adapter trained further + head
     "clinical_trainable+downstream",  # both adapters trained + head
+    "full",  # every weight of the base model + head (the paper's BERT baselines; BERT encoders too)
 )
 Variant = Literal[
     "head",
@@ -36,6 +38,7 @@ Variant = Literal[
     "clinical_frozen+downstream",
     "clinical_trainable",
     "clinical_trainable+downstream",
+    "full",
 ]
 
 
@@ -46,7 +49,8 @@ class Section(BaseModel):
 
 
 class ModelSection(Section):
-    base: str = "demo"  # local directory of a HF causal LM (config.json + safetensors), or "demo"
+    base: str = "demo"  # local directory of a HF causal LM or BERT-family encoder (config.json + safetensors), "demo" or "demo-bert"
+    name: str | None = None  # display name in the reports (Table 3 row); default: the base model's directory name
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPUs with bf16, else fp32
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"  # packing keeps notes apart with these two
 
@@ -147,12 +151,16 @@ class FinetuneTrainSection(TrainSection):
 
 
 class CorpusSection(Section):
-    """The pretraining corpus: CSV(.gz) / JSONL / TXT files, or a directory of them."""
+    """The pretraining corpus: CSV(.gz) / JSONL / TXT files, a directory of them, or corpora from
+    `clinpeft prepare notes` (their train/test split is used as it is; test_fraction is ignored)."""
 
     paths: list[str] = []  # files or directories; required
     text_column: str = "text"
     patient_column: str | None = "subject_id"  # held-out split by patient when the column exists
     test_fraction: float = Field(0.1, gt=0, lt=1)
+    # share of the *train* patients held out for validation (val_ppl, for sweeps); 0: no val split.
+    # A second seeded hash, salted apart from the test one, so the test split never moves.
+    val_fraction: float = Field(0.0, ge=0, lt=1)
     split_seed: int = 0  # fixed apart from train.seed so every run sees the same split
     max_seq_len: int = Field(512, ge=8)  # tokens per packed block
     packing: bool = True  # several notes per block, kept apart by position ids
@@ -193,6 +201,10 @@ class DownstreamLoraSection(LoraSection):
 
 class ClassifierEvalSection(Section):
     batch_size: int = Field(16, ge=1)
+    # 95% percentile bootstrap interval of every AUROC (clinpeft/statistics.py): resamples of the
+    # test notes (0 = no interval) and the seed that makes it reproducible
+    bootstrap_resamples: int = Field(1000, ge=0)
+    bootstrap_seed: int = 0
 
 
 class FinetuneConfig(Section):
@@ -269,8 +281,13 @@ def read_recipe(path: str | Path | None) -> dict:
 
 def load_config(cls: type[C], recipe: str | Path | None = None, overrides: list[str] | tuple = ()) -> C:
     """Recipe + overrides -> a validated config of type `cls`, or a ClinpeftError naming the key."""
-    tree = read_recipe(recipe)
-    where = str(recipe) if recipe else "config"
+    return config_from_tree(cls, read_recipe(recipe), overrides, str(recipe) if recipe else "config")
+
+
+def config_from_tree(cls: type[C], tree: dict, overrides: list[str] | tuple = (), where: str = "config") -> C:
+    """Like load_config, from a recipe already read (e.g. a sweep recipe with its own keys popped);
+    `where` names it in error messages."""
+    tree = copy.deepcopy(tree)
     _check_tree(cls, tree, [], where)
     for item in overrides:
         path, value = parse_override(item)
