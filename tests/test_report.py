@@ -227,6 +227,15 @@ def test_table3_row_override_and_other_tasks(tmp_path):
     assert df["Model"].tolist() == ["LLaMA", "+ LoRA", "LLaMA + LoRA r=2", "+ my_variant"]
 
 
+def test_table3_encoder_baselines_come_first(tmp_path):
+    finetune_run(tmp_path, "a", "mor", "head", 0.7)
+    finetune_run(tmp_path, "b", "mor", "lora", 0.8)
+    finetune_run(tmp_path, "c", "mor", "full", 0.75, base_model_name="UmlsBERT", model_kind="encoder", row="UmlsBERT")
+    finetune_run(tmp_path, "d", "mor", "full", 0.72, base_model_name="BlueBERT", model_kind="encoder", row="BlueBERT")
+    df = table3(find_runs([tmp_path])[1])
+    assert df["Model"].tolist() == ["BlueBERT", "UmlsBERT", "LLaMA", "+ LoRA"]
+
+
 def test_table3_duplicate_cell_names_both_dirs(tmp_path):
     finetune_run(tmp_path, "first", "mor", "lora", 0.8)
     finetune_run(tmp_path, "second", "mor", "lora", 0.81)

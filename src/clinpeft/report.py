@@ -420,7 +420,9 @@ def table3_layout(finetune_runs, tasks_order=TASKS_ORDER) -> tuple[list[str], li
     order = [t.lower() for t in tasks_order]
     present = {task for by_task in cells.values() for task in by_task}
     tasks = [t for t in order if t in present] + sorted(present - set(order))
-    keys = sorted(cells, key=lambda k: (k[0].lower(), k[0], _variant_rank(k[1]), k[2] or ""))
+    # the encoder baselines first, as in the paper (BlueBERT, UmlsBERT, ... above LLaMA)
+    encoder_bases = {k[0] for k, by_task in cells.items() if any(r.get("model_kind") == "encoder" for r in by_task.values())}
+    keys = sorted(cells, key=lambda k: (k[0] not in encoder_bases, k[0].lower(), k[0], _variant_rank(k[1]), k[2] or ""))
     bases_with_head = {k[0] for k in keys if k[1] == "head" and k[2] is None}
     rows = [Row(_row_name(base, variant, row, base in bases_with_head), cells[(base, variant, row)])
             for base, variant, row in keys]
@@ -556,7 +558,8 @@ def table3(finetune_runs, tasks_order=TASKS_ORDER, *, formatted: bool = True) ->
 
     Rows = (base_model_name, variant) in the paper's order (head, lora, clinical_frozen,
     clinical_frozen+downstream, clinical_trainable, clinical_trainable+downstream, full, then
-    others sorted), base models sorted by name. Row names like the paper: "<base>" for head-only,
+    others sorted), base models sorted by name, encoder baselines (metrics["model_kind"] ==
+    "encoder") first as in the paper. Row names like the paper: "<base>" for head-only,
     "+ LoRA", "+ Clinical LoRA (Frozen)", "+ Clinical LoRA (Frozen) + Downstream LoRA",
     "+ Clinical LoRA (Trainable)", "+ Clinical LoRA (Trainable) + Downstream LoRA" ("<base> + ..."
     when that base has no head-only row), or metrics["row"] when given (runs with different "row"
