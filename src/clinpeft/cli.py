@@ -268,9 +268,24 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """argparse, with `key=value` overrides accepted after the options too
+    (`clinpeft finetune R.yaml --out X train.lr=1e-4`): argparse alone ends the positional
+    overrides at the first option and would reject the rest."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    late = [item for item in extra if "=" in item and not item.startswith("-")]
+    if late and hasattr(args, "overrides"):
+        args.overrides = [*args.overrides, *late]
+        extra = [item for item in extra if item not in late]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     set_offline()
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         return run_command(args)
     except ClinpeftError as exc:
