@@ -40,7 +40,7 @@ import sysconfig
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from clinpeft.errors import ClinpeftError
 
@@ -460,6 +460,35 @@ def _is_ours(path: Path) -> bool:
     return all(child.name in _OWN_FILES for child in path.iterdir())
 
 
+def build_into_place(target: Path, build: Callable[[Path], dict], is_complete: Callable[[Path], bool]) -> dict:
+    """Run `build(tmp)` in a hidden temporary sibling of `target`, then rename it into place, so an
+    interrupted build never leaves a half-written model. Returns what `build` returned.
+
+    Same parent, so the rename is atomic (one filesystem). If another process finished a build of
+    `target` first (`is_complete(target)`), its build is kept and ours dropped. An existing
+    incomplete or outdated `target` (the caller checked it holds nothing of the user's) is moved
+    aside and deleted.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        result = build(tmp)
+        if not is_complete(target):
+            if target.exists():
+                trash = tmp.with_name(tmp.name + "-old")
+                target.rename(trash)
+                shutil.rmtree(trash, ignore_errors=True)
+            try:
+                tmp.rename(target)
+            except OSError:  # a concurrent build renamed its own into place first
+                if not is_complete(target):
+                    raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # no-op after a successful rename
+    return result
+
+
 def ensure_demo_base(path: str | Path | None = None, *, seed: int = 0, progress: bool = True) -> Path:
     """Return a directory holding the demo base model + tokenizer, building it first if missing
     (or incomplete). Builds into a temporary sibling dir and renames it into place when complete,
@@ -481,26 +510,9 @@ def ensure_demo_base(path: str | Path | None = None, *, seed: int = 0, progress:
             "remove it or choose another path for the demo base"
         )
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Same parent, so the final rename is atomic (one filesystem); hidden, unique per build.
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        if progress:
-            print(f"Building the demo base model (once) in {target} ...", file=sys.stderr)
-        recipe = _build(tmp, seed=seed, progress=progress)
-        if not _is_complete(target):  # else another process finished first: keep its build
-            if target.exists():  # incomplete or outdated: move it aside, swap in the new build
-                trash = tmp.with_name(tmp.name + "-old")
-                target.rename(trash)
-                shutil.rmtree(trash, ignore_errors=True)
-            try:
-                tmp.rename(target)
-            except OSError:  # a concurrent build renamed its own into place first
-                if not _is_complete(target):
-                    raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # no-op after a successful rename
+    if progress:
+        print(f"Building the demo base model (once) in {target} ...", file=sys.stderr)
+    recipe = build_into_place(target, lambda tmp: _build(tmp, seed=seed, progress=progress), _is_complete)
 
     logger.info(
         "demo base model built in %s (%.0f s, held-out perplexity %.1f)",

@@ -25,15 +25,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import sys
 import time
-import uuid
 from pathlib import Path
 
 from clinpeft.errors import ClinpeftError
-from clinpeft.modeling.demo_base import _transformers_progress_bars, clinpeft_home, general_english_documents
+from clinpeft.modeling.demo_base import (
+    _transformers_progress_bars,
+    build_into_place,
+    clinpeft_home,
+    general_english_documents,
+)
 
 DEMO_BERT_VERSION = "v1"  # bump when the recipe changes, so caches rebuild
 DEMO_BERT = "demo-bert"  # the `model.base` value that names this model
@@ -191,19 +193,9 @@ def ensure_demo_bert(path: str | Path | None = None, *, seed: int = 0, progress:
         return target
     if target.exists() and not (target / _RECIPE_FILE).is_file() and any(target.iterdir()):
         raise ClinpeftError(f"{target}: exists and is not a clinpeft demo BERT; remove it or choose another path")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        if progress:
-            print(f"Building the demo BERT (once) in {target} ...", file=sys.stderr)
-        recipe = _build(tmp, seed, progress)
-        if not _is_complete(target):  # else a concurrent build finished first: keep it
-            if target.exists():  # an outdated build of ours
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if progress:
+        print(f"Building the demo BERT (once) in {target} ...", file=sys.stderr)
+    recipe = build_into_place(target, lambda tmp: _build(tmp, seed, progress), _is_complete)
     if progress:
         print(f"Demo BERT ready: {recipe['steps']} MLM steps, {recipe['wall_time_s']:.0f} s, held-out masked-token "
               f"accuracy {recipe['heldout_mlm_accuracy']:.2f}", file=sys.stderr)
