@@ -9,7 +9,6 @@ from safetensors.torch import load_file
 
 from clinpeft.config import PretrainConfig, load_config
 from clinpeft.data.notes import in_test_split, in_val_split, load_corpus
-from clinpeft.errors import ClinpeftError
 from clinpeft.modeling.adapters import add_pretraining_adapter
 from clinpeft.modeling.base import load_causal_lm
 

@@ -331,7 +331,7 @@ def reading_notes(stats: Table3Stats, rows: list[Row], tasks: list[str]) -> list
             "are not a test; the paired p-values of `clinpeft report --compare ROW` are."
         )
     if stats.macro_ci:
-        lines.append(f"Macro avg interval: each task resampled independently, the mean of the tasks' resampled "
+        lines.append("Macro avg interval: each task resampled independently, the mean of the tasks' resampled "
                      "AUROCs per resample.")
     return lines + stats.notes
 

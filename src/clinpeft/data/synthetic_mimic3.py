@@ -165,7 +165,7 @@ def discharge_summary(bodies: dict[str, str], headings: dict[str, str] | None = 
     """
     headings = headings or {}
     order = order or tuple(h for h in NOTE_HEADINGS if h in bodies)
-    parts = [f"Admission Date:  [**2151-7-16**]              Discharge Date:   [**2151-8-4**]",
+    parts = ["Admission Date:  [**2151-7-16**]              Discharge Date:   [**2151-8-4**]",
              f"Date of Birth:  [**2086-9-1**]             Sex:   {sex}", f"Service: {service}"]
     for i, key in enumerate(order):
         parts.append(f"{headings.get(key, key)}:\n{bodies[key]}")
