@@ -236,6 +236,16 @@ def test_table3_encoder_baselines_come_first(tmp_path):
     assert df["Model"].tolist() == ["BlueBERT", "UmlsBERT", "LLaMA", "+ LoRA"]
 
 
+def test_table3_mean_pooling_runs_form_their_own_block(tmp_path):
+    finetune_run(tmp_path, "a", "mor", "head", 0.7, pooling="last")
+    finetune_run(tmp_path, "b", "mor", "lora", 0.8, pooling="last")
+    finetune_run(tmp_path, "c", "mor", "head", 0.71, pooling="mean")
+    finetune_run(tmp_path, "d", "mor", "lora", 0.82, pooling="mean")
+    df = table3(find_runs([tmp_path])[1])
+    assert df["Model"].tolist() == ["LLaMA", "+ LoRA", "LLaMA (mean pooling)", "+ LoRA"]
+    assert df["MOR"].tolist() == ["70.00", "80.00", "71.00", "82.00"]
+
+
 def test_table3_duplicate_cell_names_both_dirs(tmp_path):
     finetune_run(tmp_path, "first", "mor", "lora", 0.8)
     finetune_run(tmp_path, "second", "mor", "lora", 0.81)

@@ -55,6 +55,16 @@ class ModelSection(Section):
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"  # packing keeps notes apart with these two
 
 
+class ClassifierModelSection(ModelSection):
+    """`model:` of a fine-tuning recipe: the base model plus how a decoder's head reads the note
+    (pretraining has no head, so `model.pooling` there is an unknown key, not a silent no-op)."""
+
+    # What a LLaMA-family classifier's head `score` reads. last: the last non-pad token (the paper's
+    # and transformers' default); mean: the mean of the final hidden states over the note's tokens
+    # (attention_mask == 1; prompt methods' virtual tokens excluded). Encoders pool [CLS]: last only.
+    pooling: Literal["last", "mean"] = "last"
+
+
 class LoraSection(Section):
     """LoRA hyperparameters under peft's names. 7B defaults give the paper's 8.4M trainable params."""
 
@@ -208,7 +218,7 @@ class ClassifierEvalSection(Section):
 
 
 class FinetuneConfig(Section):
-    model: ModelSection = ModelSection()
+    model: ClassifierModelSection = ClassifierModelSection()
     variant: Variant = "lora"
     clinical_adapter: str | None = None  # a pretrain run directory (or its adapter/ folder)
     lora: DownstreamLoraSection = DownstreamLoraSection()

@@ -164,6 +164,13 @@ def _base_name(run: dict) -> str:
     return "(unknown base model)"
 
 
+def _table3_base(run: dict) -> str:
+    """The base model as Table 3 groups rows: runs whose classifier pools the mean of the note's
+    tokens (model.pooling=mean) form their own block, "LLaMA (mean pooling)", beside the
+    last-token rows of the same base."""
+    return _base_name(run) + (" (mean pooling)" if run.get("pooling") == "mean" else "")
+
+
 def _rel_close(a: float, b: float, rel: float = 5e-3) -> bool:
     return abs(a - b) <= rel * max(abs(a), abs(b))
 
@@ -383,7 +390,7 @@ def _table3_cells(finetune_runs: list[dict]) -> dict[tuple, dict[str, dict]]:
         task = _required_text(run, "task").lower()
         variant = _required_text(run, "variant")
         row = run.get("row") if isinstance(run.get("row"), str) and run["row"].strip() else None
-        key = (_base_name(run), variant, row.strip() if row else None)
+        key = (_table3_base(run), variant, row.strip() if row else None)
         if task in cells[key]:
             other = cells[key][task]["_dir"]
             raise ClinpeftError(

@@ -3,16 +3,18 @@
 Built by `build_classifier` for training, saved by `save_bundle`, rebuilt by `load_bundle`
 without the training process. A bundle (inside a finetune run directory):
 
-    bundle.json          base model path + fingerprint, variant, adapters, task, labels, max_seq_len
+    bundle.json          base model path + fingerprint, variant, adapters, task, labels, max_seq_len,
+                         pooling (absent in older bundles: last)
     adapters/<name>/     adapter_config.json + adapter_model.safetensors ("clinical", "downstream")
     head.safetensors     the classification head
     model/               variant `full` only, instead of adapters/ and head.safetensors: the whole
                          fine-tuned classifier (config.json, model.safetensors, tokenizer), since
                          every weight changed; it needs no base model to reload
 
-The base model may be a LLaMA-family decoder (the head reads the last non-pad token) or a
-BERT-family encoder (BlueBERT, ...: the head reads [CLS] through BERT's pooler); both load
-through AutoModelForSequenceClassification with the model's own tokenizer, padded on the right.
+The base model may be a LLaMA-family decoder (the head reads the last non-pad token, or with
+`model.pooling=mean` the mean over the note's tokens: `apply_pooling`) or a BERT-family encoder
+(BlueBERT, ...: the head reads [CLS] through BERT's pooler); both load through
+AutoModelForSequenceClassification with the model's own tokenizer, padded on the right.
 """
 
 from __future__ import annotations
@@ -36,7 +38,13 @@ from clinpeft.modeling.adapters import (
     stack_adapters,
     trainable_adapters,
 )
-from clinpeft.modeling.base import base_fingerprint, classification_head, load_sequence_classifier, load_tokenizer
+from clinpeft.modeling.base import (
+    base_fingerprint,
+    classification_head,
+    is_encoder,
+    load_sequence_classifier,
+    load_tokenizer,
+)
 from clinpeft.rundir import read_json, write_json
 
 FULL_MODEL_DIR = "model"  # variant full: the whole fine-tuned classifier, in a bundle
@@ -51,6 +59,60 @@ class Classifier:
     head_name: str
     adapters: list[str]  # active adapters, in stacking order
     fingerprint: str
+    pooling: str = "last"  # what the head reads: "last" non-pad token or "mean" of the note's tokens
+
+
+POOLINGS = ("last", "mean")
+
+
+def check_pooling(base: str | Path, pooling: str) -> None:
+    """Mean pooling is for decoders: an encoder's head reads [CLS] through BERT's pooler (trained for it)."""
+    if pooling not in POOLINGS:
+        raise ClinpeftError(f"model.pooling={pooling}: choose one of {', '.join(POOLINGS)}")
+    if pooling != "last" and is_encoder(base):
+        raise ClinpeftError(f"model.pooling={pooling}: model.base {base} is a BERT-family encoder, whose head reads "
+                            "[CLS] through its pooler; set model.pooling=last for encoders")
+
+
+def apply_pooling(model, head_name: str, pooling: str) -> None:
+    """Make a decoder classifier's logits pool the note by `pooling` (in place; "last" changes nothing).
+
+    mean: logits = score(mean of the final hidden states over the note's tokens, attention_mask == 1).
+    LLaMA's head `score` is linear without bias, so this equals the masked mean of the per-token
+    logits. Two hooks do it without touching transformers' forward: a pre-hook on the outermost
+    model (the one called) keeps the caller's attention_mask, and a hook on the head replaces its
+    (batch, seq, labels) output by the masked mean broadcast over seq, so that transformers'
+    last-non-pad-token selection picks the mean whatever the padding side.
+
+    Prompt methods (prompt tuning, p-tuning): peft prepends num_virtual_tokens positions inside the
+    outer model, so the head sees seq + num_virtual_tokens positions while the kept mask covers the
+    note only; the virtual positions are left out of the mean (mask padded with zeros on the left).
+    Their final hidden states do not depend on the note (causal attention: they come first), so
+    including them would only add a constant whose weight shrinks with note length; the prompt still
+    acts on the note through attention.
+    """
+    if pooling == "last":
+        return
+    if pooling != "mean":
+        raise ClinpeftError(f"model.pooling={pooling}: choose one of {', '.join(POOLINGS)}")
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = getattr(inner, head_name)  # the module transformers calls (peft's wrapper, if any)
+    kept: dict[str, torch.Tensor | None] = {}
+
+    def keep_mask(module, args, kwargs):
+        kept["mask"] = kwargs["attention_mask"] if "attention_mask" in kwargs else (args[1] if len(args) > 1 else None)
+
+    def mean_over_note(module, args, logits):
+        mask = kept.pop("mask", None)  # popped: a stale mask never reaches a later call
+        batch, seq = logits.shape[:2]
+        if mask is None:  # no mask given: every position is a note token (as transformers assumes)
+            mask = torch.ones(batch, seq, device=logits.device)
+        mask = torch.nn.functional.pad(mask.to(logits.device, torch.float32), (seq - mask.shape[1], 0))  # virtual tokens: 0
+        pooled = (logits.float() * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1.0)
+        return pooled.to(logits.dtype)[:, None, :].expand(batch, seq, logits.shape[-1])
+
+    model.register_forward_pre_hook(keep_mask, with_kwargs=True)
+    head.register_forward_hook(mean_over_note)
 
 
 def build_classifier(
@@ -62,8 +124,10 @@ def build_classifier(
     downstream_lora,
     dtype: str = "auto",
     attn_implementation: str = "sdpa",
+    pooling: str = "last",
 ) -> Classifier:
     """A classifier ready to train: exactly the variant's adapters and the head are trainable."""
+    check_pooling(base_path, pooling)
     tokenizer = load_tokenizer(base_path, padding_side=padding_side(clinical))
     model = load_sequence_classifier(
         base_path, num_labels, tokenizer.pad_token_id, PROBLEM_TYPES[task_type], dtype, attn_implementation
@@ -83,11 +147,13 @@ def build_classifier(
             param.requires_grad = True
     else:
         set_trainable(model, trainable_adapters(variant), head_name)
-    return Classifier(model, tokenizer, head_name, active, fingerprint)
+    apply_pooling(model, head_name, pooling)  # last, after peft wrapped the model: hooks the outermost one
+    return Classifier(model, tokenizer, head_name, active, fingerprint, pooling)
 
 
 def save_bundle(clf: Classifier, run_dir: Path, meta: dict) -> None:
     run_dir = Path(run_dir)
+    meta = {**meta, "pooling": clf.pooling}
     if meta.get("variant") == "full":  # every weight changed: save the whole classifier, once
         clf.model.save_pretrained(run_dir / FULL_MODEL_DIR, safe_serialization=True)
         clf.tokenizer.save_pretrained(run_dir / FULL_MODEL_DIR)
@@ -136,7 +202,9 @@ def load_bundle(run_dir: str | Path, base: str | None = None, dtype: str = "auto
     model.eval()
     for param in model.parameters():
         param.requires_grad = False
-    return Classifier(model, tokenizer, meta["head"], list(meta["adapters"]), fingerprint), meta
+    pooling = meta.get("pooling", "last")  # bundles from before model.pooling read the last token
+    apply_pooling(model, meta["head"], pooling)
+    return Classifier(model, tokenizer, meta["head"], list(meta["adapters"]), fingerprint, pooling), meta
 
 
 def _load_full_bundle(run_dir: Path, meta: dict, dtype: str) -> Classifier:
@@ -148,7 +216,9 @@ def _load_full_bundle(run_dir: Path, meta: dict, dtype: str) -> Classifier:
     model.eval()
     for param in model.parameters():
         param.requires_grad = False
-    return Classifier(model, tokenizer, meta["head"], [], meta["base_fingerprint"])
+    pooling = meta.get("pooling", "last")
+    apply_pooling(model, meta["head"], pooling)
+    return Classifier(model, tokenizer, meta["head"], [], meta["base_fingerprint"], pooling)
 
 
 def encode(tokenizer, texts: list[str], max_seq_len: int) -> list[list[int]]:

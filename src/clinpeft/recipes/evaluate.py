@@ -41,6 +41,7 @@ def main(run: str | Path, data: str | Path, out: str | Path, base: str | None = 
         "task": meta["task"],
         "task_type": meta["task_type"],
         "variant": meta["variant"],
+        "pooling": clf.pooling,  # as trained (bundle.json; older bundles: last)
         "eval": scores,
         "wall_time_s": time.time() - started,
         "clinpeft_version": __version__,

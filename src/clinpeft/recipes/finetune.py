@@ -44,7 +44,15 @@ from clinpeft.errors import ClinpeftError
 from clinpeft.metrics import sigmoid, softmax, task_metrics
 from clinpeft.modeling.adapters import check_variant, find_clinical_adapter, full_model_variant
 from clinpeft.modeling.base import count_parameters, device_summary, is_encoder, resolve_base
-from clinpeft.modeling.classifier import Classifier, build_classifier, encode, pad_batch, predict_logits, save_bundle
+from clinpeft.modeling.classifier import (
+    Classifier,
+    build_classifier,
+    check_pooling,
+    encode,
+    pad_batch,
+    predict_logits,
+    save_bundle,
+)
 from clinpeft.rundir import atomic_run_dir, write_json
 from clinpeft.training import silence_trainer, training_arguments
 
@@ -54,6 +62,7 @@ def main(config: FinetuneConfig, out: str | Path, overwrite: bool = False, progr
     """Run one fine-tuning job into `out` (created whole, or not at all). Returns metrics.json.
 
     callbacks: extra transformers TrainerCallbacks (a sweep's pruning reads the per-epoch val AUROC)."""
+    check_pooling(config.model.base, config.model.pooling)  # before any work: encoders read [CLS]
     task = load_task(config.task.path, config.task.name, config.task.kind, config.task.max_examples)
     clinical = None
     if config.variant.startswith("clinical"):
@@ -240,7 +249,7 @@ def run(config: FinetuneConfig, task: TaskData, clinical, run_dir: Path, progres
         check_encoder_length(base_path, config.task.max_seq_len)
     set_seed(config.train.seed)  # after resolve_base: building a demo model on first use draws random numbers
     clf = build_classifier(base_path, task.task_type, task.num_labels, variant, clinical, config.lora,
-                           config.model.dtype, config.model.attn_implementation)
+                           config.model.dtype, config.model.attn_implementation, config.model.pooling)
     trainable, total = count_parameters(clf.model)
 
     # --- fit, selecting the epoch by validation AUROC
@@ -285,6 +294,7 @@ def run(config: FinetuneConfig, task: TaskData, clinical, run_dir: Path, progres
         "base_model": str(base_path),
         "base_model_name": base_name,
         "model_kind": "encoder" if encoder else "decoder",
+        "pooling": "cls" if encoder else config.model.pooling,  # what the head read: last / mean token(s), [CLS]
         "clinical_adapter": clinical_dir,
         "clinical_method": clinical_method,
         **table3_row(variant, clinical_method, base_name if encoder else None),
