@@ -241,3 +241,19 @@ def test_default_location_honours_clinpeft_home(fake_build, tmp_path, monkeypatc
     assert (db.demo_base_dir() / "model.safetensors").is_file()
     monkeypatch.delenv("CLINPEFT_HOME")
     assert db.clinpeft_home() == Path.home() / ".cache" / "clinpeft"
+
+
+def test_a_build_leaves_the_callers_random_numbers_alone(tmp_path):
+    """Building a demo model on first use must not change what a seeded run draws next."""
+    def build(tmp):  # seeds and draws, as the demo builders do
+        torch.manual_seed(123)
+        torch.rand(10)
+        (tmp / "done").write_text("yes")
+        return {"built": True}
+
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    assert db.build_into_place(tmp_path / "model", build, lambda p: (p / "done").is_file()) == {"built": True}
+    assert torch.equal(torch.rand(3), expected)
+    assert (tmp_path / "model" / "done").read_text() == "yes"

@@ -467,13 +467,18 @@ def build_into_place(target: Path, build: Callable[[Path], dict], is_complete: C
     Same parent, so the rename is atomic (one filesystem). If another process finished a build of
     `target` first (`is_complete(target)`), its build is kept and ours dropped. An existing
     incomplete or outdated `target` (the caller checked it holds nothing of the user's) is moved
-    aside and deleted.
+    aside and deleted. The build seeds torch for itself; the caller's torch RNG state is restored
+    afterwards, so a run that builds the demo model on first use draws the same numbers as one
+    that finds it cached.
     """
+    import torch
+
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        result = build(tmp)
+        with torch.random.fork_rng(devices=[]):  # CPU generator; the builds run on CPU
+            result = build(tmp)
         if not is_complete(target):
             if target.exists():
                 trash = tmp.with_name(tmp.name + "-old")

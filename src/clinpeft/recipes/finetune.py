@@ -230,6 +230,7 @@ def run(config: FinetuneConfig, task: TaskData, clinical, run_dir: Path, progres
     from transformers import set_seed
 
     started = time.time()
+    set_seed(config.train.seed)
 
     # --- setup: the variant's model. A full clinical model (peft.method=full) is not an adapter but a
     # new base model: clinical_frozen is then the head on it, clinical_frozen+downstream a LoRA on it.
@@ -247,7 +248,6 @@ def run(config: FinetuneConfig, task: TaskData, clinical, run_dir: Path, progres
     encoder = is_encoder(base_path)
     if encoder:
         check_encoder_length(base_path, config.task.max_seq_len)
-    set_seed(config.train.seed)  # after resolve_base: building a demo model on first use draws random numbers
     clf = build_classifier(base_path, task.task_type, task.num_labels, variant, clinical, config.lora,
                            config.model.dtype, config.model.attn_implementation, config.model.pooling)
     trainable, total = count_parameters(clf.model)

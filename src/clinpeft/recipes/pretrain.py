@@ -120,10 +120,10 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True) -> dict:
     from transformers import Trainer, default_data_collator, set_seed
 
     started = time.time()
+    set_seed(config.train.seed)
 
     # --- setup: base model, corpus, blocks
     base_path = resolve_base(config.model.base, progress=progress)
-    set_seed(config.train.seed)  # after resolve_base: building the demo model on first use draws random numbers
     tokenizer = load_tokenizer(base_path)
     tokenizer.model_max_length = 2**62  # notes are cut into blocks by packing, not by the tokenizer
     cache_dir = run_dir / ".cache"  # Arrow files of the notes: inside the run, deleted at the end
