@@ -81,6 +81,20 @@ def write_json(path: str | Path, data: dict) -> Path:
     return path
 
 
+def atomic_write(path: Path, write) -> Path:
+    """`write(tmp_path)` then rename onto `path`: a reader (another worker, a rerun after a crash)
+    sees the old file or the new one, never half a file. tmp is a unique sibling (same filesystem)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def read_json(path: str | Path) -> dict:
     path = Path(path)
     try:

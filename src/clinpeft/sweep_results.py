@@ -12,26 +12,13 @@ Each file is written to a temporary name and renamed, so a reader never sees hal
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
+from clinpeft.rundir import atomic_write
+
 TOP_TRIALS = 5  # rows of the best-trials table in sweep.md
-
-
-def atomic_write(path: Path, write) -> Path:
-    """write(tmp_path) then rename onto `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def trial_state(trial) -> str:

@@ -24,7 +24,6 @@ All cell configs are built and validated before any training, so a typo stops th
 from __future__ import annotations
 
 import json
-import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from pydantic import Field, model_validator
 from clinpeft.config import FinetuneConfig, PretrainConfig, Section, Variant, config_to_yaml, load_config
 from clinpeft.data.synthetic import TASKS
 from clinpeft.errors import ClinpeftError
-from clinpeft.rundir import write_json
+from clinpeft.rundir import atomic_write, write_json
 
 PRETRAIN_DIR = "pretrain"  # OUT/<model>/pretrain/: a clinical adapter the grid trained itself
 STATE_FILE = "experiment.json"
@@ -206,9 +205,7 @@ def record_failure(path: Path, label: str, exc: BaseException, seconds: float) -
 
 def write_state(out: Path, state: dict) -> None:
     """experiment.json, replaced atomically so an interruption never leaves half a file."""
-    tmp = out / f".{STATE_FILE}.tmp"
-    write_json(tmp, state)
-    os.replace(tmp, out / STATE_FILE)
+    atomic_write(out / STATE_FILE, lambda tmp: write_json(tmp, state))
 
 
 def auroc_text(metrics: dict) -> str:

@@ -61,9 +61,9 @@ from clinpeft.config import (
     read_recipe,
 )
 from clinpeft.errors import ClinpeftError
-from clinpeft.rundir import read_json, write_json
+from clinpeft.rundir import atomic_write, read_json, write_json
 from clinpeft.search_spaces import search_space
-from clinpeft.sweep_results import atomic_write, write_results
+from clinpeft.sweep_results import write_results
 
 STEPS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
 SAMPLERS = ("gp", "tpe", "random")
