@@ -60,7 +60,8 @@ def _is_corpus_file(path: Path) -> bool:
         return False
 
 
-def _header(path: Path, fmt: str) -> list[str]:
+def column_names(path: Path, fmt: str) -> list[str]:
+    """The columns of a corpus file, read from its first line only (.txt: just "text")."""
     opener = gzip.open if path.suffix == ".gz" else open
     if fmt == "csv":
         return list(pd.read_csv(path, nrows=0).columns)
@@ -79,7 +80,7 @@ def check_columns(files: list[Path], text_column: str) -> dict[Path, list[str]]:
     headers = {}
     for path in files:
         fmt = file_format(path)
-        columns = _header(path, fmt)
+        columns = column_names(path, fmt)
         if fmt != "txt" and text_column not in columns:
             raise ClinpeftError(
                 f"{path}: no column {text_column!r} (found {', '.join(columns) or 'none'}); "

@@ -190,7 +190,7 @@ def id_string(value) -> str:
 
 def check_source(source: Source) -> Source:
     """Fail before any work when a file is missing or lacks a column; drop optional columns it lacks."""
-    from clinpeft.data.notes import _header, file_format
+    from clinpeft.data.notes import column_names, file_format
 
     path = source.path
     if not path.is_file():
@@ -198,7 +198,7 @@ def check_source(source: Source) -> Source:
     fmt = file_format(path)
     if fmt == "txt":  # one note per file: no columns, no patient id
         return Source(path, source.kind, "text", None, None, None)
-    columns = _header(path, fmt)
+    columns = column_names(path, fmt)
     if source.kind != "input":
         missing = [c for c in MIMIC_COLUMNS if c not in columns]
         if missing:
