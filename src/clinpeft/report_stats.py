@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from clinpeft.errors import ClinpeftError
+from clinpeft.report import _number, _test_dict
 from clinpeft.statistics import Bootstrap, PairedTest, bootstrap_auroc, macro_values, paired_p_value, paired_test, \
     percentile_interval
 
@@ -159,10 +160,6 @@ def resolve_row(wanted: str, names: list[str]) -> str:
                         "pass the full row name, as printed in Table 3")
 
 
-def _test(run: dict) -> dict:
-    return run["test"] if isinstance(run.get("test"), dict) else {}
-
-
 def roc_points(preds: Predictions) -> tuple[np.ndarray, np.ndarray] | None:
     """The ROC curve drawn for a run: binary on P(class 1); multiclass and multilabel micro-averaged
     (every (note, label) pair one point; multiclass one-vs-rest). None without both classes."""
@@ -180,7 +177,7 @@ def roc_points(preds: Predictions) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def _recorded_ci(run: dict) -> tuple[float, float] | None:
-    ci = _test(run).get("auroc_ci")
+    ci = _test_dict(run).get("auroc_ci")
     if isinstance(ci, (list, tuple)) and len(ci) == 2:
         try:
             lo, hi = float(ci[0]), float(ci[1])
@@ -191,12 +188,7 @@ def _recorded_ci(run: dict) -> tuple[float, float] | None:
 
 
 def _auroc(run: dict) -> float | None:
-    value = _test(run).get("auroc")
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
+    return _number(_test_dict(run).get("auroc"))
 
 
 def table3_statistics(rows: list[Row], tasks: list[str], *, n_resamples: int = 1000, seed: int = 0,
@@ -225,7 +217,7 @@ def table3_statistics(rows: list[Row], tasks: list[str], *, n_resamples: int = 1
             cell.preds = preds
             cell.boot = bootstrap_auroc(preds.task_type, preds.y, preds.probs, ids=preds.ids, n_resamples=n_resamples,
                                         seed=seed, stream=str(run.get("task", task)),
-                                        multi_class=str(_test(run).get("multi_class", "ovo")))
+                                        multi_class=str(_test_dict(run).get("multi_class", "ovo")))
             cell.ci, cell.source = cell.boot.interval(), PREDICTIONS_FILE
             cell.roc = roc_points(preds)
             preds.probs = None  # (notes x labels) float64: ~100 MB for a DIAG run on MIMIC-III; not needed again
@@ -412,7 +404,7 @@ def label_lists(stats: Table3Stats, rows: list[Row], task: str, n: int = N_BEST_
         run = row.runs.get(task)
         if run is None or run.get("task_type") != "multilabel":
             continue
-        test = _test(run)
+        test = _test_dict(run)
         per_label, support = test.get("per_label_auroc") or {}, test.get("per_label_support") or {}
         if not per_label:
             continue
