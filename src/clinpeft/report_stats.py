@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from clinpeft.data.tasks import read_labels, split_multilabel
 from clinpeft.errors import ClinpeftError
 from clinpeft.report import _number, _test_dict
 from clinpeft.statistics import Bootstrap, PairedTest, bootstrap_auroc, macro_values, paired_p_value, paired_test, \
@@ -71,7 +72,7 @@ def read_predictions(run: dict) -> Predictions | None:
     labels_path = run_dir / LABELS_FILE
     if not labels_path.is_file():
         raise ClinpeftError(f"{labels_path} not found; predictions.csv needs the run's label vocabulary next to it")
-    labels = [line.strip() for line in labels_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    labels = read_labels(labels_path)
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
@@ -93,7 +94,7 @@ def read_predictions(run: dict) -> Predictions | None:
     if task_type == "multilabel":
         y = np.zeros((len(frame), len(labels)), dtype=np.int8)
         for row, cell in enumerate(frame["label"]):
-            for code in (c.strip() for c in cell.split(",") if c.strip()):
+            for code in split_multilabel(cell):
                 if code not in index:
                     raise ClinpeftError(f"{path}, row {row + 2}: label {code!r} is not in {LABELS_FILE}")
                 y[row, index[code]] = 1
