@@ -62,3 +62,13 @@ def test_missing_recipe_and_bad_override_syntax(tmp_path):
         load_config(PretrainConfig, tmp_path / "nope.yaml")
     with pytest.raises(ClinpeftError, match="expected key=value"):
         load_config(PretrainConfig, None, ["train.lr"])
+
+
+@pytest.mark.parametrize("value", [1e-05, 3e-4, 8, True, "2024", "Clinical LLaMA*", "/data/a: b/notes.csv",
+                                   ["q_proj", "v_proj"], None, "x" * 200 + " y" * 50])
+def test_format_override_reads_back_as_the_same_value(value):
+    from clinpeft.config import format_override, parse_override
+
+    item = format_override("a.b", value)
+    assert "\n" not in item
+    assert parse_override(item) == (["a", "b"], value)

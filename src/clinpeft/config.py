@@ -242,6 +242,16 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def format_override(key: str, value: Any) -> str:
+    """The inverse of parse_override: (key, value) -> `key=value` that reads back as the same value.
+
+    YAML flow style, one line: 1e-05 -> `1.0e-05` (PyYAML reads a bare `1e-05` as text), a model
+    named 2024 -> `'2024'` (stays text), a path with ': ' quoted, lists as `[a, b]`.
+    """
+    text = yaml.safe_dump(value, default_flow_style=True, width=float("inf")).removesuffix("\n...\n").strip()
+    return f"{key}={text}"
+
+
 def _check_key(cls: type[Section], path: list[str], where: str) -> None:
     """Fail early, naming the key, when `path` is not a field of `cls`."""
     section: Any = cls

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from clinpeft.config import FinetuneConfig, PretrainConfig, load_config
+from clinpeft.config import FinetuneConfig, PretrainConfig, format_override, load_config
 from clinpeft.errors import ClinpeftError
 
 SEARCH_SPACES_FILE = Path(__file__).resolve().parent / "configs" / "search_spaces.yaml"
@@ -37,7 +37,7 @@ def search_space(step: str, method: str, path: str | Path = SEARCH_SPACES_FILE) 
 def point_overrides(step: str, method: str, point: dict) -> list[str]:
     """One sampled point -> the overrides that select it (with peft.method for pretraining)."""
     fixed = [f"peft.method={method}"] if step == "pretrain" else []
-    return fixed + [f"{key}={value}" for key, value in point.items()]
+    return fixed + [format_override(key, value) for key, value in point.items()]
 
 
 def check_search_space(step: str, method: str, path: str | Path = SEARCH_SPACES_FILE) -> None:

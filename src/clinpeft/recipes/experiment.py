@@ -32,7 +32,15 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from clinpeft.config import FinetuneConfig, PretrainConfig, Section, Variant, config_to_yaml, load_config
+from clinpeft.config import (
+    FinetuneConfig,
+    PretrainConfig,
+    Section,
+    Variant,
+    config_to_yaml,
+    format_override,
+    load_config,
+)
 from clinpeft.data.synthetic import TASKS
 from clinpeft.errors import ClinpeftError
 from clinpeft.rundir import atomic_write, write_json
@@ -149,9 +157,9 @@ def resolve_recipe(path: str | None, grid_recipe: Path | None) -> Path | None:
 
 
 def quoted(**values) -> list[str]:
-    """key=value overrides whose values stay strings (JSON is YAML): a model named 2024 or a path
-    with ': ' in it is not re-read as a number or a mapping."""
-    return [f"{key}={json.dumps(value)}" for key, value in values.items()]
+    """key=value overrides that read back as these values: a model named 2024 or a path with ': '
+    in it is not re-read as a number or a mapping (config.format_override)."""
+    return [format_override(key, value) for key, value in values.items()]
 
 
 def plan_cells(grid: ExperimentConfig, out: Path, tasks_dir: Path, grid_recipe: Path | None,

@@ -49,14 +49,13 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
-
 from clinpeft.config import (
     VARIANTS,
     FinetuneConfig,
     PretrainConfig,
     config_from_tree,
     config_to_yaml,
+    format_override,
     parse_override,
     read_recipe,
 )
@@ -124,13 +123,8 @@ def flatten_search(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def format_value(value) -> str:
-    """A value as YAML for a `key=value` override (1e-05 -> 1.0e-05, which YAML reads back as a float)."""
-    return yaml.safe_dump(value, default_flow_style=True).removesuffix("\n...\n").strip()
-
-
 def point_overrides(point: dict) -> list[str]:
-    return [f"{key}={format_value(value)}" for key, value in point.items()]
+    return [format_override(key, value) for key, value in point.items()]
 
 
 def parse_param(key: str, entry, where: str) -> Param:
@@ -190,7 +184,7 @@ def build_search_space(step: str, base: dict, overrides: list[str], search: dict
         values = param.choices if param.choices is not None else [param.low, param.high]
         for value in values:  # every choice is a valid value of its key, before any trial runs
             try:
-                config_from_tree(cls, base, [*overrides, f"{param.key}={format_value(value)}"], where)
+                config_from_tree(cls, base, [*overrides, format_override(param.key, value)], where)
             except ClinpeftError as exc:
                 raise ClinpeftError(f"search.{param.key}: choice {value!r} is invalid: {exc}") from None
     return params
@@ -225,7 +219,7 @@ class Sweep:
         return bool(self.storage) and "://" in self.storage
 
     def config(self, point: dict | None = None, task: str | None = None):
-        extra = point_overrides(point or {}) + ([f"task.path={format_value(task)}"] if task else [])
+        extra = point_overrides(point or {}) + ([format_override("task.path", task)] if task else [])
         return config_from_tree(STEPS[self.step], self.base, [*self.overrides, *extra], self.recipe)
 
     def identity(self) -> dict:
