@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from clinpeft.statistics import bootstrap_auroc
+from clinpeft.evaluation.bootstrap import bootstrap_auroc
 
 
 def timed(label: str, *args, **kwargs) -> None:

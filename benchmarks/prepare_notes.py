@@ -37,7 +37,7 @@ def generate(work: Path, n_notes: int, seed: int = 0) -> dict[str, Path]:
     """discharge.csv.gz and radiology.csv.gz with about n_notes notes in MIMIC-IV-Note's mix."""
     import pandas as pd
 
-    from clinpeft.data.synthetic import write_pretraining_corpus
+    from clinpeft.demo.synthetic import write_pretraining_corpus
 
     seeds = write_pretraining_corpus(work / "seed-notes", n_patients=1000, seed=seed)
     paths = {}
@@ -81,10 +81,10 @@ def tokenise(corpus: Path, num_proc: int, max_seq_len: int, work: Path) -> None:
     from clinpeft.config import PretrainConfig, load_config
     from clinpeft.data.notes import load_corpus
     from clinpeft.data.packing import count_predicted_tokens
-    from clinpeft.modeling import demo_base
+    from clinpeft.demo import llama as demo_base
     from clinpeft.recipes.pretrain import tokenize_corpus
 
-    from clinpeft.training import set_progress_bars
+    from clinpeft.training.common import set_progress_bars
 
     set_progress_bars(False)
     tokenizer = demo_base.train_tokenizer(demo_base.general_english_documents(max_chars=2_000_000),

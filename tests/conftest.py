@@ -27,7 +27,7 @@ def build_tiny_llama(path: Path, seed: int = 0, **config_overrides) -> Path:
     import torch
     from transformers import LlamaForCausalLM
 
-    from clinpeft.modeling.demo_base import tiny_llama_config, train_tokenizer
+    from clinpeft.demo.llama import tiny_llama_config, train_tokenizer
 
     tokenizer = train_tokenizer(TOKENIZER_TEXT, vocab_size=400)
     config = tiny_llama_config(len(tokenizer), hidden_size=32, intermediate_size=64, num_attention_heads=4,
@@ -57,7 +57,7 @@ def demo_home(tmp_path_factory) -> Path:
     CI sets CLINPEFT_HOME to a folder of the clone; locally a temporary folder is used, never
     the user's own cache.
     """
-    from clinpeft.modeling import demo_base as db
+    from clinpeft.demo import llama as db
 
     home = Path(os.environ["CLINPEFT_HOME"]) if os.environ.get("CLINPEFT_HOME") else tmp_path_factory.mktemp("home")
     db.ensure_demo_base(home / f"demo-base-{db.DEMO_BASE_VERSION}", progress=False)
@@ -66,7 +66,7 @@ def demo_home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_base(demo_home) -> Path:
-    from clinpeft.modeling.demo_base import DEMO_BASE_VERSION
+    from clinpeft.demo.llama import DEMO_BASE_VERSION
 
     return demo_home / f"demo-base-{DEMO_BASE_VERSION}"
 
@@ -74,7 +74,7 @@ def demo_base(demo_home) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_tasks(tmp_path_factory) -> dict:
     """The five tasks, small: {task: dir}."""
-    from clinpeft.data.synthetic import write_tasks
+    from clinpeft.demo.synthetic import write_tasks
 
     return write_tasks(tmp_path_factory.mktemp("data") / "tasks", n_patients=80, seed=0)
 
@@ -82,7 +82,7 @@ def synthetic_tasks(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def synthetic_corpus(tmp_path_factory) -> dict:
     """MIMIC-IV-Note-shaped discharge.csv.gz and radiology.csv.gz, small."""
-    from clinpeft.data.synthetic import write_pretraining_corpus
+    from clinpeft.demo.synthetic import write_pretraining_corpus
 
     return write_pretraining_corpus(tmp_path_factory.mktemp("data") / "corpus", n_patients=20, seed=0)
 
@@ -110,7 +110,7 @@ def build_tiny_bert(path: Path, seed: int = 0) -> Path:
     import torch
     from transformers import BertForMaskedLM
 
-    from clinpeft.modeling.demo_bert import tiny_bert_config, train_wordpiece_tokenizer
+    from clinpeft.demo.bert import tiny_bert_config, train_wordpiece_tokenizer
 
     tokenizer = train_wordpiece_tokenizer(TOKENIZER_TEXT, vocab_size=300)
     config = tiny_bert_config(len(tokenizer), hidden_size=32, intermediate_size=64, num_attention_heads=4)

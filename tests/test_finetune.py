@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from clinpeft.config import VARIANTS, FinetuneConfig, load_config
+from clinpeft.config import FinetuneConfig, load_config
+from clinpeft.modeling.methods import VARIANT_NAMES as VARIANTS
 from clinpeft.modeling.adapters import CLINICAL, DOWNSTREAM, find_clinical_adapter
 from clinpeft.modeling.classifier import build_classifier
 from clinpeft.recipes import finetune

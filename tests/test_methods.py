@@ -16,14 +16,15 @@ import pytest
 import torch
 from datasets import Dataset
 
-from clinpeft.config import PEFT_METHODS, PretrainConfig, load_config
+from clinpeft.config import PretrainConfig, load_config
+from clinpeft.modeling.methods import METHOD_NAMES as PEFT_METHODS
 from clinpeft.data.notes import load_corpus
 from clinpeft.data.packing import note_segments, tokenize_and_pack
 from clinpeft.errors import ClinpeftError
 from clinpeft.modeling.adapters import add_pretraining_adapter, packing_fallback
 from clinpeft.modeling.base import base_fingerprint, load_causal_lm, load_tokenizer
 from clinpeft.recipes import pretrain
-from clinpeft.training import token_nll
+from clinpeft.training.perplexity import token_nll
 
 from conftest import pretrain_overrides
 
@@ -78,7 +79,7 @@ def own_logits(model, ids):
 
 
 def test_every_method_is_a_config_choice():
-    assert PEFT_METHODS == ("lora", "prefix_tuning", "prompt_tuning", "p_tuning", "adaption_prompt", "full")
+    assert set(PEFT_METHODS) == {"lora", "prefix_tuning", "prompt_tuning", "p_tuning", "adaption_prompt", "full"}
     assert load_config(PretrainConfig, None, ["peft.method=prompt_tuning"]).peft.prompt_tuning_init_text == (
         "Finish this clinical note:")
 

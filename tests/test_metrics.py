@@ -8,7 +8,7 @@ from scipy.special import expit, softmax as scipy_softmax
 from sklearn.metrics import roc_auc_score
 
 from clinpeft.errors import ClinpeftError
-from clinpeft.metrics import (
+from clinpeft.evaluation.metrics import (
     MultilabelAUROC,
     auroc_binary,
     auroc_multiclass,

@@ -61,7 +61,7 @@ def test_packed_logits_equal_each_notes_own_logits(tiny_llama, attn):
 
 def test_packed_loss_equals_sum_of_per_note_losses(tiny_llama):
     """Token-weighted NLL over a packed block == summed NLL of the notes run one by one."""
-    from clinpeft.training import token_nll
+    from clinpeft.training.perplexity import token_nll
 
     from datasets import Dataset
 

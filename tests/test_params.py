@@ -10,7 +10,7 @@ from clinpeft.config import PretrainConfig, load_config
 from clinpeft.modeling.adapters import add_pretraining_adapter
 from clinpeft.modeling.base import count_parameters, load_causal_lm
 from clinpeft.recipes import params
-from clinpeft.report import format_params, format_percent
+from clinpeft.reporting.tables import format_params, format_percent
 
 LLAMA_7B = Path(__file__).resolve().parent.parent / "src" / "clinpeft" / "configs" / "llama-7b"
 LLAMA_7B_TOTAL = 6_738_415_616  # the published LLaMA-7B

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from clinpeft.cli import main
-from clinpeft.data.synthetic import ADMISSION_SECTIONS
-from clinpeft.data.synthetic_mimic3 import write_mimic3_tables
+from clinpeft.data.definitions import ADMISSION_SECTIONS
+from clinpeft.demo.mimic3_tables import write_mimic3_tables
 from clinpeft.data.tasks import load_task
 from clinpeft.prepare import mimic3
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from clinpeft.errors import ClinpeftError
-from clinpeft.report import (
+from clinpeft.reporting.tables import (
     find_runs,
     format_duration,
     format_markdown,

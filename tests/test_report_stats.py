@@ -13,10 +13,10 @@ import pytest
 from clinpeft import cli
 from clinpeft.data.tasks import TaskData
 from clinpeft.errors import ClinpeftError
-from clinpeft.metrics import task_metrics
+from clinpeft.evaluation.metrics import task_metrics
 from clinpeft.recipes.finetune import bootstrap_fields, write_predictions
-from clinpeft.report import write_report
-from clinpeft.statistics import bootstrap_auroc
+from clinpeft.reporting.tables import write_report
+from clinpeft.evaluation.bootstrap import bootstrap_auroc
 
 N = 150  # test notes per task
 RESAMPLES = 200
@@ -182,7 +182,7 @@ def test_run_without_predictions_keeps_recorded_interval(tmp_path):
 
 def test_macro_interval_resamples_tasks_independently(runs, report):
     """Macro interval = percentile interval of the per-resample mean of the tasks' resampled AUROCs."""
-    from clinpeft.report_stats import read_predictions
+    from clinpeft.reporting.stats import read_predictions
 
     boots = []
     for task in ("mor", "diag"):

@@ -4,10 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from clinpeft.config import METHOD_FIELDS, PEFT_METHODS, PretrainConfig, load_config
+from clinpeft.config import METHOD_FIELDS, PretrainConfig, load_config
+from clinpeft.modeling.methods import METHOD_NAMES as PEFT_METHODS
 from clinpeft.errors import ClinpeftError
 from clinpeft.recipes.demo import parse_methods
-from clinpeft.search_spaces import check_search_space, load_search_spaces, point_overrides, search_space
+from clinpeft.sweep.space import check_search_space, load_search_spaces, point_overrides, search_space
 
 CONFIGS = Path(__file__).resolve().parent.parent / "src" / "clinpeft" / "configs"
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from clinpeft.errors import ClinpeftError
-from clinpeft.metrics import auroc_binary, auroc_multiclass, auroc_multilabel, softmax
-from clinpeft.statistics import (
+from clinpeft.evaluation.metrics import auroc_binary, auroc_multiclass, auroc_multilabel, softmax
+from clinpeft.evaluation.bootstrap import (
     bootstrap_auroc,
     macro_values,
     paired_auroc_test,

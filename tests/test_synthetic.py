@@ -1,4 +1,4 @@
-"""Synthetic MIMIC-style data (clinpeft.data.synthetic): shape, determinism, labels, learnability."""
+"""Synthetic MIMIC-style data (clinpeft.demo.synthetic): shape, determinism, labels, learnability."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clinpeft.data import synthetic as S
+from clinpeft.data import definitions as D
+from clinpeft.demo import synthetic as S
 
 DEATH_WORDS = re.compile(r"expired|died|death|deceased|passed away|morgue|autopsy", re.IGNORECASE)
 SPLITS = ("train", "val", "test")
@@ -95,10 +96,10 @@ def test_write_tasks_writes_only_the_tasks_asked_for(tmp_path):
 
 
 def test_code_cutting_and_los_classes():
-    assert S.cut_dx_code("0389") == "038" and S.cut_dx_code("00845") == "008" and S.cut_dx_code("4019") == "401"
-    assert S.cut_dx_code("V4581") == "V458" and S.cut_dx_code("E8889") == "E888"
-    assert S.cut_proc_code("0066") == "006" and S.cut_proc_code("9671") == "967" and S.cut_proc_code("966") == "966"
-    assert [S.los_class(d) for d in (0.5, 3.0, 3.01, 7.0, 7.5, 14.0, 14.2, 60)] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert D.cut_dx_code("0389") == "038" and D.cut_dx_code("00845") == "008" and D.cut_dx_code("4019") == "401"
+    assert D.cut_dx_code("V4581") == "V458" and D.cut_dx_code("E8889") == "E888"
+    assert D.cut_proc_code("0066") == "006" and D.cut_proc_code("9671") == "967" and D.cut_proc_code("966") == "966"
+    assert [D.los_class(d) for d in (0.5, 3.0, 3.01, 7.0, 7.5, 14.0, 14.2, 60)] == [0, 0, 1, 1, 2, 2, 3, 3]
 
 
 def test_patient_split_is_70_10_20_and_seeded():
@@ -171,7 +172,7 @@ def test_task_files_have_van_aken_shape(quick):
             assert frame["id"].str.fullmatch(r"\d+").all()
             for text in frame["text"]:
                 blocks = text.split("\n\n")
-                assert [b.split("\n", 1)[0] for b in blocks] == [f"{h}:" for h in S.ADMISSION_SECTIONS]
+                assert [b.split("\n", 1)[0] for b in blocks] == [f"{h}:" for h in D.ADMISSION_SECTIONS]
             words = frame["text"].str.split().str.len()
             assert words.min() >= 60 and words.max() <= 300
             assert frame["text"].str.contains("___", regex=False).mean() > 0.5

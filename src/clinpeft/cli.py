@@ -179,7 +179,7 @@ PREPARE_MODULES: tuple[str, ...] = ("clinpeft.prepare.notes", "clinpeft.prepare.
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from clinpeft.training import set_progress_bars
+    from clinpeft.training.common import set_progress_bars
 
     progress = not getattr(args, "quiet", False)
     set_progress_bars(progress)
@@ -198,7 +198,7 @@ def run_command(args: argparse.Namespace) -> int:
 
         from clinpeft.config import PretrainConfig, load_config
         from clinpeft.recipes import params
-        from clinpeft.report import format_params, format_percent
+        from clinpeft.reporting.tables import format_params, format_percent
 
         config = load_config(PretrainConfig, args.recipe, args.overrides)
         counts = params.count(args.model, config)
@@ -239,7 +239,7 @@ def run_command(args: argparse.Namespace) -> int:
         result = evaluate.main(args.run, args.data, args.out, args.base, args.batch_size, args.overwrite, progress)
         print(f"{args.out}: {result['task']} AUROC {result['eval']['auroc']:.4f} on {result['eval']['n_examples']} notes")
     elif args.command == "report":
-        from clinpeft.report import write_report
+        from clinpeft.reporting.tables import write_report
 
         if args.bootstrap_resamples < 0:
             raise ClinpeftError(f"--bootstrap-resamples {args.bootstrap_resamples}: use 0 (no intervals) or more, e.g. 1000")

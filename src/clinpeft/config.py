@@ -20,26 +20,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from clinpeft.errors import ClinpeftError
+from clinpeft.modeling.methods import METHOD_NAMES, METHODS, VARIANT_NAMES
 
-# The downstream variants of the paper's Table 3 (rows under each base model).
-VARIANTS = (
-    "head",  # classification head only, base model frozen ("LLaMA" row)
-    "lora",  # a new LoRA + head ("+ LoRA")
-    "clinical_frozen",  # clinical adapter frozen + head
-    "clinical_frozen+downstream",  # clinical adapter frozen + downstream LoRA + head
-    "clinical_trainable",  # clinical adapter trained further + head
-    "clinical_trainable+downstream",  # both adapters trained + head
-    "full",  # every weight of the base model + head (the paper's BERT baselines; BERT encoders too)
-)
-Variant = Literal[
-    "head",
-    "lora",
-    "clinical_frozen",
-    "clinical_frozen+downstream",
-    "clinical_trainable",
-    "clinical_trainable+downstream",
-    "full",
-]
+# Table 3's fine-tuning variants and Table 2's pretraining methods: modeling/methods.py says what each does.
+Variant = Literal[VARIANT_NAMES]  # type: ignore[valid-type]
+PeftMethod = Literal[METHOD_NAMES]  # type: ignore[valid-type]
 
 
 class Section(BaseModel):
@@ -73,23 +58,16 @@ class LoraSection(Section):
     lora_dropout: float = Field(0.1, ge=0.0, lt=1.0)
     target_modules: list[str] = ["q_proj", "v_proj"]
     bias: Literal["none", "all", "lora_only"] = "none"
+    # LoRA flavours (peft's flags; modeling/methods.LORA_FLAVOURS). DoRA: the weight split into a
+    # magnitude (one trainable value per output unit) and a LoRA-updated direction (Liu et al. 2024).
+    use_dora: bool = False
+    # rsLoRA: scale lora_alpha / sqrt(r) instead of lora_alpha / r, stable at large ranks (Kalajdzievski 2023)
+    use_rslora: bool = False
 
-
-# The methods of the paper's Table 2: five PEFT techniques and full fine-tuning ("Clinical LLaMA").
-PEFT_METHODS = ("lora", "prefix_tuning", "prompt_tuning", "p_tuning", "adaption_prompt", "full")
-PeftMethod = Literal["lora", "prefix_tuning", "prompt_tuning", "p_tuning", "adaption_prompt", "full"]
 
 # The peft.* keys each method reads; a key of another method left at its default is ignored, a
 # changed one is an error (it would silently do nothing).
-METHOD_FIELDS = {
-    "lora": ("r", "lora_alpha", "lora_dropout", "target_modules", "bias"),
-    "prefix_tuning": ("num_virtual_tokens", "prefix_projection", "encoder_hidden_size"),
-    "prompt_tuning": ("num_virtual_tokens", "prompt_tuning_init", "prompt_tuning_init_text"),
-    "p_tuning": ("num_virtual_tokens", "encoder_reparameterization_type", "encoder_hidden_size",
-                 "encoder_num_layers", "encoder_dropout"),
-    "adaption_prompt": ("adapter_len", "adapter_layers"),
-    "full": (),
-}
+METHOD_FIELDS = {name: entry.keys for name, entry in METHODS.items()}
 
 
 class PeftSection(LoraSection):

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from clinpeft.data.definitions import SPLITS
 from clinpeft.errors import ClinpeftError
 
-SPLITS = ("train", "val", "test")
 COLUMNS = ("id", "text", "label")
 
 

@@ -8,12 +8,12 @@ The classification head is not given to peft's `modules_to_save`: with two adapt
 may own it and `set_adapter([...])` fails otherwise, and some adapter types do not save it at
 all. We unfreeze and save the head ourselves (`head.safetensors`), the same way for every variant.
 
-peft pitfalls handled here (DESIGN.md 5): `PeftModel.set_adapter` takes one name, so two active
+peft pitfalls handled here (DESIGN.md, peft pitfalls): `PeftModel.set_adapter` takes one name, so two active
 adapters go through `model.base_model.set_adapter([...])`, which also makes both trainable; we
 set `requires_grad` explicitly afterwards. A CAUSAL_LM adapter loads onto a classifier only with
 `task_type=None`.
 
-Clinical adapters of the other Table 2 methods, downstream (DESIGN.md 5):
+Clinical adapters of the other Table 2 methods, downstream (DESIGN.md, peft pitfalls):
 - adaption_prompt loads like a LoRA (task_type=None); it has no `modules_to_save`, which does not
   matter here since we save the head ourselves.
 - prompt_tuning / p_tuning only prepend their virtual tokens in peft's task wrapper, so they are
@@ -36,56 +36,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import (
-    AdaptionPromptConfig,
-    LoraConfig,
-    PeftConfig,
-    PeftModel,
-    PrefixTuningConfig,
-    PromptEncoderConfig,
-    PromptTuningConfig,
-    get_peft_model,
-)
+from peft import PeftConfig, PeftModel, get_peft_model
 from peft.utils import load_peft_weights
 
 from clinpeft.config import LoraSection, PeftSection
 from clinpeft.errors import ClinpeftError
+from clinpeft.modeling import methods
 
 CLINICAL = "clinical"
 DOWNSTREAM = "downstream"
 ADAPTER_META = "clinpeft_adapter.json"  # written beside adapter_config.json (or a full model's config.json)
 
-PROMPT_LEARNING = ("prefix_tuning", "prompt_tuning", "p_tuning")  # peft's prompt-learning methods
-
-# Methods that cannot train on packed blocks, and why: pretraining falls back to one note per row
-# for them (tests/test_methods.py shows the packed logits differ from each note's own, and that the
-# fallback gives each note's own). LoRA, adaption_prompt and full pack exactly: adaption_prompt's
-# prompt is attended by every token whatever its position, and its queries take the packed
-# position ids.
-PACKING_FALLBACK = {
-    "prefix_tuning": "prefix tuning hands its prefix to the model as a KV cache, and transformers builds "
-                     "the per-note attention mask of packed blocks only without a cache, so packed notes "
-                     "would attend to each other",
-    "prompt_tuning": "prompt tuning prepends its virtual tokens once per row and peft drops position_ids, "
-                     "so packed notes would share one prompt and attend to each other",
-    "p_tuning": "p-tuning prepends its virtual tokens once per row and peft drops position_ids, "
-                "so packed notes would share one prompt and attend to each other",
-}
-
-# A full clinical model is a new base model: the variants that keep it frozen map onto the plain
-# variants on top of it (Table 3's "Clinical LLaMA" row is the head on it).
-FULL_MODEL_VARIANTS = {"clinical_frozen": "head", "clinical_frozen+downstream": "lora"}
-
-
-def lora_config(section: LoraSection, task_type: str | None) -> LoraConfig:
-    return LoraConfig(
-        r=section.r,
-        lora_alpha=section.lora_alpha,
-        lora_dropout=section.lora_dropout,
-        target_modules=list(section.target_modules),
-        bias=section.bias,
-        task_type=task_type,
-    )
+def lora_config(section: LoraSection, task_type: str | None):
+    """peft's LoraConfig of a LoRA section (clinical or downstream), every key under peft's own name."""
+    return methods.METHODS["lora"].build(section, task_type=task_type)
 
 
 def pretraining_peft_config(section: PeftSection, tokenizer_path: str | Path | None = None):
@@ -93,32 +57,10 @@ def pretraining_peft_config(section: PeftSection, tokenizer_path: str | Path | N
 
     `tokenizer_path`: the base model's directory, for prompt tuning's text initialisation.
     """
-    method, task_type = section.method, "CAUSAL_LM"
-    if method == "lora":
-        return lora_config(section, task_type)
-    if method == "prefix_tuning":
-        return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=section.num_virtual_tokens,
-                                  prefix_projection=section.prefix_projection,
-                                  encoder_hidden_size=section.encoder_hidden_size)
-    if method == "prompt_tuning":
-        from_text = section.prompt_tuning_init == "TEXT"
-        if from_text and tokenizer_path is None:
-            raise ClinpeftError("peft.prompt_tuning_init=TEXT needs the base model's tokenizer; "
-                                "set peft.prompt_tuning_init=RANDOM")
-        return PromptTuningConfig(task_type=task_type, num_virtual_tokens=section.num_virtual_tokens,
-                                  prompt_tuning_init=section.prompt_tuning_init,
-                                  prompt_tuning_init_text=section.prompt_tuning_init_text if from_text else None,
-                                  tokenizer_name_or_path=str(tokenizer_path) if from_text else None)
-    if method == "p_tuning":
-        return PromptEncoderConfig(task_type=task_type, num_virtual_tokens=section.num_virtual_tokens,
-                                   encoder_reparameterization_type=section.encoder_reparameterization_type,
-                                   encoder_hidden_size=section.encoder_hidden_size,
-                                   encoder_num_layers=section.encoder_num_layers,
-                                   encoder_dropout=section.encoder_dropout)
-    if method == "adaption_prompt":
-        return AdaptionPromptConfig(task_type=task_type, adapter_len=section.adapter_len,
-                                    adapter_layers=section.adapter_layers)
-    raise ClinpeftError(f"peft.method={method} trains the model itself; it has no peft config")
+    entry = methods.method(section.method)
+    if entry.build is None:
+        raise ClinpeftError(f"peft.method={section.method} trains the model itself; it has no peft config")
+    return entry.build(section, tokenizer_path)
 
 
 def add_pretraining_adapter(model, section: PeftSection, tokenizer_path: str | Path | None = None):
@@ -142,7 +84,7 @@ def add_pretraining_adapter(model, section: PeftSection, tokenizer_path: str | P
 
 def packing_fallback(method: str) -> str | None:
     """Why `method` cannot train on packed blocks (None: it can)."""
-    return PACKING_FALLBACK.get(method)
+    return methods.method(method).packing_fallback
 
 
 def write_adapter_meta(adapter_dir: Path, base_fingerprint: str, base_model: str, method: str) -> None:
@@ -189,36 +131,35 @@ def _read_meta(folder: Path) -> dict:
 def check_variant(adapter: ClinicalAdapter, variant: str) -> None:
     """Refuse, before any work, a variant that cannot be built on this kind of clinical adapter."""
     where = f"clinical_adapter {adapter.path}"
-    if adapter.method == "prefix_tuning":
-        raise ClinpeftError(
-            f"{where} is a prefix_tuning adapter, which cannot classify with transformers 5.x (peft passes the "
-            "prefix as past_key_values, an argument LlamaForSequenceClassification no longer has); fine-tune on "
-            "a clinical adapter of another method (lora, adaption_prompt, prompt_tuning, p_tuning)"
-        )
-    if adapter.method == "full":
-        if variant not in FULL_MODEL_VARIANTS:
-            raise ClinpeftError(
-                f"{where} is a full clinical model, not an adapter: variant {variant} would fine-tune all of its "
-                "weights; use variant=clinical_frozen (head only, Table 3's 'Clinical LLaMA' row) or "
-                "clinical_frozen+downstream (a downstream LoRA on it)"
-            )
+    entry = methods.method(adapter.method)
+    if entry.refusal:
+        raise ClinpeftError(f"{where} is a {adapter.method} adapter, which {entry.refusal}")
+    if variant in entry.clinical_variants:
         return
-    if variant.endswith("+downstream") and adapter.method != "lora":
+    if adapter.method == "full":
+        raise ClinpeftError(
+            f"{where} is a full clinical model, not an adapter: variant {variant} would fine-tune all of its "
+            "weights; use variant=clinical_frozen (head only, Table 3's 'Clinical LLaMA' row) or "
+            "clinical_frozen+downstream (a downstream LoRA on it)"
+        )
+    if methods.variant(variant).downstream_lora:
         raise ClinpeftError(
             f"{where} is a {adapter.method} adapter: peft cannot make a downstream LoRA and a {adapter.method} "
             f"adapter active in one model, so variant {variant} is not possible; use variant="
             f"{variant.removesuffix('+downstream')} with it, or pretrain a LoRA clinical adapter (peft.method=lora)"
         )
+    raise ClinpeftError(f"{where}: variant {variant} does not use a clinical adapter; "
+                        f"use one of {', '.join(entry.clinical_variants)}")
 
 
 def full_model_variant(variant: str) -> str:
-    """The plain variant a clinical_* variant becomes on a full clinical model (see FULL_MODEL_VARIANTS)."""
-    return FULL_MODEL_VARIANTS[variant]
+    """The plain variant a clinical_* variant becomes on a full clinical model (Variant.on_full_model)."""
+    return methods.variant(variant).on_full_model
 
 
 def padding_side(adapter: ClinicalAdapter | None) -> str:
     """Prompt methods feed the classifier `inputs_embeds`; it then pools the last position, so pad left."""
-    return "left" if adapter is not None and adapter.method in PROMPT_LEARNING else "right"
+    return "left" if adapter is not None and methods.method(adapter.method).prompt_learning else "right"
 
 
 def check_same_base(adapter: ClinicalAdapter, fingerprint: str, base: str) -> None:
@@ -263,13 +204,14 @@ def attach_adapter(model, adapter_dir: Path, name: str, trainable: bool = True):
 def stack_adapters(model, variant: str, clinical: ClinicalAdapter | None, downstream: LoraSection):
     """Build the model of one Table 3 variant. Returns (model, active adapter names)."""
     active: list[str] = []
-    if variant.startswith("clinical"):
+    entry = methods.variant(variant)
+    if entry.needs_clinical:
         if clinical is None:
             raise ClinpeftError(f"variant {variant} needs clinical_adapter=<pretrain run dir>")
         check_variant(clinical, variant)
         model = attach_adapter(model, clinical.path, CLINICAL)
         active.append(CLINICAL)
-    if variant == "lora" or variant.endswith("+downstream"):
+    if entry.downstream_lora:
         config = lora_config(downstream, task_type=None)
         if isinstance(model, PeftModel):
             model.add_adapter(DOWNSTREAM, config)  # added inactive and frozen: activated below
@@ -285,12 +227,8 @@ def stack_adapters(model, variant: str, clinical: ClinicalAdapter | None, downst
 
 def trainable_adapters(variant: str) -> list[str]:
     """The adapters a variant trains (the head always trains)."""
-    names = []
-    if variant.startswith("clinical_trainable"):
-        names.append(CLINICAL)
-    if variant == "lora" or variant.endswith("+downstream"):
-        names.append(DOWNSTREAM)
-    return names
+    entry = methods.variant(variant)
+    return [name for name, trains in ((CLINICAL, entry.trains_clinical), (DOWNSTREAM, entry.downstream_lora)) if trains]
 
 
 def is_adapter_param(name: str, adapter: str) -> bool:

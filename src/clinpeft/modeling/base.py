@@ -2,7 +2,7 @@
 
 Nothing here touches the network: `model.base` is a local directory (config.json, tokenizer
 files, safetensors weights) or "demo", the tiny general-English LLaMA built by
-`clinpeft.modeling.demo_base`.
+`clinpeft.demo.llama`.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from clinpeft.errors import ClinpeftError
 def resolve_base(base: str, *, progress: bool = True) -> Path:
     """`model.base` -> a local model directory, building the demo model on first use."""
     if base == "demo":
-        from clinpeft.modeling.demo_base import ensure_demo_base
+        from clinpeft.demo.llama import ensure_demo_base
 
         return ensure_demo_base(progress=progress)
     if base == "demo-bert":
-        from clinpeft.modeling.demo_bert import ensure_demo_bert
+        from clinpeft.demo.bert import ensure_demo_bert
 
         return ensure_demo_bert(progress=progress)
     path = Path(base).expanduser()

@@ -50,11 +50,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from clinpeft.data.synthetic import ADMISSION_SECTIONS, SPLIT_FRACTIONS, cut_dx_code, cut_proc_code, los_class
+from clinpeft.data.definitions import (
+    ADMISSION_SECTIONS,
+    MIMIC3_TASKS,
+    SPLIT_FRACTIONS,
+    SPLITS,
+    cut_dx_code,
+    cut_proc_code,
+    los_class,
+)
 from clinpeft.errors import ClinpeftError
 
-TASKS = ("mor", "los", "diag", "proc")
-SPLITS = ("train", "val", "test")
+TASKS = MIMIC3_TASKS
 REQUIRED_COLUMNS = {
     "NOTEEVENTS": ("SUBJECT_ID", "HADM_ID", "CHARTDATE", "CATEGORY", "DESCRIPTION", "TEXT"),
     "ADMISSIONS": ("SUBJECT_ID", "HADM_ID", "ADMISSION_TYPE", "ADMITTIME", "DISCHTIME", "HOSPITAL_EXPIRE_FLAG"),

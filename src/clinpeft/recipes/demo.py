@@ -20,12 +20,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from clinpeft.config import PEFT_METHODS, FinetuneConfig, PretrainConfig, load_config
-from clinpeft.data.synthetic import TASKS, write_demo_data
+from clinpeft.config import FinetuneConfig, PretrainConfig, load_config
+from clinpeft.modeling.methods import METHOD_NAMES
+from clinpeft.data.definitions import TASKS
+from clinpeft.demo.synthetic import write_demo_data
 from clinpeft.errors import ClinpeftError
-from clinpeft.modeling.demo_base import ensure_demo_base
+from clinpeft.demo.llama import ensure_demo_base
 from clinpeft.recipes import finetune, pretrain
-from clinpeft.report import write_report
+from clinpeft.reporting.tables import write_report
 from clinpeft.rundir import atomic_run_dir
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "demo"
@@ -38,10 +40,10 @@ QUICK_FINETUNE = ["task.max_seq_len=128"]
 
 def parse_methods(text: str) -> list[str]:
     """`--methods`: "all" or a comma list of pretraining methods -> list, LoRA first (step 4 needs it)."""
-    methods = list(PEFT_METHODS) if text.strip() == "all" else [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in PEFT_METHODS]
+    methods = list(METHOD_NAMES) if text.strip() == "all" else [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHOD_NAMES]
     if unknown:
-        raise ClinpeftError(f"--methods: unknown method(s) {', '.join(unknown)}; use all or some of {', '.join(PEFT_METHODS)}")
+        raise ClinpeftError(f"--methods: unknown method(s) {', '.join(unknown)}; use all or some of {', '.join(METHOD_NAMES)}")
     return ["lora"] + [m for m in dict.fromkeys(methods) if m != "lora"]
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from clinpeft import __version__
 from clinpeft.data.tasks import TaskData, read_split_csv, validate_split
-from clinpeft.metrics import task_metrics
+from clinpeft.evaluation.metrics import task_metrics
 from clinpeft.modeling.classifier import load_bundle, predict_logits
 from clinpeft.recipes.finetune import bootstrap_fields, write_predictions
 from clinpeft.rundir import atomic_run_dir, write_json

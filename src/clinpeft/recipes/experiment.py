@@ -41,8 +41,9 @@ from clinpeft.config import (
     format_override,
     load_config,
 )
-from clinpeft.data.synthetic import TASKS
+from clinpeft.data.definitions import TASKS
 from clinpeft.errors import ClinpeftError
+from clinpeft.modeling import methods
 from clinpeft.rundir import atomic_write, write_json
 
 PRETRAIN_DIR = "pretrain"  # OUT/<model>/pretrain/: a clinical adapter the grid trained itself
@@ -120,7 +121,7 @@ class ExperimentConfig(Section):
         if duplicates:
             raise ValueError(f"model names must be unique (they are directories and row labels): {duplicates}")
         for model in self.models:
-            if any(v.startswith("clinical") for v in model.variants) and model.clinical is None:
+            if any(methods.variant(v).needs_clinical for v in model.variants) and model.clinical is None:
                 raise ValueError(f"model {model.name}: clinical_* variants need clinical.run or clinical.recipe")
         return self
 
@@ -173,7 +174,7 @@ def plan_cells(grid: ExperimentConfig, out: Path, tasks_dir: Path, grid_recipe: 
                 overrides = [*grid.finetune.overrides, *model.overrides, *quoted(
                     **{"model.base": model.base, "model.name": model.name, "variant": variant,
                        "task.path": str(tasks_dir / task)})]
-                if variant.startswith("clinical"):
+                if methods.variant(variant).needs_clinical:
                     overrides += quoted(clinical_adapter=str(clinical_dirs[model.name]))
                 config = load_config(FinetuneConfig, recipe, overrides)
                 cells.append(Cell(model.name, variant, task, out / model.name / variant / task, config))
@@ -231,7 +232,7 @@ def main(grid: ExperimentConfig, out: str | Path, recipe_path: str | Path | None
 
     from clinpeft.recipes import finetune, pretrain
     from clinpeft.recipes.demo import demo_data
-    from clinpeft.report import write_report
+    from clinpeft.reporting.tables import write_report
 
     started = time.time()
     out = Path(out)
@@ -245,7 +246,7 @@ def main(grid: ExperimentConfig, out: str | Path, recipe_path: str | Path | None
         corpus = [str(out / "data" / "corpus" / n) for n in ("discharge.csv.gz", "radiology.csv.gz")]
     else:
         tasks_dir, corpus = Path(grid.data.tasks_dir), list(grid.data.corpus)
-    needs_clinical = [m for m in grid.models if any(v.startswith("clinical") for v in m.variants)]
+    needs_clinical = [m for m in grid.models if any(methods.variant(v).needs_clinical for v in m.variants)]
     clinical_dirs = {m.name: Path(m.clinical.run) if m.clinical.run else out / m.name / PRETRAIN_DIR
                      for m in needs_clinical}
     base_names: dict[str, str] = {}
@@ -294,7 +295,7 @@ def main(grid: ExperimentConfig, out: str | Path, recipe_path: str | Path | None
             record.update(status="done earlier", val_auroc=metrics["val"].get("auroc"),
                           test_auroc=metrics["test"].get("auroc"))
             tqdm.write(f"{prefix} ... done earlier ({auroc_text(metrics)})")
-        elif cell.variant.startswith("clinical") and cell.model in pretrain_errors:
+        elif methods.variant(cell.variant).needs_clinical and cell.model in pretrain_errors:
             message = f"its clinical adapter could not be pretrained: {pretrain_errors[cell.model]}"
             record_failure(cell.failed_file, cell.label, ClinpeftError(message), 0.0)
             record.update(status="failed", error=message)

@@ -41,7 +41,8 @@ from clinpeft import __version__
 from clinpeft.config import FinetuneConfig, save_config
 from clinpeft.data.tasks import TaskData, load_task
 from clinpeft.errors import ClinpeftError
-from clinpeft.metrics import sigmoid, softmax, task_metrics
+from clinpeft.modeling import methods
+from clinpeft.evaluation.metrics import sigmoid, softmax, task_metrics
 from clinpeft.modeling.adapters import check_variant, find_clinical_adapter, full_model_variant
 from clinpeft.modeling.base import count_parameters, device_summary, is_encoder, resolve_base
 from clinpeft.modeling.classifier import (
@@ -54,7 +55,7 @@ from clinpeft.modeling.classifier import (
     save_bundle,
 )
 from clinpeft.rundir import atomic_run_dir, write_json
-from clinpeft.training import silence_trainer, training_arguments
+from clinpeft.training.common import silence_trainer, training_arguments
 
 
 def main(config: FinetuneConfig, out: str | Path, overwrite: bool = False, progress: bool = True,
@@ -65,7 +66,7 @@ def main(config: FinetuneConfig, out: str | Path, overwrite: bool = False, progr
     check_pooling(config.model.base, config.model.pooling)  # before any work: encoders read [CLS]
     task = load_task(config.task.path, config.task.name, config.task.kind, config.task.max_examples)
     clinical = None
-    if config.variant.startswith("clinical"):
+    if methods.variant(config.variant).needs_clinical:
         if not config.clinical_adapter:
             raise ClinpeftError(
                 f"variant {config.variant} needs clinical_adapter=<directory of a `clinpeft pretrain` run>; "
@@ -190,7 +191,7 @@ def write_predictions(path: Path, task: TaskData, split: str, logits: np.ndarray
 def bootstrap_fields(task: TaskData, split: str, logits: np.ndarray, n_resamples: int, seed: int) -> dict:
     """{"auroc_ci": [lo, hi], "bootstrap": {...}} of a split: notes resampled in id order, one
     random stream per task (statistics.py), so `clinpeft report` redraws the same resamples."""
-    from clinpeft.statistics import bootstrap_auroc
+    from clinpeft.evaluation.bootstrap import bootstrap_auroc
 
     boot = bootstrap_auroc(task.task_type, task.targets(split), probabilities(task.task_type, logits),
                            ids=task.splits[split]["id"].tolist(), n_resamples=n_resamples, seed=seed, stream=task.name)
@@ -208,10 +209,8 @@ def table3_row(variant: str, clinical_method: str | None, encoder_name: str | No
         return {"row": {"full": encoder_name, "head": f"{encoder_name} (head only)"}.get(variant, f"{encoder_name} + LoRA")}
     if clinical_method in (None, "lora", "full"):
         return {}
-    from clinpeft.report import method_name
-
-    state = "Trainable" if variant.startswith("clinical_trainable") else "Frozen"
-    return {"row": f"+ Clinical {method_name(clinical_method)} ({state})"}
+    state = "Trainable" if methods.variant(variant).trains_clinical else "Frozen"
+    return {"row": f"+ Clinical {methods.method_display_name(clinical_method)} ({state})"}
 
 
 def check_encoder_length(base_path: Path, max_seq_len: int) -> None:
@@ -297,6 +296,7 @@ def run(config: FinetuneConfig, task: TaskData, clinical, run_dir: Path, progres
         "pooling": "cls" if encoder else config.model.pooling,  # what the head read: last / mean token(s), [CLS]
         "clinical_adapter": clinical_dir,
         "clinical_method": clinical_method,
+        "lora_flavours": methods.lora_flavours(config.lora) if methods.variant(variant).downstream_lora else [],
         **table3_row(variant, clinical_method, base_name if encoder else None),
         "val": val_metrics,
         "test": test_metrics,

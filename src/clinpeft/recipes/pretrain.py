@@ -31,6 +31,7 @@ from clinpeft.config import PretrainConfig, save_config
 from clinpeft.data.notes import cache_file, load_corpus
 from clinpeft.data.packing import count_predicted_tokens, tokenize_and_pack
 from clinpeft.modeling.adapters import add_pretraining_adapter, packing_fallback, write_adapter_meta
+from clinpeft.modeling.methods import lora_flavours
 from clinpeft.modeling.base import (
     base_fingerprint,
     count_parameters,
@@ -40,7 +41,8 @@ from clinpeft.modeling.base import (
     resolve_base,
 )
 from clinpeft.rundir import atomic_run_dir, write_json
-from clinpeft.training import silence_trainer, split_perplexity, training_arguments
+from clinpeft.training.common import silence_trainer, training_arguments
+from clinpeft.training.perplexity import split_perplexity
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +192,7 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True) -> dict:
     result = {
         "kind": "pretrain",
         "method": method,
+        "lora_flavours": lora_flavours(config.peft) if method == "lora" else [],  # e.g. ["use_dora"]: Table 2 says DoRA
         "base_model": str(base_path),
         "base_model_name": config.model.name or base_path.name,
         "base_fingerprint": fingerprint,

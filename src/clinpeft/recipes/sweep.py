@@ -50,7 +50,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from clinpeft.config import (
-    VARIANTS,
     FinetuneConfig,
     PretrainConfig,
     config_from_tree,
@@ -60,15 +59,15 @@ from clinpeft.config import (
     read_recipe,
 )
 from clinpeft.errors import ClinpeftError
+from clinpeft.modeling.methods import LORA_VARIANTS
 from clinpeft.rundir import atomic_write, read_json, write_json
-from clinpeft.search_spaces import search_space
-from clinpeft.sweep_results import write_results
+from clinpeft.sweep.space import search_space
+from clinpeft.sweep.results import write_results
 
 STEPS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
 SAMPLERS = ("gp", "tpe", "random")
 PRUNERS = ("none", "median")
 OBJECTIVES = {"pretrain": ("val_ppl", "minimize"), "finetune": ("val_auroc", "maximize")}
-LORA_VARIANTS = tuple(v for v in VARIANTS if v == "lora" or v.endswith("+downstream"))  # read config.lora
 DEFAULT_VAL_FRACTION = 0.1  # pretrain sweeps need a validation split; the share of train patients
 RANGE_KEYS = {"low", "high", "log", "step"}
 SWEEP_KEYS = {"step", "tasks", "paper_space", "n_startup_trials"}

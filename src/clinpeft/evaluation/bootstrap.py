@@ -351,7 +351,7 @@ def paired_auroc_test(task_type: str, y_true, probs_a, probs_b, *, ids=None, n_r
                       seed: int = 0, stream: str = "", multi_class: str = "ovo") -> PairedTest:
     """Paired bootstrap test of two models' predictions on the same notes (same resampled indices).
     The observed difference uses the AUROC of metrics.py on the full split."""
-    from clinpeft.metrics import auroc_binary, auroc_multiclass, auroc_multilabel
+    from clinpeft.evaluation.metrics import auroc_binary, auroc_multiclass, auroc_multilabel
 
     kwargs = dict(ids=ids, n_resamples=n_resamples, seed=seed, stream=stream, multi_class=multi_class)
     boot_a = bootstrap_auroc(task_type, y_true, probs_a, **kwargs)

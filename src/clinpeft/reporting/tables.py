@@ -25,22 +25,14 @@ from typing import Iterable
 
 import pandas as pd
 
+from clinpeft.data.definitions import TABLE3_TASK_ORDER
 from clinpeft.errors import ClinpeftError
-from clinpeft.metrics import macro_average
+from clinpeft.modeling import methods
+from clinpeft.evaluation.metrics import macro_average
 
 PRETRAIN_FILE = "run.json"
 FINETUNE_FILE = "metrics.json"
 
-# Table 2: PEFT method display names and row order, as in the paper.
-METHOD_NAMES = {
-    "lora": "LoRA",
-    "adaption_prompt": "Adaptation Prompt",  # peft's spelling
-    "adaptation_prompt": "Adaptation Prompt",
-    "prefix_tuning": "Prefix Tuning",
-    "prompt_tuning": "Prompt Tuning",
-    "p_tuning": "P-tuning",
-    "full": "Full fine-tuning",
-}
 BASE_ROW = "(none: base model)"
 TABLE2_COLUMNS = ["Base model", "PEFT", "Trainable params", "Trainable %", "Train ppl", "Test ppl", "Time (h:m:s)"]
 TABLE2_RAW_COLUMNS = [
@@ -48,17 +40,7 @@ TABLE2_RAW_COLUMNS = [
     "Train ppl", "Test ppl", "Train time (s)", "Run dir",
 ]
 
-# Table 3: variant row names and row order, as in the paper. "head" rows are named after the base.
-VARIANT_ROWS = {
-    "head": None,
-    "lora": "+ LoRA",
-    "clinical_frozen": "+ Clinical LoRA (Frozen)",
-    "clinical_frozen+downstream": "+ Clinical LoRA (Frozen) + Downstream LoRA",
-    "clinical_trainable": "+ Clinical LoRA (Trainable)",
-    "clinical_trainable+downstream": "+ Clinical LoRA (Trainable) + Downstream LoRA",
-    "full": "+ Full fine-tuning",
-}
-TASKS_ORDER = ("pmv", "mor", "los", "diag", "proc")
+TASKS_ORDER = TABLE3_TASK_ORDER
 MACRO = "Macro avg"
 INCOMPLETE_MARK = "*"
 
@@ -235,18 +217,9 @@ def format_auroc(percent: float | None) -> str:
 # --------------------------------------------------------------------------- Table 2
 
 
-def method_name(method) -> str:
-    """Paper display name of a PEFT method key ("lora" -> "LoRA"); unknown keys are shown as given."""
-    key = str(method or "").strip()
-    return METHOD_NAMES.get(key.lower(), key or "?")
-
-
-_METHOD_ORDER = list(dict.fromkeys(METHOD_NAMES.values()))  # paper order, each name once
-
-
-def _method_rank(method) -> tuple:
-    name = method_name(method)
-    return (_METHOD_ORDER.index(name), "") if name in _METHOD_ORDER else (len(_METHOD_ORDER), name.lower())
+def method_name(run: dict) -> str:
+    """Table 2 name of a pretraining run's method ("lora" -> "LoRA", with DoRA: "DoRA"); see modeling/methods.py."""
+    return methods.method_display_name(run.get("method"), run.get("lora_flavours") or ())
 
 
 def _table2_records(pretrain_runs: list[dict]) -> tuple[list[dict], list[str]]:
@@ -257,7 +230,7 @@ def _table2_records(pretrain_runs: list[dict]) -> tuple[list[dict], list[str]]:
 
     records, notes = [], []
     for base in sorted(by_base, key=str.lower):
-        runs = sorted(by_base[base], key=lambda r: (_method_rank(r.get("method")), str(r.get("_dir", ""))))
+        runs = sorted(by_base[base], key=lambda r: (methods.method_rank(method_name(r)), str(r.get("_dir", ""))))
         base_row = _base_model_row(base, runs, notes)
         if base_row:
             records.append(base_row)
@@ -268,7 +241,7 @@ def _table2_records(pretrain_runs: list[dict]) -> tuple[list[dict], list[str]]:
                 percent = 100.0 * trainable / total
             records.append({
                 "Base model": base,
-                "PEFT": method_name(run.get("method")),
+                "PEFT": method_name(run),
                 "Method": str(run.get("method") or ""),
                 "Trainable params": trainable,
                 "Total params": total,
@@ -368,11 +341,6 @@ def _table2_footnotes(raw: pd.DataFrame, notes: list[str]) -> list[str]:
 # --------------------------------------------------------------------------- Table 3
 
 
-def _variant_rank(variant: str) -> tuple:
-    order = list(VARIANT_ROWS)
-    return (order.index(variant), "") if variant in order else (len(order), variant)
-
-
 def _required_text(run: dict, key: str) -> str:
     value = run.get(key)
     if not isinstance(value, str) or not value.strip():
@@ -409,7 +377,8 @@ def _row_name(base: str, variant: str, row: str | None, base_has_head: bool) -> 
         return row
     if variant == "head":
         return base
-    name = VARIANT_ROWS.get(variant) or f"+ {variant}"
+    entry = methods.VARIANTS.get(variant)
+    name = (entry.table3_row if entry else None) or f"+ {variant}"
     return name if base_has_head else f"{base} {name}"
 
 
@@ -421,7 +390,7 @@ def _test_auroc_percent(run: dict) -> float | None:
 def table3_layout(finetune_runs, tasks_order=TASKS_ORDER) -> tuple[list[str], list]:
     """(tasks, rows) of Table 3: the task columns (lower-case, in tasks_order then others sorted) and
     the rows in table order, each a report_stats.Row(name, {task: run}); see `table3`."""
-    from clinpeft.report_stats import Row
+    from clinpeft.reporting.stats import Row
 
     cells = _table3_cells(list(finetune_runs))
     order = [t.lower() for t in tasks_order]
@@ -429,7 +398,7 @@ def table3_layout(finetune_runs, tasks_order=TASKS_ORDER) -> tuple[list[str], li
     tasks = [t for t in order if t in present] + sorted(present - set(order))
     # the encoder baselines first, as in the paper (BlueBERT, UmlsBERT, ... above LLaMA)
     encoder_bases = {k[0] for k, by_task in cells.items() if any(r.get("model_kind") == "encoder" for r in by_task.values())}
-    keys = sorted(cells, key=lambda k: (k[0] not in encoder_bases, k[0].lower(), k[0], _variant_rank(k[1]), k[2] or ""))
+    keys = sorted(cells, key=lambda k: (k[0] not in encoder_bases, k[0].lower(), k[0], methods.variant_rank(k[1]), k[2] or ""))
     bases_with_head = {k[0] for k in keys if k[1] == "head" and k[2] is None}
     rows = [Row(_row_name(base, variant, row, base in bases_with_head), cells[(base, variant, row)])
             for base, variant, row in keys]
@@ -441,14 +410,14 @@ def _cell_interval(run: dict, name: str, task: str, stats) -> tuple[float, float
     if stats is not None:
         cell = stats.cells.get((name, task))
         return cell.ci if cell is not None else None
-    from clinpeft.report_stats import _recorded_ci
+    from clinpeft.reporting.stats import _recorded_ci
 
     return _recorded_ci(run)
 
 
 def _with_interval(text: str, ci, mark: str = "") -> str:
     """Cell text with its interval: "78.40 [76.1, 80.5]" (interval in %, see report_stats.format_interval), the mark after it."""
-    from clinpeft.report_stats import format_interval
+    from clinpeft.reporting.stats import format_interval
 
     interval = format_interval(ci)
     return f"{text} {interval}{mark}" if text and interval else text + mark
@@ -674,7 +643,7 @@ def write_report(paths: Iterable[str | Path], out_dir: str | Path, *, compare: s
 def _write_table3(out: Path, finetune_runs: list[dict], compare: str | None, n_resamples: int, seed: int,
                   progress: bool) -> dict[str, Path]:
     """table3.md/.csv with intervals (and the comparison with `compare`), plots, label lists."""
-    from clinpeft import report_stats
+    from clinpeft.reporting import stats as report_stats
 
     tasks, rows = table3_layout(finetune_runs)
     stats = report_stats.table3_statistics(rows, tasks, n_resamples=n_resamples, seed=seed, compare=compare,

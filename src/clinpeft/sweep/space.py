@@ -1,6 +1,6 @@
 """The paper's hyperparameter search spaces (Appendices A.2 and B.2) as data, in one place.
 
-    from clinpeft.search_spaces import search_space
+    from clinpeft.sweep.space import search_space
     search_space("pretrain", "p_tuning")   # {"peft.num_virtual_tokens": [1, 5, 10, 15, 20], ...}
 
 The values live in configs/search_spaces.yaml; keys are config keys, so a sampled point is a list
@@ -16,7 +16,7 @@ import yaml
 from clinpeft.config import FinetuneConfig, PretrainConfig, format_override, load_config
 from clinpeft.errors import ClinpeftError
 
-SEARCH_SPACES_FILE = Path(__file__).resolve().parent / "configs" / "search_spaces.yaml"
+SEARCH_SPACES_FILE = Path(__file__).resolve().parent.parent / "configs" / "search_spaces.yaml"
 STEPS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
 
 

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from clinpeft.errors import ClinpeftError
-from clinpeft.modeling.demo_base import (
+from clinpeft.demo.llama import (
     _transformers_progress_bars,
     build_into_place,
     clinpeft_home,

@@ -1,6 +1,6 @@
 """Deterministic synthetic MIMIC-style data for the demo and the tests (no real patient data).
 
-    from clinpeft.data.synthetic import write_demo_data
+    from clinpeft.demo.synthetic import write_demo_data
     write_demo_data("demo_data", size="quick", seed=0)   # demo_data/corpus/*.csv.gz, demo_data/tasks/<task>/
 
 Two products, shaped like the real inputs of the two steps of the paper:
@@ -66,22 +66,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-TASKS = ("los", "mor", "pmv", "diag", "proc")
-
-#: van Aken's admission-note sections, in their order.
-ADMISSION_SECTIONS = (
-    "CHIEF COMPLAINT",
-    "PRESENT ILLNESS",
-    "MEDICAL HISTORY",
-    "MEDICATIONS ON ADMISSION",
-    "ALLERGIES",
-    "PHYSICAL EXAM",
-    "FAMILY HISTORY",
-    "SOCIAL HISTORY",
+from clinpeft.data.definitions import (
+    ADMISSION_SECTIONS,
+    PMV_DAYS,
+    SPLIT_FRACTIONS,
+    TASKS,
+    cut_dx_code,
+    cut_proc_code,
+    los_class,
 )
-LOS_EDGES_DAYS = (3.0, 7.0, 14.0)  # classes: 0 <=3, 1 (3,7], 2 (7,14], 3 >14 days
-PMV_DAYS = 7.0  # prolonged mechanical ventilation: ventilated for more than 7 days
-SPLIT_FRACTIONS = (0.7, 0.1, 0.2)  # train / val / test, by patient
+
 SIZES = {  # patients per preset: quick for tests and a <2 min demo, default for a <10 min CPU demo
     "quick": {"corpus": 60, "tasks": 300},
     "default": {"corpus": 250, "tasks": 1000},
@@ -372,7 +366,7 @@ _PROC_NAMES = {
 # --------------------------------------------------------------------------------------------
 
 
-def _rng(seed: int, *stream: int) -> np.random.Generator:
+def seeded_rng(seed: int, *stream: int) -> np.random.Generator:
     """One independent, platform-stable random stream per (seed, purpose)."""
     return np.random.default_rng([int(seed), *stream])
 
@@ -390,24 +384,9 @@ def _some(rng: np.random.Generator, seq: Sequence, p: float) -> list:
     return [x for x in seq if rng.random() < p]
 
 
-def _dedupe(items: Iterable[str]) -> list[str]:
+def dedupe(items: Iterable[str]) -> list[str]:
     """Drop repeats, keep first-seen order (dict order, never set order: determinism)."""
     return list(dict.fromkeys(items))
-
-
-def cut_dx_code(code: str) -> str:
-    """van Aken's simplified ICD-9 diagnosis code: 3 characters, 4 for V and E codes ("E8889" -> "E888")."""
-    return code[:4] if code[:1] in ("V", "E") else code[:3]
-
-
-def cut_proc_code(code: str) -> str:
-    """van Aken's simplified ICD-9 procedure code: the first 3 characters ("0066" -> "006")."""
-    return code[:3]
-
-
-def los_class(days: float) -> int:
-    """van Aken's LOS classes: 0 <=3 days, 1 (3,7], 2 (7,14], 3 >14."""
-    return int(sum(days > edge for edge in LOS_EDGES_DAYS))
 
 
 def subject_id_of(hadm_id: int) -> int:
@@ -417,7 +396,7 @@ def subject_id_of(hadm_id: int) -> int:
 
 def patient_split(n_patients: int, seed: int = 0) -> list[str]:
     """Split of each task patient index ("train" / "val" / "test"), 70/10/20, as `write_tasks` uses it."""
-    order = _rng(seed, _STREAM_SPLIT).permutation(n_patients)
+    order = seeded_rng(seed, _STREAM_SPLIT).permutation(n_patients)
     n_train = round(SPLIT_FRACTIONS[0] * n_patients)
     n_val = round(SPLIT_FRACTIONS[1] * n_patients)
     split = ["test"] * n_patients
@@ -426,14 +405,14 @@ def patient_split(n_patients: int, seed: int = 0) -> list[str]:
     return split
 
 
-def _write_gzip_csv(df: pd.DataFrame, path: Path) -> None:
+def write_gzip_csv(df: pd.DataFrame, path: Path) -> None:
     # mtime=0 and no file name in the header: same bytes for the same seed
     data = df.to_csv(index=False, lineterminator="\n").encode("utf-8")
     with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz:
         gz.write(data)
 
 
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
+def write_csv(df: pd.DataFrame, path: Path) -> None:
     path.write_bytes(df.to_csv(index=False, lineterminator="\n").encode("utf-8"))
 
 
@@ -529,7 +508,7 @@ def _code_diagnoses(rng: np.random.Generator, acute: list[_Condition], chronic: 
         "V1582": 0.3 if "tobacco" not in keys else 0.0,
     }
     codes += [code for code in _COURSE_DX if rng.random() < p[code]]
-    return _dedupe(codes)
+    return dedupe(codes)
 
 
 def _code_procedures(rng: np.random.Generator, acute: list[_Condition], severity: float, vent: bool,
@@ -546,10 +525,10 @@ def _code_procedures(rng: np.random.Generator, acute: list[_Condition], severity
         codes += _some(rng, ["3893", "3891"], 0.45)
     if rng.random() < _sigmoid(-3.2 + 0.9 * severity):
         codes.append("9904")
-    return _dedupe(codes)
+    return dedupe(codes)
 
 
-def _draw_cohort(rng: np.random.Generator, n_patients: int, max_admissions: int = _MAX_ADMISSIONS) -> list[_Admission]:
+def draw_cohort(rng: np.random.Generator, n_patients: int, max_admissions: int = _MAX_ADMISSIONS) -> list[_Admission]:
     """Admissions of n_patients latent patients, in patient order; task ids assigned."""
     admissions = []
     for p in range(n_patients):
@@ -619,7 +598,7 @@ def _sex_words(sex: str) -> tuple[str, str]:
     return ("M", "man") if sex == "M" else ("F", "woman")
 
 
-def _chief_complaint(rng, adm: _Admission) -> str:
+def section_chief_complaint(rng, adm: _Admission) -> str:
     cc = _pick(rng, adm.reason.complaints)  # complaints are shared between conditions: a weak clue
     if len(adm.acute) > 1 and rng.random() < 0.3:
         cc += ", " + _pick(rng, adm.acute[1].complaints)
@@ -647,7 +626,7 @@ def _vitals(rng, adm: _Admission, seen: float) -> str:
             f"RR {round(np.clip(rr, 10, 40))} SpO2 {spo2}% {o2}")
 
 
-def _present_illness(rng, adm: _Admission) -> str:
+def section_present_illness(rng, adm: _Admission) -> str:
     sev_seen = adm.severity + rng.normal(0, 0.7)  # what the admitting team could see
     tier = _tier(sev_seen)
     short, word = _sex_words(adm.sex)
@@ -689,12 +668,12 @@ def _present_illness(rng, adm: _Admission) -> str:
     return " ".join(out)
 
 
-def _medical_history(rng, adm: _Admission) -> str:
+def section_medical_history(rng, adm: _Admission) -> str:
     items = [_pick(rng, c.names) for c in adm.chronic if rng.random() < 0.85]
     if rng.random() < 0.1:  # copied-forward history item that is wrong
         items.append(_pick(rng, _pick(rng, _CHRONIC).names))
     items += _some(rng, _PAST_SURGERY, 0.06)
-    items = _dedupe(items)
+    items = dedupe(items)
     if not items:
         return "" if rng.random() < 0.5 else "None."
     style = int(rng.integers(3))
@@ -707,10 +686,10 @@ def _medical_history(rng, adm: _Admission) -> str:
 
 def _medication_list(rng, conditions: Sequence[_Condition], p: float) -> list[str]:
     """Each drug slot of each condition taken with probability p (one of its alternatives)."""
-    return _dedupe(_pick(rng, slot.split("|")) for c in conditions for slot in c.meds if rng.random() < p)
+    return dedupe(_pick(rng, slot.split("|")) for c in conditions for slot in c.meds if rng.random() < p)
 
 
-def _medications(rng, adm: _Admission) -> str:
+def section_medications(rng, adm: _Admission) -> str:
     meds = _medication_list(rng, adm.chronic, 0.5)
     if not meds:
         return _pick(rng, ("", "None.", "None"))
@@ -722,7 +701,7 @@ def _medications(rng, adm: _Admission) -> str:
     return "\n".join(lines)
 
 
-def _physical_exam(rng, adm: _Admission) -> str:
+def section_physical_exam(rng, adm: _Admission) -> str:
     sev_seen = adm.severity + rng.normal(0, 0.7)
     findings: dict[str, str] = {}
     for c in adm.acute + adm.chronic:  # true findings, each seen with some probability
@@ -742,7 +721,7 @@ def _physical_exam(rng, adm: _Admission) -> str:
     return "\n".join(lines)
 
 
-def _social_history(rng, adm: _Admission) -> str:
+def section_social_history(rng, adm: _Admission) -> str:
     keys = [c.key for c in adm.chronic]
     if rng.random() < 0.1:
         return ""
@@ -758,15 +737,15 @@ def _social_history(rng, adm: _Admission) -> str:
     return " ".join(x for x in (home, job, tobacco, etoh, drugs) if x)
 
 
-def _family_history(rng) -> str:
+def section_family_history(rng) -> str:
     return "" if rng.random() < 0.2 else _pick(rng, _FAMILY)
 
 
-def _allergies(rng) -> str:
+def section_allergies(rng) -> str:
     return "" if rng.random() < 0.05 else _pick(rng, _ALLERGIES)
 
 
-def _documented(rng, adm: _Admission) -> _Admission:
+def as_documented(rng, adm: _Admission) -> _Admission:
     """What an admission note knows: each condition is documented or not at all (the Bayes limit of the tasks)."""
     acute = [c for i, c in enumerate(adm.acute) if rng.random() < (0.75 if i == 0 else 0.6)]
     chronic = [c for c in adm.chronic if rng.random() < 0.7]
@@ -775,16 +754,16 @@ def _documented(rng, adm: _Admission) -> _Admission:
 
 def admission_note(rng: np.random.Generator, adm: _Admission) -> str:
     """van Aken's admission note: 8 headings in order, each on its own line; sections split by a blank line."""
-    adm = _documented(rng, adm)
+    adm = as_documented(rng, adm)
     bodies = (
-        _chief_complaint(rng, adm),
-        _present_illness(rng, adm),
-        _medical_history(rng, adm),
-        _medications(rng, adm),
-        _allergies(rng),
-        _physical_exam(rng, adm),
-        _family_history(rng),
-        _social_history(rng, adm),
+        section_chief_complaint(rng, adm),
+        section_present_illness(rng, adm),
+        section_medical_history(rng, adm),
+        section_medications(rng, adm),
+        section_allergies(rng),
+        section_physical_exam(rng, adm),
+        section_family_history(rng),
+        section_social_history(rng, adm),
     )
     return "\n\n".join(f"{h}:\n{b}" if b else f"{h}:" for h, b in zip(ADMISSION_SECTIONS, bodies))
 
@@ -800,8 +779,8 @@ def _task_labels(adm: _Admission) -> dict[str, str | None]:
         "mor": str(int(adm.died)),
         "los": None if adm.died else str(los_class(adm.los_days)),
         "pmv": str(int(adm.vent_days > PMV_DAYS)) if adm.vent else None,
-        "diag": ",".join(_dedupe(cut_dx_code(c) for c in adm.dx)),
-        "proc": ",".join(_dedupe(cut_proc_code(c) for c in adm.procs)),  # "" = no procedure
+        "diag": ",".join(dedupe(cut_dx_code(c) for c in adm.dx)),
+        "proc": ",".join(dedupe(cut_proc_code(c) for c in adm.procs)),  # "" = no procedure
     }
 
 
@@ -841,13 +820,13 @@ def write_tasks(out_dir: str | Path, n_patients: int = 600, seed: int = 0, tasks
     split_of = patient_split(n_patients, seed)
     # A small cohort can leave a split without some class; redraw it, deterministically, until not.
     for attempt in range(50):
-        admissions = _draw_cohort(_rng(seed, _STREAM_TASK_COHORT, attempt), n_patients)
+        admissions = draw_cohort(seeded_rng(seed, _STREAM_TASK_COHORT, attempt), n_patients)
         if _splits_usable(admissions, split_of):
             break
     else:
         raise ValueError(f"n_patients={n_patients}: could not draw every class into every split; use more patients")
 
-    text_rng = _rng(seed, _STREAM_TASK_TEXT)
+    text_rng = seeded_rng(seed, _STREAM_TASK_TEXT)
     texts = [admission_note(text_rng, a) for a in admissions]
     labels = [_task_labels(a) for a in admissions]
     splits = [split_of[a.patient] for a in admissions]
@@ -860,7 +839,7 @@ def write_tasks(out_dir: str | Path, n_patients: int = 600, seed: int = 0, tasks
         task_dir = out_dir / task
         task_dir.mkdir(parents=True, exist_ok=True)
         for split in ("train", "val", "test"):
-            _write_csv(frame.loc[frame["split"] == split, list(TASK_COLUMNS)], task_dir / f"{split}.csv")
+            write_csv(frame.loc[frame["split"] == split, list(TASK_COLUMNS)], task_dir / f"{split}.csv")
         vocab = _label_vocab(task, frame["label"])
         (task_dir / "labels.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
         dirs[task] = task_dir
@@ -945,26 +924,26 @@ def _numbered(items: Sequence[str]) -> str:
 
 def _discharge_summary(rng, adm: _Admission) -> str:
     """A MIMIC-IV-style discharge summary; death is never written (corpus notes of survivors only)."""
-    procs = _dedupe(_PROC_NAMES[c] for c in adm.procs if c in _PROC_NAMES)
-    dx_secondary = _dedupe(_pick(rng, c.names) for c in adm.acute[1:] + adm.chronic)[:4]
+    procs = dedupe(_PROC_NAMES[c] for c in adm.procs if c in _PROC_NAMES)
+    dx_secondary = dedupe(_pick(rng, c.names) for c in adm.acute[1:] + adm.chronic)[:4]
     # bounded lists keep a summary at ~150-400 words (CPU demo speed)
     admission_meds = _medication_list(rng, adm.chronic, 0.5)[:6]
-    discharge_meds = _dedupe(_medication_list(rng, adm.acute, 0.7) + [m for m in admission_meds if rng.random() < 0.85])[:6]
+    discharge_meds = dedupe(_medication_list(rng, adm.acute, 0.7) + [m for m in admission_meds if rng.random() < 0.85])[:6]
     disposition = _pick(rng, _DISPOSITION)
     sections = [
         f"Name:  {_DE_ID}                     Unit No:   {_DE_ID}",
         f"Admission Date:  {_DE_ID}              Discharge Date:   {_DE_ID}",
         f"Date of Birth:  {_DE_ID}             Sex:   {adm.sex}",
         f"Service: {adm.reason.service}",
-        f"Allergies: \n{_allergies(rng) or 'No Known Allergies / Adverse Drug Reactions'}",
+        f"Allergies: \n{section_allergies(rng) or 'No Known Allergies / Adverse Drug Reactions'}",
         f"Attending: {_DE_ID}.",
-        f"Chief Complaint:\n{_chief_complaint(rng, adm)}",
+        f"Chief Complaint:\n{section_chief_complaint(rng, adm)}",
         "Major Surgical or Invasive Procedure:\n" + ("\n".join(procs) if procs else "None"),
-        f"History of Present Illness:\n{_present_illness(rng, adm)}",
-        f"Past Medical History:\n{_medical_history(rng, adm) or 'None.'}",
-        f"Social History:\n{_DE_ID if rng.random() < 0.6 else _social_history(rng, adm) or _DE_ID}",
-        f"Family History:\n{_family_history(rng) or 'Noncontributory.'}",
-        f"Physical Exam:\nADMISSION PHYSICAL EXAM:\n{_physical_exam(rng, adm)}",
+        f"History of Present Illness:\n{section_present_illness(rng, adm)}",
+        f"Past Medical History:\n{section_medical_history(rng, adm) or 'None.'}",
+        f"Social History:\n{_DE_ID if rng.random() < 0.6 else section_social_history(rng, adm) or _DE_ID}",
+        f"Family History:\n{section_family_history(rng) or 'Noncontributory.'}",
+        f"Physical Exam:\nADMISSION PHYSICAL EXAM:\n{section_physical_exam(rng, adm)}",
         f"Pertinent Results:\n{_labs(rng, adm)}",
         f"Brief Hospital Course:\n{_hospital_course(rng, adm)}",
         "Medications on Admission:\n" + _numbered(admission_meds),
@@ -1022,8 +1001,8 @@ def write_pretraining_corpus(out_dir: str | Path, n_patients: int = 200, seed: i
     """
     if n_patients < 1:
         raise ValueError(f"n_patients must be >= 1, got {n_patients}")
-    cohort_rng, rng = _rng(seed, _STREAM_CORPUS_COHORT), _rng(seed, _STREAM_CORPUS_TEXT)
-    admissions = _draw_cohort(cohort_rng, n_patients, max_admissions=3)
+    cohort_rng, rng = seeded_rng(seed, _STREAM_CORPUS_COHORT), seeded_rng(seed, _STREAM_CORPUS_TEXT)
+    admissions = draw_cohort(cohort_rng, n_patients, max_admissions=3)
     # MIMIC-IV-like ids: random distinct 8-digit subject ids (10...) and hadm ids (2...)
     subject_ids = np.sort(cohort_rng.choice(9_000_000, size=n_patients, replace=False)) + 10_000_000
     hadm_ids = cohort_rng.choice(9_000_000, size=len(admissions), replace=False) + 20_000_000
@@ -1075,7 +1054,7 @@ def write_pretraining_corpus(out_dir: str | Path, n_patients: int = 200, seed: i
     for name, rows in (("discharge", discharge), ("radiology", radiology)):
         frame = pd.DataFrame(rows, columns=list(CORPUS_COLUMNS))
         frame["hadm_id"] = frame["hadm_id"].astype("Int64")  # nullable: outpatient radiology has none
-        _write_gzip_csv(frame, paths[name])
+        write_gzip_csv(frame, paths[name])
     return paths
 
 

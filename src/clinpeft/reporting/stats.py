@@ -27,8 +27,8 @@ import pandas as pd
 
 from clinpeft.data.tasks import read_labels, split_multilabel
 from clinpeft.errors import ClinpeftError
-from clinpeft.report import _number, _test_dict
-from clinpeft.statistics import Bootstrap, PairedTest, bootstrap_auroc, macro_values, paired_p_value, paired_test, \
+from clinpeft.reporting.tables import _number, _test_dict
+from clinpeft.evaluation.bootstrap import Bootstrap, PairedTest, bootstrap_auroc, macro_values, paired_p_value, paired_test, \
     percentile_interval
 
 PREDICTIONS_FILE = "predictions.csv"
@@ -355,7 +355,7 @@ def write_plots(out: Path, stats: Table3Stats, rows: list[Row], tasks: list[str]
     `macro`: row name -> macro AUROC in % (as in Table 3). Returns {file name: path}."""
     from sklearn.metrics import auc
 
-    from clinpeft.plots import macro_bar_figure, roc_figure
+    from clinpeft.reporting.figures import macro_bar_figure, roc_figure
 
     written = {}
     for task in tasks:

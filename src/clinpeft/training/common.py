@@ -1,16 +1,12 @@
-"""Small helpers both recipes share: Trainer arguments, precision, token-weighted perplexity."""
+"""Small helpers both recipes share: Trainer arguments, precision, progress bars."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from clinpeft.config import TrainSection
-from clinpeft.data.packing import IGNORE_INDEX
-from clinpeft.metrics import perplexity
 
 
 def precision_flags(setting: str) -> dict:
@@ -76,49 +72,3 @@ def set_progress_bars(enabled: bool) -> None:
     else:
         hf_logging.disable_progress_bar()
         datasets.disable_progress_bars()
-
-
-@torch.no_grad()
-def token_nll(model, blocks, batch_size: int, desc: str = "perplexity", progress: bool = True) -> tuple[float, int]:
-    """Summed next-token NLL (nats) and the number of predicted tokens over `blocks` (packed or not).
-
-    Labels of -100 are skipped. With several processes (accelerate launch) each takes a shard
-    and the sums are added, so the result is the same as on one device.
-    """
-    from accelerate import PartialState
-
-    state = PartialState()
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=device)  # [nll, tokens]
-    with state.split_between_processes(list(range(len(blocks)))) as indices:
-        starts = range(0, len(indices), batch_size)
-        for start in tqdm(starts, desc=desc, disable=not progress or not state.is_main_process, leave=False):
-            rows = blocks[indices[start : start + batch_size]]
-            input_ids = torch.tensor(rows["input_ids"], device=device)
-            labels = torch.tensor(rows["labels"], device=device)
-            # attention_mask=None + position ids: each packed note attends only to itself. Unpacked
-            # rows (one note each, right-padded) have no position ids: see pretrain.tokenize_corpus.
-            extra = {"position_ids": torch.tensor(rows["position_ids"], device=device)} if "position_ids" in rows else {}
-            logits = model(input_ids=input_ids, use_cache=False, **extra).logits
-            # prompt / p-tuning return logits for their virtual tokens first: keep the row's own
-            logits = logits[:, -input_ids.size(1):]
-            shift_logits = logits[:, :-1].float()
-            shift_labels = labels[:, 1:]
-            nll = torch.nn.functional.cross_entropy(
-                shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-            )
-            total[0] += nll.double()
-            total[1] += (shift_labels != IGNORE_INDEX).sum()
-    if state.num_processes > 1:
-        from accelerate.utils import reduce
-
-        total = reduce(total, reduction="sum")
-    model.train(was_training)
-    return float(total[0]), int(total[1])
-
-
-def split_perplexity(model, blocks, batch_size: int, desc: str, progress: bool = True) -> float:
-    nll, n = token_nll(model, blocks, batch_size, desc=desc, progress=progress)
-    return perplexity(nll, n) if n else math.nan

@@ -1,6 +1,6 @@
 """Small MIMIC-III tables whose right answer is known, for testing `clinpeft prepare mimic3-tasks`.
 
-    from clinpeft.data.synthetic_mimic3 import write_mimic3_tables
+    from clinpeft.demo.mimic3_tables import write_mimic3_tables
     truth = write_mimic3_tables("mimic3", n_patients=30, seed=0)   # mimic3/NOTEEVENTS.csv.gz, ADMISSIONS.csv.gz, ...
     truth.expected("mor")        # {hadm_id: (subject_id, text, label)} that the builder must write
 
@@ -8,7 +8,7 @@ Writes NOTEEVENTS, ADMISSIONS, DIAGNOSES_ICD and PROCEDURES_ICD with MIMIC-III v
 column names, dates in MIMIC's shifted years, `[** **]` de-identification marks, as `.csv.gz`
 (or `.csv`). Two kinds of admissions:
 
-* **bulk** admissions drawn from the latent patient model of `clinpeft.data.synthetic` (their
+* **bulk** admissions drawn from the latent patient model of `clinpeft.demo.synthetic` (their
   conditions decide codes, death and length of stay; the notes are written from them), so every
   split holds patients with several admissions, deaths and all four LOS classes;
 * **scenario** admissions (`SCENARIOS`), each built to trip exactly one rule of DESIGN.md 5: a
@@ -31,7 +31,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from clinpeft.data import synthetic as syn
+from clinpeft.data import definitions
+from clinpeft.demo import synthetic as syn
 
 TABLES = ("NOTEEVENTS", "ADMISSIONS", "DIAGNOSES_ICD", "PROCEDURES_ICD")
 NOTE_COLUMNS = ("ROW_ID", "SUBJECT_ID", "HADM_ID", "CHARTDATE", "CHARTTIME", "STORETIME", "CATEGORY", "DESCRIPTION",
@@ -41,7 +42,7 @@ ADMISSION_COLUMNS = ("ROW_ID", "SUBJECT_ID", "HADM_ID", "ADMITTIME", "DISCHTIME"
 CODE_COLUMNS = ("ROW_ID", "SUBJECT_ID", "HADM_ID", "SEQ_NUM", "ICD9_CODE")
 
 #: How MIMIC-III discharge summaries head van Aken's eight sections (matched case-insensitively by
-#: the builder on "chief complaint:", "present illness:", ...), in synthetic.ADMISSION_SECTIONS order.
+#: the builder on "chief complaint:", "present illness:", ...), in definitions.ADMISSION_SECTIONS order.
 NOTE_HEADINGS = ("Chief Complaint", "History of Present Illness", "Past Medical History", "Medications on Admission",
                  "Allergies", "Physical Exam", "Family History", "Social History")
 
@@ -58,7 +59,7 @@ class ExpectedAdmission:
     hadm_id: int
     subject_id: int
     excluded: str | None = None  # why it is not in any task: newborn, no_discharge_summary, no_report, no_admission_sections
-    sections: tuple[str, ...] = ("",) * 8  # the 8 bodies, flattened, in synthetic.ADMISSION_SECTIONS order
+    sections: tuple[str, ...] = ("",) * 8  # the 8 bodies, flattened, in definitions.ADMISSION_SECTIONS order
     died: bool = False
     los_class: int | None = None  # None: died (out of the LOS task)
     diag: tuple[str, ...] = ()  # cut, deduplicated, in coding order
@@ -69,7 +70,7 @@ class ExpectedAdmission:
     @property
     def text(self) -> str:
         """The admission note as the builder writes it: always the 8 headings, in order."""
-        return "\n\n".join(f"{h}: {b}" for h, b in zip(syn.ADMISSION_SECTIONS, self.sections))
+        return "\n\n".join(f"{h}: {b}" for h, b in zip(definitions.ADMISSION_SECTIONS, self.sections))
 
 
 @dataclass
@@ -90,7 +91,7 @@ class Mimic3Truth:
         split_of = dict(zip(subjects, split_names))
         rows = {h: (a.pmv, split_of[a.subject_id]) for h, a in sorted(ventilated.items())}
         frame = pd.DataFrame([(h, label, split) for h, (label, split) in rows.items()], columns=["hadm_id", "label", "split"])
-        syn._write_csv(frame, Path(path))
+        syn.write_csv(frame, Path(path))
         return rows
 
     def expected(self, task: str) -> dict[int, tuple[int, str | None, str]]:
@@ -143,7 +144,7 @@ class _Tables:
         paths = {}
         for name, frame in frames.items():
             paths[name] = out_dir / f"{name}{suffix}"
-            (syn._write_gzip_csv if gzip else syn._write_csv)(frame, paths[name])
+            (syn.write_gzip_csv if gzip else syn.write_csv)(frame, paths[name])
         return paths
 
 
@@ -180,15 +181,15 @@ def discharge_summary(bodies: dict[str, str], headings: dict[str, str] | None = 
 
 def _bodies(rng, adm) -> dict[str, str]:
     """The 8 section bodies of a bulk admission, from synthetic.py's note writers; no blank lines inside."""
-    documented = syn._documented(rng, adm)
-    writers = (syn._chief_complaint, syn._present_illness, syn._medical_history, syn._medications,
-               lambda r, a: syn._allergies(r), syn._physical_exam, lambda r, a: syn._family_history(r), syn._social_history)
+    documented = syn.as_documented(rng, adm)
+    writers = (syn.section_chief_complaint, syn.section_present_illness, syn.section_medical_history, syn.section_medications,
+               lambda r, a: syn.section_allergies(r), syn.section_physical_exam, lambda r, a: syn.section_family_history(r), syn.section_social_history)
     return {h: w(rng, documented).replace("___", _DEID).replace("\n\n", "\n") for h, w in zip(NOTE_HEADINGS, writers)}
 
 
 def _away_from_edges(days: float) -> float:
     """Bulk stays keep 0.2 days from a LOS class edge: only the scenarios test the edges."""
-    for edge in syn.LOS_EDGES_DAYS:
+    for edge in definitions.LOS_EDGES_DAYS:
         if abs(days - edge) < 0.2:
             return edge + 0.25
     return days
@@ -362,12 +363,12 @@ def write_mimic3_tables(out_dir: str | Path, n_patients: int = 30, seed: int = 0
     n_patients bulk patients (1-2 admissions each) plus the SCENARIOS; returns the ground truth.
     Same seed, same bytes.
     """
-    cohort_rng, rng = syn._rng(seed, _STREAM_COHORT), syn._rng(seed, _STREAM_TEXT)
+    cohort_rng, rng = syn.seeded_rng(seed, _STREAM_COHORT), syn.seeded_rng(seed, _STREAM_TEXT)
     tables = _Tables()
     truth = Mimic3Truth(paths={})
     start = datetime(2150, 1, 1)
     first_admit: dict[int, datetime] = {}
-    for adm in syn._draw_cohort(cohort_rng, n_patients):
+    for adm in syn.draw_cohort(cohort_rng, n_patients):
         subject, hadm = _BULK_SUBJECT_BASE + adm.patient, adm.hadm_id  # hadm ids 100000 + 10 * patient + k
         if adm.patient not in first_admit:
             first_admit[adm.patient] = start + timedelta(days=int(rng.integers(0, 20 * 365)), minutes=int(rng.integers(0, 1440)))
@@ -379,9 +380,9 @@ def write_mimic3_tables(out_dir: str | Path, n_patients: int = 30, seed: int = 0
         kept = any(sections[:3])
         truth.admissions[hadm] = ExpectedAdmission(
             hadm, subject, excluded=None if kept else "no_admission_sections", sections=sections, died=adm.died,
-            los_class=None if adm.died else syn.los_class(los_days),
-            diag=tuple(syn._dedupe(syn.cut_dx_code(c) for c in adm.dx)), proc=tuple(syn._dedupe(syn.cut_proc_code(c) for c in adm.procs)),
-            pmv=str(int(adm.vent_days > syn.PMV_DAYS)) if adm.vent else None)
+            los_class=None if adm.died else definitions.los_class(los_days),
+            diag=tuple(syn.dedupe(definitions.cut_dx_code(c) for c in adm.dx)), proc=tuple(syn.dedupe(definitions.cut_proc_code(c) for c in adm.procs)),
+            pmv=str(int(adm.vent_days > definitions.PMV_DAYS)) if adm.vent else None)
         tables.note(subject, hadm, disch, discharge_summary(bodies, sex=adm.sex, service=adm.reason.service))
         if rng.random() < 0.5:  # other note categories, which the builder must skip
             tables.note(subject, hadm, admit + timedelta(days=1), f"CHEST (PORTABLE AP)\n\nIMPRESSION: {_DEID}", "Radiology", "CHEST (PORTABLE AP)")

@@ -1,0 +1,1 @@
+"""Metrics as pure functions of arrays: perplexity, AUROC per task type, bootstrap intervals and paired tests."""
