@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= demo-out
 
-.PHONY: demo demo-quick test install clean
+.PHONY: demo demo-quick test test-fast lint install clean
 
 $(BIN)/clinpeft: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ demo-quick: install
 
 test: install
 	$(BIN)/python -m pytest
+
+test-fast: install  # the suite without the end-to-end runs marked slow (whole demo, multi-worker sweeps, grids)
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: install  # ruff: pyflakes, pycodestyle (120 columns), import order; configured in pyproject.toml
+	$(BIN)/ruff check src tests benchmarks
 
 clean:
 	rm -rf $(DEMO_OUT) $(DEMO_OUT)-quick .pytest_cache

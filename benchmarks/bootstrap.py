@@ -1,4 +1,4 @@
-"""Benchmark: bootstrap intervals of clinpeft/statistics.py on DIAG-sized and PMV-sized tasks.
+"""Benchmark: bootstrap intervals of clinpeft/evaluation/bootstrap.py on DIAG-sized and PMV-sized tasks.
 
     python benchmarks/bootstrap.py --notes 10000 --labels 500 --resamples 1000
 

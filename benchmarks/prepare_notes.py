@@ -83,7 +83,6 @@ def tokenise(corpus: Path, num_proc: int, max_seq_len: int, work: Path) -> None:
     from clinpeft.data.packing import count_predicted_tokens
     from clinpeft.demo import llama as demo_base
     from clinpeft.recipes.pretrain import tokenize_corpus
-
     from clinpeft.training.common import set_progress_bars
 
     set_progress_bars(False)
@@ -146,30 +145,40 @@ def main() -> None:
     results = {
         "notes": notes, "characters": chars, "gzip_bytes": raw_bytes, "generate_s": generate_s,
         "load_average_1min_before": load_before, "load_average_1min_after": os.getloadavg()[0], "cores": os.cpu_count(),
-        "prepare": {**prepare, "notes_per_s": notes / prepare["wall_s"], "mb_text_per_s": chars / prepare["wall_s"] / 1e6,
-                    "notes_per_cpu_s": notes / prepare["cpu_s"]},
+        "prepare": {**prepare, "notes_per_s": notes / prepare["wall_s"],
+                    "mb_text_per_s": chars / prepare["wall_s"] / 1e6, "notes_per_cpu_s": notes / prepare["cpu_s"]},
         "tokenise": {**tok, "num_proc": args.num_proc, "tokens_per_s": tok["predicted_tokens"] / tok["seconds"],
                      "tokens_per_char": tokens_per_char},
         "mimic_iv_note_estimate": {
             "characters": MIMIC_CHARS_ESTIMATE, "tokens": MIMIC_CHARS_ESTIMATE * tokens_per_char,
             "prepare_min": prepare_mimic_s / 60, "tokenise_min_on_target_cores": tokenise_mimic_s / 60,
-            "prepare_min_from_cpu": prepare_mimic_cpu_s / 60, "tokenise_min_on_target_cores_from_cpu": tokenise_mimic_cpu_s / 60,
+            "prepare_min_from_cpu": prepare_mimic_cpu_s / 60,
+            "tokenise_min_on_target_cores_from_cpu": tokenise_mimic_cpu_s / 60,
             "target_cores": args.target_cores,
         },
     }
     (args.work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     est = results["mimic_iv_note_estimate"]
-    print(f"""
-| step | notes | MB text | wall s | CPU s | peak RSS MiB | throughput |
-|---|---|---|---|---|---|---|
-| prepare notes | {notes:,} | {chars / 1e6:.0f} | {prepare['wall_s']:.1f} | {prepare['cpu_s']:.1f} | {prepare['peak_rss_mib']:.0f} | {results['prepare']['notes_per_s']:,.0f} notes/s ({results['prepare']['mb_text_per_s']:.1f} MB/s) |
-| tokenise + pack ({args.num_proc} proc) | {notes:,} | {chars / 1e6:.0f} | {tok['wall_s']:.1f} | {tok['cpu_s']:.1f} | {tok['peak_rss_mib']:.0f} | {results['tokenise']['tokens_per_s']:,.0f} tokens/s ({tok['predicted_tokens']:,} tokens in {tok['seconds']:.1f} s) |
-
-load average (1 min) {load_before:.1f} before, {results['load_average_1min_after']:.1f} after, on {os.cpu_count()} cores
-MIMIC-IV-Note (2,653,149 notes, ~{MIMIC_CHARS_ESTIMATE / 1e9:.1f} GB text, estimated; scaled by characters):
-  prepare  ~{est['prepare_min']:.1f} min from wall time here, ~{est['prepare_min_from_cpu']:.1f} min from CPU time (one process)
-  tokenise ~{est['tokenise_min_on_target_cores']:.1f} min from wall time, ~{est['tokenise_min_on_target_cores_from_cpu']:.1f} min from CPU time, on {args.target_cores} processes
-  (~{est['tokens'] / 1e9:.2f}B tokens at {tokens_per_char:.3f} tokens/char with the demo tokenizer)""")
+    print(
+        "\n"
+        "| step | notes | MB text | wall s | CPU s | peak RSS MiB | throughput |\n"
+        "|---|---|---|---|---|---|---|\n"
+        f"| prepare notes | {notes:,} | {chars / 1e6:.0f} | {prepare['wall_s']:.1f} | {prepare['cpu_s']:.1f} "
+        f"| {prepare['peak_rss_mib']:.0f} | {results['prepare']['notes_per_s']:,.0f} notes/s "
+        f"({results['prepare']['mb_text_per_s']:.1f} MB/s) |\n"
+        f"| tokenise + pack ({args.num_proc} proc) | {notes:,} | {chars / 1e6:.0f} | {tok['wall_s']:.1f} "
+        f"| {tok['cpu_s']:.1f} | {tok['peak_rss_mib']:.0f} | {results['tokenise']['tokens_per_s']:,.0f} tokens/s "
+        f"({tok['predicted_tokens']:,} tokens in {tok['seconds']:.1f} s) |\n"
+        "\n"
+        f"load average (1 min) {load_before:.1f} before, {results['load_average_1min_after']:.1f} after, "
+        f"on {os.cpu_count()} cores\n"
+        f"MIMIC-IV-Note (2,653,149 notes, ~{MIMIC_CHARS_ESTIMATE / 1e9:.1f} GB text, estimated; "
+        "scaled by characters):\n"
+        f"  prepare  ~{est['prepare_min']:.1f} min from wall time here, "
+        f"~{est['prepare_min_from_cpu']:.1f} min from CPU time (one process)\n"
+        f"  tokenise ~{est['tokenise_min_on_target_cores']:.1f} min from wall time, "
+        f"~{est['tokenise_min_on_target_cores_from_cpu']:.1f} min from CPU time, on {args.target_cores} processes\n"
+        f"  (~{est['tokens'] / 1e9:.2f}B tokens at {tokens_per_char:.3f} tokens/char with the demo tokenizer)")
 
 
 if __name__ == "__main__":

@@ -93,6 +93,20 @@ def pretrain_overrides(base: Path, corpus: dict) -> list[str]:
             "train.max_steps=4", "train.lr=1e-2", "eval.train_max_blocks=8", "peft.r=4"]
 
 
+def load_clinical_lm(run_dir: Path, dtype: str = "float32"):
+    """The causal LM a pretrain run saved (base model + adapter, or the full model), in eval mode."""
+    from peft import PeftModel
+
+    from clinpeft.modeling.adapters import find_clinical_adapter
+    from clinpeft.modeling.base import load_causal_lm, resolve_base
+
+    clinical = find_clinical_adapter(run_dir)
+    if clinical.method == "full":
+        return load_causal_lm(clinical.path, dtype).eval()
+    base_model = load_causal_lm(resolve_base(str(clinical.base_model), progress=False), dtype)
+    return PeftModel.from_pretrained(base_model, clinical.path).eval()
+
+
 @pytest.fixture(scope="session")
 def clinical_run(tiny_llama, synthetic_corpus, tmp_path_factory) -> Path:
     """A finished `clinpeft pretrain` run (clinical LoRA) on the tiny random LLaMA."""
@@ -100,7 +114,8 @@ def clinical_run(tiny_llama, synthetic_corpus, tmp_path_factory) -> Path:
     from clinpeft.recipes import pretrain
 
     out = tmp_path_factory.mktemp("runs") / "clinical-lora"
-    pretrain.main(load_config(PretrainConfig, None, pretrain_overrides(tiny_llama, synthetic_corpus)), out, progress=False)
+    config = load_config(PretrainConfig, None, pretrain_overrides(tiny_llama, synthetic_corpus))
+    pretrain.main(config, out, progress=False)
     return out
 
 
@@ -124,3 +139,10 @@ def build_tiny_bert(path: Path, seed: int = 0) -> Path:
 def tiny_bert(tmp_path_factory) -> Path:
     """A tiny BERT-family encoder, the stand-in for the paper's clinical BERT baselines."""
     return build_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert")
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that need the trained demo base model (a one-time ~1-2 min build) are end-to-end: slow."""
+    for item in items:
+        if {"demo_base", "demo_home"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -19,7 +19,8 @@ def run_finetune(tmp_path, capsys, base, task_dir, *extra):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("train:\n  epochs: 1\n  batch_size: 8\n  grad_accum: 1\n")
     out = tmp_path / "out"
-    code = main(["finetune", str(recipe), f"model.base={base}", f"task.path={task_dir}", *extra, "--out", str(out), "--quiet"])
+    code = main(["finetune", str(recipe), f"model.base={base}", f"task.path={task_dir}", *extra,
+                 "--out", str(out), "--quiet"])
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.startswith("error: ") and "\n" not in err, err
@@ -103,6 +104,7 @@ def test_existing_out_dir_is_not_overwritten(task_copy, tiny_llama, tmp_path, ca
     (tmp_path / "out" / "keep.txt").write_text("results")
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("{}\n")
-    code = main(["finetune", str(recipe), f"model.base={tiny_llama}", f"task.path={task_copy / 'mor'}", "--out", str(tmp_path / "out")])
+    code = main(["finetune", str(recipe), f"model.base={tiny_llama}", f"task.path={task_copy / 'mor'}",
+                 "--out", str(tmp_path / "out")])
     assert code == 2 and "already exists" in capsys.readouterr().err
     assert (tmp_path / "out" / "keep.txt").read_text() == "results"

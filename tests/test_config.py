@@ -13,8 +13,8 @@ def test_defaults_are_the_papers_hyperparameters():
         3e-4, 0.06, 512, 4, 10)
     assert (pre.peft.method, pre.peft.r, pre.peft.target_modules) == ("lora", 16, ["q_proj", "v_proj"])
     down = FinetuneConfig()
-    assert (down.train.lr, down.train.warmup_ratio, down.task.max_seq_len, down.train.grad_accum, down.train.batch_size) == (
-        5e-5, 0.06, 512, 10, 10)
+    assert (down.train.lr, down.train.warmup_ratio, down.task.max_seq_len, down.train.grad_accum,
+            down.train.batch_size) == (5e-5, 0.06, 512, 10, 10)
 
 
 def test_recipe_and_overrides(tmp_path):

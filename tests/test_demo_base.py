@@ -16,8 +16,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-from clinpeft.errors import ClinpeftError
 from clinpeft.demo import llama as db
+from clinpeft.errors import ClinpeftError
 
 # Held-out general-text perplexity of the v1 recipe measured 95 (vocab 2048); the bound leaves
 # room for thread-count and platform differences while still meaning "a real language model".

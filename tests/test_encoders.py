@@ -46,7 +46,8 @@ def test_encoder_detected_from_config_json(tiny_bert, tiny_llama, tmp_path):
     decoder = tmp_path / "bert-decoder"
     decoder.mkdir()
     config = json.loads((tiny_bert / "config.json").read_text())
-    (decoder / "config.json").write_text(json.dumps({**config, "is_decoder": True, "architectures": ["BertLMHeadModel"]}))
+    as_decoder = {**config, "is_decoder": True, "architectures": ["BertLMHeadModel"]}
+    (decoder / "config.json").write_text(json.dumps(as_decoder))
     assert not is_encoder(decoder)
 
 
@@ -102,7 +103,8 @@ def test_encoder_too_long_and_wrong_lora_targets_refused(tiny_bert, synthetic_ta
 
 
 def test_encoder_lora_with_bert_module_names(tiny_bert, synthetic_tasks, tmp_path):
-    config = finetune_config(overrides(tiny_bert, synthetic_tasks["pmv"], "lora", **{"lora.target_modules": "[query,value]"}))
+    config = finetune_config(overrides(tiny_bert, synthetic_tasks["pmv"], "lora",
+                                       **{"lora.target_modules": "[query,value]"}))
     metrics = finetune.main(config, tmp_path / "lora", progress=False)
     assert metrics["variant"] == "lora" and 0 < metrics["trainable_params"] < metrics["total_params"] / 2
     assert metrics["row"].endswith("+ LoRA")

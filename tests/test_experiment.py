@@ -53,6 +53,7 @@ def first_run(tiny_llama, tiny_bert, clinical_run, synthetic_tasks, tmp_path_fac
     return recipe, out, state
 
 
+@pytest.mark.slow
 def test_grid_runs_every_cell_and_writes_table3(first_run):
     recipe, out, state = first_run
     assert state["n_cells"] == 8 and state["n_ran"] == 6 and state["n_failed"] == 2
@@ -71,6 +72,7 @@ def test_grid_runs_every_cell_and_writes_table3(first_run):
     assert (out / "experiment.yaml").is_file()
 
 
+@pytest.mark.slow
 def test_failing_cell_is_recorded_and_the_others_finish(first_run):
     recipe, out, state = first_run
     failed = {r["cell"]: r for r in state["cells"] if r["status"] == "failed"}
@@ -83,6 +85,7 @@ def test_failing_cell_is_recorded_and_the_others_finish(first_run):
     assert on_disk["n_failed"] == 2 and len(on_disk["cells"]) == 8
 
 
+@pytest.mark.slow
 def test_rerun_runs_only_the_missing_and_failed_cells(first_run, monkeypatch, capsys):
     recipe, out, _ = first_run
     removed = out / "tiny" / "lora" / "diag"

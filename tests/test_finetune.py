@@ -8,10 +8,13 @@ import pytest
 import torch
 
 from clinpeft.config import FinetuneConfig, load_config
-from clinpeft.modeling.methods import VARIANT_NAMES as VARIANTS
+from clinpeft.data.tasks import load_task
+from clinpeft.modeling import methods
 from clinpeft.modeling.adapters import CLINICAL, DOWNSTREAM, find_clinical_adapter
 from clinpeft.modeling.classifier import build_classifier
-from clinpeft.recipes import finetune
+from clinpeft.modeling.methods import VARIANT_NAMES as VARIANTS
+from clinpeft.recipes import evaluate, finetune
+from clinpeft.training.classification import make_trainer
 
 
 def overrides(base, task_dir, **extra):
@@ -22,7 +25,7 @@ def overrides(base, task_dir, **extra):
 
 def classifier_for(variant, tiny_llama, clinical_run, num_labels=2, task_type="binary"):
     config = load_config(FinetuneConfig, None, [f"variant={variant}", "lora.r=4"])
-    clinical = find_clinical_adapter(clinical_run) if variant.startswith("clinical") else None
+    clinical = find_clinical_adapter(clinical_run) if methods.variant(variant).needs_clinical else None
     return build_classifier(tiny_llama, task_type, num_labels, variant, clinical, config.lora, "float32")
 
 
@@ -52,10 +55,10 @@ def test_variant_trains_exactly_its_adapters(variant, tiny_llama, clinical_run, 
     """Train a few steps through the real Trainer; trained pieces change, frozen ones stay bit-identical."""
     config = load_config(FinetuneConfig, None, overrides(tiny_llama, synthetic_tasks["mor"], variant=variant,
                                                         clinical_adapter=clinical_run, **{"train.max_steps": 3}))
-    task = finetune.load_task(config.task.path)
+    task = load_task(config.task.path)
     clf = classifier_for(variant, tiny_llama, clinical_run)
     before = {n: p.detach().clone() for n, p in clf.model.named_parameters()}
-    trainer, _ = finetune.make_trainer(clf, task, config, tmp_path, progress=False)
+    trainer, _ = make_trainer(clf, task, config, tmp_path, progress=False)
     trainer.train()
     changed = {owner(n) for n, p in clf.model.named_parameters() if not torch.equal(before[n], p)}
     assert changed == EXPECTED_TRAINABLE[variant]
@@ -90,9 +93,12 @@ def test_stacked_adapters_are_both_in_the_forward_pass(tiny_llama, clinical_run)
 @pytest.mark.parametrize("task", ["mor", "los", "diag"])
 def test_finetune_writes_metrics_predictions_and_bundle(task, tiny_llama, clinical_run, synthetic_tasks, tmp_path):
     out = tmp_path / "run"
-    config = load_config(FinetuneConfig, None, overrides(tiny_llama, synthetic_tasks[task], variant="clinical_trainable+downstream",
+    config = load_config(FinetuneConfig, None, overrides(tiny_llama, synthetic_tasks[task],
+                                                        variant="clinical_trainable+downstream",
                                                         clinical_adapter=clinical_run, **{"train.epochs": 2}))
     metrics = finetune.main(config, out, progress=False)
+    aurocs = f"val AUROC {metrics['val']['auroc']:.4f}, test AUROC {metrics['test']['auroc']:.4f}"
+    assert finetune.summary(metrics, out) == [f"{out}: {task} clinical_trainable+downstream: {aurocs}"]
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["test"]["auroc"] == pytest.approx(metrics["test"]["auroc"])
     assert saved["task_type"] == {"mor": "binary", "los": "multiclass", "diag": "multilabel"}[task]
@@ -115,25 +121,33 @@ def test_finetune_writes_metrics_predictions_and_bundle(task, tiny_llama, clinic
         assert (out / name).is_file(), name
 
 
-def test_evaluate_reloads_the_bundle_and_reproduces_test_predictions(tiny_llama, clinical_run, synthetic_tasks, tmp_path):
+def test_evaluate_reloads_the_bundle_and_reproduces_test_predictions(tiny_llama, clinical_run, synthetic_tasks,
+                                                                     tmp_path, capsys):
     from clinpeft.cli import main
 
-    run = tmp_path / "run"
-    config = load_config(FinetuneConfig, None, overrides(tiny_llama, synthetic_tasks["diag"], variant="clinical_frozen+downstream",
+    run, out = tmp_path / "run", tmp_path / "eval"
+    config = load_config(FinetuneConfig, None, overrides(tiny_llama, synthetic_tasks["diag"],
+                                                        variant="clinical_frozen+downstream",
                                                         clinical_adapter=clinical_run))
     metrics = finetune.main(config, run, progress=False)
-    assert main(["evaluate", str(run), "--data", str(synthetic_tasks["diag"] / "test.csv"), "--out", str(tmp_path / "eval"), "--quiet"]) == 0
-    again = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--data", str(synthetic_tasks["diag"] / "test.csv"), "--out", str(out),
+                 "--quiet"]) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    [line] = evaluate.summary(again, out)
+    assert line == f"{out}: diag AUROC {again['eval']['auroc']:.4f} on {again['eval']['n_examples']} notes"
+    assert line in capsys.readouterr().out  # the line the CLI prints
     assert again["eval"]["auroc"] == pytest.approx(metrics["test"]["auroc"], abs=1e-6)
     original = pd.read_csv(run / "predictions.csv")
-    rescored = pd.read_csv(tmp_path / "eval" / "predictions.csv")
+    rescored = pd.read_csv(out / "predictions.csv")
     np.testing.assert_allclose(rescored.iloc[:, 2:].to_numpy(), original.iloc[:, 2:].to_numpy(), atol=1e-5)
 
 
 def test_frozen_clinical_adapter_is_saved_unchanged(tiny_llama, clinical_run, synthetic_tasks, tmp_path):
     from safetensors.torch import load_file
 
-    config = load_config(FinetuneConfig, None, overrides(tiny_llama, synthetic_tasks["mor"], variant="clinical_frozen+downstream",
+    config = load_config(FinetuneConfig, None, overrides(tiny_llama, synthetic_tasks["mor"],
+                                                        variant="clinical_frozen+downstream",
                                                         clinical_adapter=clinical_run))
     finetune.main(config, tmp_path / "run", progress=False)
     original = load_file(clinical_run / "adapter" / "adapter_model.safetensors")

@@ -13,12 +13,13 @@ import pytest
 import torch
 
 from clinpeft.config import FinetuneConfig, PretrainConfig, load_config
+from clinpeft.data.tasks import load_task
 from clinpeft.errors import ClinpeftError
 from clinpeft.modeling.adapters import CLINICAL, add_pretraining_adapter, find_clinical_adapter
 from clinpeft.modeling.base import base_fingerprint, load_causal_lm
 from clinpeft.modeling.classifier import build_classifier, load_bundle, predict_logits, save_bundle
 from clinpeft.recipes import finetune, pretrain
-
+from clinpeft.training.classification import make_trainer
 from conftest import pretrain_overrides
 
 CLINICAL_SETTINGS = {
@@ -60,7 +61,8 @@ def owner(name):
 
 def classifier_for(variant, tiny_llama, clinical_dir, num_labels=2, task_type="binary"):
     config = load_config(FinetuneConfig, None, [f"variant={variant}"])
-    return build_classifier(tiny_llama, task_type, num_labels, variant, find_clinical_adapter(clinical_dir), config.lora, "float32")
+    clinical = find_clinical_adapter(clinical_dir)
+    return build_classifier(tiny_llama, task_type, num_labels, variant, clinical, config.lora, "float32")
 
 
 def ft_overrides(base, task_dir, **extra):
@@ -75,11 +77,11 @@ def test_variant_trains_exactly_the_head_and_the_trainable_clinical_adapter(meth
                                                                              synthetic_tasks, tmp_path):
     config = load_config(FinetuneConfig, None, ft_overrides(tiny_llama, synthetic_tasks["mor"], variant=variant,
                                                             **{"train.max_steps": 2}))
-    task = finetune.load_task(config.task.path)
+    task = load_task(config.task.path)
     clf = classifier_for(variant, tiny_llama, clinical_runs[method])
     assert clf.tokenizer.padding_side == ("right" if method == "adaption_prompt" else "left")
     before = {n: p.detach().clone() for n, p in clf.model.named_parameters()}
-    trainer, _ = finetune.make_trainer(clf, task, config, tmp_path, progress=False)
+    trainer, _ = make_trainer(clf, task, config, tmp_path, progress=False)
     trainer.train()
     expected = {"head", CLINICAL} if variant == "clinical_trainable" else {"head"}
     for name, param in clf.model.named_parameters():
@@ -125,7 +127,8 @@ def test_trainable_prompt_run_end_to_end(tiny_llama, clinical_runs, synthetic_ta
     `evaluate` reloads to the same test AUROC, and its own Table 3 row."""
     from clinpeft.cli import main
 
-    config = load_config(FinetuneConfig, None, ft_overrides(tiny_llama, synthetic_tasks["mor"], variant="clinical_trainable",
+    config = load_config(FinetuneConfig, None, ft_overrides(tiny_llama, synthetic_tasks["mor"],
+                                                            variant="clinical_trainable",
                                                             clinical_adapter=clinical_runs["p_tuning"]))
     metrics = finetune.main(config, tmp_path / "run", progress=False)
     assert metrics["clinical_method"] == "p_tuning" and metrics["row"] == "+ Clinical P-tuning (Trainable)"
@@ -152,8 +155,9 @@ def test_downstream_lora_on_a_non_lora_adapter_is_refused_before_any_work(method
 
     out, recipe = tmp_path / "run", tmp_path / "recipe.yaml"
     recipe.write_text("{}\n")
-    code = main(["finetune", str(recipe), *ft_overrides(tiny_llama, synthetic_tasks["mor"], variant=variant,
-                                                        clinical_adapter=clinical_runs[method]), "--out", str(out), "--quiet"])
+    overrides = ft_overrides(tiny_llama, synthetic_tasks["mor"], variant=variant,
+                             clinical_adapter=clinical_runs[method])
+    code = main(["finetune", str(recipe), *overrides, "--out", str(out), "--quiet"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and not out.exists()
     assert f"a {method} adapter" in err and f"variant={variant.removesuffix('+downstream')}" in err
@@ -184,8 +188,8 @@ def test_full_pretraining_saves_a_whole_model(full_run, tiny_llama):
 
 
 def test_full_clinical_model_is_the_base_of_clinical_frozen(full_run, tiny_llama, synthetic_tasks, tmp_path):
-    config = load_config(FinetuneConfig, None, ft_overrides(tiny_llama, synthetic_tasks["mor"], variant="clinical_frozen",
-                                                            clinical_adapter=full_run))
+    config = load_config(FinetuneConfig, None, ft_overrides(tiny_llama, synthetic_tasks["mor"],
+                                                            variant="clinical_frozen", clinical_adapter=full_run))
     metrics = finetune.main(config, tmp_path / "run", progress=False)
     assert metrics["variant"] == "head" and metrics["clinical_method"] == "full"  # the paper's "Clinical LLaMA" row
     assert metrics["base_model"] == str(full_run / "model") and metrics["base_model_name"] == "Clinical tiny-llama"
@@ -195,7 +199,7 @@ def test_full_clinical_model_is_the_base_of_clinical_frozen(full_run, tiny_llama
 
 
 def test_full_clinical_model_cannot_be_trained_further(full_run, tiny_llama, synthetic_tasks):
-    config = load_config(FinetuneConfig, None, ft_overrides(tiny_llama, synthetic_tasks["mor"], variant="clinical_trainable",
-                                                            clinical_adapter=full_run))
+    config = load_config(FinetuneConfig, None, ft_overrides(tiny_llama, synthetic_tasks["mor"],
+                                                            variant="clinical_trainable", clinical_adapter=full_run))
     with pytest.raises(ClinpeftError, match="full clinical model.*variant=clinical_frozen"):
         finetune.main(config, "/nonexistent/never-written", progress=False)

@@ -17,16 +17,15 @@ import torch
 from datasets import Dataset
 
 from clinpeft.config import PretrainConfig, load_config
-from clinpeft.modeling.methods import METHOD_NAMES as PEFT_METHODS
 from clinpeft.data.notes import load_corpus
 from clinpeft.data.packing import note_segments, tokenize_and_pack
 from clinpeft.errors import ClinpeftError
 from clinpeft.modeling.adapters import add_pretraining_adapter, packing_fallback
 from clinpeft.modeling.base import base_fingerprint, load_causal_lm, load_tokenizer
+from clinpeft.modeling.methods import METHOD_NAMES as PEFT_METHODS
 from clinpeft.recipes import pretrain
 from clinpeft.training.perplexity import token_nll
-
-from conftest import pretrain_overrides
+from conftest import load_clinical_lm, pretrain_overrides
 
 # Small settings per method for the 32-wide, 2-layer test model.
 SETTINGS = {
@@ -115,20 +114,25 @@ def test_one_step_changes_only_the_methods_parameters(method, tiny_llama):
 
 @pytest.mark.parametrize("method", PEFT_METHODS)
 def test_saved_adapter_reloads_to_identical_logits(method, tiny_llama, tmp_path):
-    model = with_method(tiny_llama, method).train()  # saving must not depend on the training mode
-    pretrain.save_clinical(model, method, tmp_path, tiny_llama, base_fingerprint(model))
-    assert (tmp_path / ("model/model.safetensors" if method == "full" else "adapter/adapter_model.safetensors")).is_file()
-    reloaded = pretrain.load_clinical_lm(tmp_path, dtype="float32")
+    """The reloaded model's logits = the model's before saving (eval mode, same inputs)."""
+    model = with_method(tiny_llama, method)
     ids = torch.randint(4, 300, (1, 20))
+    with torch.no_grad():
+        before = model.eval()(input_ids=ids).logits
+    model.train()  # saving must not depend on the training mode
+    pretrain.save_clinical(model, method, tmp_path, tiny_llama, base_fingerprint(model))
+    saved = "model/model.safetensors" if method == "full" else "adapter/adapter_model.safetensors"
+    assert (tmp_path / saved).is_file()
+    reloaded = load_clinical_lm(tmp_path)
     # exact, except p-tuning: peft saves its encoder's output, which the live model recomputes
     # each forward pass (equal up to float rounding; with dropout left on it would be far off)
     atol = 1e-6 if method == "p_tuning" else 0
     with torch.no_grad():
-        torch.testing.assert_close(model.eval()(input_ids=ids).logits, reloaded(input_ids=ids).logits, rtol=0, atol=atol)
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, before, rtol=0, atol=atol)
         if method != "full":
             with reloaded.disable_adapter():
                 base = reloaded(input_ids=ids).logits
-            assert not torch.allclose(base, model(input_ids=ids).logits[:, -ids.size(1):])  # it acts
+            assert not torch.allclose(base, before[:, -ids.size(1):])  # it acts
 
 
 @pytest.mark.parametrize("method", PEFT_METHODS)
@@ -140,7 +144,8 @@ def test_packed_notes_stay_apart_or_the_method_falls_back(method, tiny_llama):
     packed = tokenize_and_pack({"text": NOTES}, tokenizer, "text", block_size=128)
     assert len(packed["input_ids"]) == 1
     with torch.no_grad():
-        logits = model(input_ids=torch.tensor(packed["input_ids"]), position_ids=torch.tensor(packed["position_ids"])).logits
+        position_ids = torch.tensor(packed["position_ids"])
+        logits = model(input_ids=torch.tensor(packed["input_ids"]), position_ids=position_ids).logits
         logits = logits[0, -len(packed["input_ids"][0]):]
         start, same = 0, []
         for note in NOTES:
@@ -173,7 +178,8 @@ def test_perplexity_equals_a_direct_computation(method, tiny_llama):
         for note in NOTES * 2:
             ids = note_ids(tokenizer, note)
             labels = [-100] + ids[1:]  # a note's first token is not predicted (prompt methods would from their prompt)
-            direct_nll += model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss.item() * (len(ids) - 1)
+            loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss.item()
+            direct_nll += loss * (len(ids) - 1)
             direct_n += len(ids) - 1
     assert n == direct_n
     assert nll == pytest.approx(direct_nll, rel=1e-5)
@@ -199,7 +205,7 @@ def test_fallback_run_says_why_and_measures_the_held_out_split(tiny_llama, synth
     assert "share one prompt" in run["packing_fallback"]
     assert run["trainable_params"] == 4 * 32  # num_virtual_tokens x hidden
 
-    model = pretrain.load_clinical_lm(tmp_path / "run", dtype="float32")
+    model = load_clinical_lm(tmp_path / "run")
     tokenizer = load_tokenizer(tiny_llama)
     splits, _ = load_corpus(config.data, tmp_path / "cache")
     nll, n = 0.0, 0

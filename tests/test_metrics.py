@@ -4,7 +4,8 @@ import math
 
 import numpy as np
 import pytest
-from scipy.special import expit, softmax as scipy_softmax
+from scipy.special import expit
+from scipy.special import softmax as scipy_softmax
 from sklearn.metrics import roc_auc_score
 
 from clinpeft.errors import ClinpeftError
@@ -15,6 +16,7 @@ from clinpeft.evaluation.metrics import (
     auroc_multilabel,
     macro_average,
     perplexity,
+    probabilities,
     sigmoid,
     softmax,
     task_metrics,
@@ -74,6 +76,13 @@ def test_sigmoid_matches_scipy_and_keeps_ranking_at_extremes(rng):
     assert np.all(np.isfinite(out))
     assert out[0] < out[1]  # distinct, not both rounded to 0
     assert out[3] == 1.0 and out[4] == 0.0
+
+
+def test_probabilities_sigmoid_per_label_for_multilabel_softmax_otherwise(rng):
+    logits = rng.normal(size=(5, 3))
+    np.testing.assert_array_equal(probabilities("multilabel", logits), sigmoid(logits))
+    for task_type in ("binary", "multiclass"):
+        np.testing.assert_array_equal(probabilities(task_type, logits), softmax(logits))
 
 
 # ------------------------------------------------------------------ binary

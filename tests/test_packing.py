@@ -53,7 +53,8 @@ def test_packed_logits_equal_each_notes_own_logits(tiny_llama, attn):
         packed = model(input_ids=ids, position_ids=pos).logits[0]
         start = 0
         for note in notes:
-            own_ids = [tokenizer.bos_token_id] + tokenizer(note, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            own_ids = ([tokenizer.bos_token_id] + tokenizer(note, add_special_tokens=False)["input_ids"]
+                       + [tokenizer.eos_token_id])
             own = model(input_ids=torch.tensor([own_ids])).logits[0]
             torch.testing.assert_close(packed[start : start + len(own_ids)], own, atol=1e-5, rtol=1e-5)
             start += len(own_ids)
@@ -61,9 +62,9 @@ def test_packed_logits_equal_each_notes_own_logits(tiny_llama, attn):
 
 def test_packed_loss_equals_sum_of_per_note_losses(tiny_llama):
     """Token-weighted NLL over a packed block == summed NLL of the notes run one by one."""
-    from clinpeft.training.perplexity import token_nll
-
     from datasets import Dataset
+
+    from clinpeft.training.perplexity import token_nll
 
     tokenizer = load_tokenizer(tiny_llama)
     model = load_causal_lm(tiny_llama, "float32")

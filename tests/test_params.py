@@ -72,7 +72,8 @@ def test_plain_output_reads_like_table_2(capsys):
     ("lora", ["peft.r=4"]),
     ("prefix_tuning", ["peft.num_virtual_tokens=3", "peft.prefix_projection=true", "peft.encoder_hidden_size=8"]),
     ("prompt_tuning", ["peft.num_virtual_tokens=3"]),
-    ("p_tuning", ["peft.num_virtual_tokens=3", "peft.encoder_reparameterization_type=LSTM", "peft.encoder_hidden_size=8"]),
+    ("p_tuning", ["peft.num_virtual_tokens=3", "peft.encoder_reparameterization_type=LSTM",
+                  "peft.encoder_hidden_size=8"]),
     ("adaption_prompt", ["peft.adapter_len=4", "peft.adapter_layers=2"]),
     ("full", []),
 ])

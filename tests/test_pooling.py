@@ -17,7 +17,8 @@ import torch
 from clinpeft.config import DownstreamLoraSection, FinetuneConfig, PretrainConfig, load_config
 from clinpeft.errors import ClinpeftError
 from clinpeft.modeling.adapters import find_clinical_adapter, head_module
-from clinpeft.modeling.classifier import apply_pooling, build_classifier, load_bundle, pad_batch, predict_logits
+from clinpeft.modeling.classifier import build_classifier, load_bundle, pad_batch, predict_logits
+from clinpeft.modeling.pooling import apply_pooling
 from clinpeft.recipes import finetune
 
 NOTES = ["Chief complaint: shortness of breath.", "Pt s/p CABG.",
@@ -165,7 +166,8 @@ def test_bundle_without_pooling_key_reads_the_last_token(mean_run, tmp_path):
     clf, _ = load_bundle(old, dtype="float32")
     mean_clf, _ = load_bundle(out, dtype="float32")
     assert clf.pooling == "last" and not clf.model._forward_pre_hooks
-    assert not np.allclose(predict_logits(clf, NOTES, 64, progress=False), predict_logits(mean_clf, NOTES, 64, progress=False))
+    last, mean = (predict_logits(c, NOTES, 64, progress=False) for c in (clf, mean_clf))
+    assert not np.allclose(last, mean)
 
 
 def test_mean_pooling_refused_for_encoders_and_pretraining(tiny_bert, synthetic_tasks, tmp_path):

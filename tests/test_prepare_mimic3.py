@@ -1,6 +1,7 @@
 """`clinpeft prepare mimic3-tasks` and `prepare pmv` on generated MIMIC-III tables whose answer is known.
 
-One test per rule of DESIGN.md 5, each on rows of `synthetic_mimic3.SCENARIOS` built to trip it,
+One test per rule of `clinpeft.prepare.mimic3` (its docstring lists them), \
+each on rows of `mimic3_tables.SCENARIOS` built to trip it,
 plus one per validation error (one line, exit 2, nothing written).
 """
 
@@ -11,8 +12,8 @@ import pytest
 
 from clinpeft.cli import main
 from clinpeft.data.definitions import ADMISSION_SECTIONS
-from clinpeft.demo.mimic3_tables import write_mimic3_tables
 from clinpeft.data.tasks import load_task
+from clinpeft.demo.mimic3_tables import write_mimic3_tables
 from clinpeft.prepare import mimic3
 
 SPLITS = ("train", "val", "test")
@@ -23,10 +24,11 @@ def built(tmp_path_factory):
     """The tables (gzip), their truth, and the four tasks + PMV built once through the CLI."""
     root = tmp_path_factory.mktemp("mimic3")
     truth = write_mimic3_tables(root / "mimic", n_patients=30, seed=0)
-    assert main(["prepare", "mimic3-tasks", "--mimic-dir", str(root / "mimic"), "--out", str(root / "tasks"), "--quiet"]) == 0
+    assert main(["prepare", "mimic3-tasks", "--mimic-dir", str(root / "mimic"), "--out", str(root / "tasks"),
+                 "--quiet"]) == 0
     pmv_labels = truth.write_pmv_labels(root / "pmv_labels.csv")
-    assert main(["prepare", "pmv", "--admission-notes", str(root / "tasks" / "mor"), "--labels", str(root / "pmv_labels.csv"),
-                 "--out", str(root / "tasks" / "pmv"), "--quiet"]) == 0
+    assert main(["prepare", "pmv", "--admission-notes", str(root / "tasks" / "mor"),
+                 "--labels", str(root / "pmv_labels.csv"), "--out", str(root / "tasks" / "pmv"), "--quiet"]) == 0
     return {"root": root, "truth": truth, "tasks": root / "tasks", "pmv_labels": pmv_labels}
 
 
@@ -72,7 +74,8 @@ def test_manifest_counts_per_split_and_class(built):
             part = got[got["split"] == split]
             assert manifest["splits"][split]["rows"] == len(part)
             labels = part["label"].str.split(",").explode()
-            assert manifest["splits"][split]["labels"] == {k: int(v) for k, v in labels[labels != ""].value_counts().items()}
+            assert manifest["splits"][split]["labels"] == {
+                k: int(v) for k, v in labels[labels != ""].value_counts().items()}
     top = json.loads((built["tasks"] / "manifest.json").read_text())
     assert top["counts"]["dropped_notes_newborn"] == 1 and top["counts"]["dropped_admissions_no_report"] == 2
 
@@ -99,7 +102,8 @@ def test_addenda_appended_after_the_report(built):
     expected = scenario(built, "addendum_first_in_file")
     text = rows(built["tasks"] / "los").loc[expected.hadm_id, "text"]
     assert text.endswith("SOCIAL HISTORY: Lives alone. Quit tobacco.") and text == expected.text
-    assert scenario(built, "empty_addendum").hadm_id in rows(built["tasks"] / "los").index  # an empty addendum is dropped, not fatal
+    # an empty addendum is dropped, not fatal
+    assert scenario(built, "empty_addendum").hadm_id in rows(built["tasks"] / "los").index
 
 
 def test_admissions_without_a_report_dropped(built):
@@ -124,7 +128,8 @@ def test_section_ends_at_blank_line_and_new_heading(built):
 
 
 def test_extract_sections_rules():
-    note = ("Service: MEDICINE\n\nallergies:\n\nCHIEF COMPLAINT:\nfever\n\nHistory of Present Illness:\nline one\nline two"
+    note = ("Service: MEDICINE\n\nallergies:\n\nCHIEF COMPLAINT:\nfever\n\n"
+            "History of Present Illness:\nline one\nline two"
             "\n\n\nPast Medical History:\nHTN\n\nFamily History:\nnone")  # family history has no end: not found
     sections = mimic3.extract_sections(note)
     assert sections == ("fever", "line one line two", "HTN", "", "", "", "", "")
@@ -145,7 +150,8 @@ def test_death_mentions_removed_for_mor_only(built):
     assert mor["label"] == "1"
     for phrase in expected.death_phrases:
         assert phrase not in mor["text"].lower()
-        assert phrase in rows(built["tasks"] / "diag").loc[expected.hadm_id, "text"].lower()  # other tasks keep the text
+        # other tasks keep the text
+        assert phrase in rows(built["tasks"] / "diag").loc[expected.hadm_id, "text"].lower()
     assert "was resuscitated" in mor["text"]
     # the subject goes with the verb; the rest of the sentence stays
     assert mimic3.remove_death_mentions("Pt expired at 0300. The patient passed away. Stable.") == " at 0300.. Stable."
@@ -192,7 +198,8 @@ def test_split_by_patient_70_10_20(built):
             assert subject_split.setdefault(subject, split) == split, (task, subject)
     n = len(subject_split)
     counts = pd.Series(subject_split).value_counts()
-    assert (counts["train"], counts["val"], counts["test"]) == (round(0.7 * n), round(0.1 * n), n - round(0.7 * n) - round(0.1 * n))
+    assert (counts["train"], counts["val"], counts["test"]) == (
+        round(0.7 * n), round(0.1 * n), n - round(0.7 * n) - round(0.1 * n))
     three = [truth.scenarios[k] for k in truth.scenarios if k.startswith("three_admissions")]
     assert len(three) == 3 and len({rows(built["tasks"] / "mor").loc[h, "split"] for h in three}) == 1
 
@@ -208,9 +215,11 @@ def test_split_lists_honoured(built, tmp_path):
     left_out = subjects[-1]
     lists = tmp_path / "lists"
     lists.mkdir()
-    (lists / "train.txt").write_text("SUBJECT_ID\n" + "\n".join(map(str, subjects[:30])) + "\n" + str(subjects[0]) + "\n")
+    (lists / "train.txt").write_text(
+        "SUBJECT_ID\n" + "\n".join(map(str, subjects[:30])) + "\n" + str(subjects[0]) + "\n")
     (lists / "val.txt").write_text("# val\n" + "\n".join(map(str, subjects[30:36])) + "\n")
-    (lists / "mimic_test.csv").write_text("SUBJECT_ID\n" + "\n".join(map(str, subjects[36:-1])) + "\n")  # van Aken's file
+    # van Aken's file
+    (lists / "mimic_test.csv").write_text("SUBJECT_ID\n" + "\n".join(map(str, subjects[36:-1])) + "\n")
     out = tmp_path / "tasks"
     assert main(["prepare", "mimic3-tasks", "--mimic-dir", str(built["root"] / "mimic"), "--out", str(out),
                  "--tasks", "mor", "--split-lists", str(lists), "--quiet"]) == 0
@@ -247,14 +256,15 @@ def test_pmv_unknown_admission_refused_or_dropped(built, tmp_path, capsys):
     labels = pd.read_csv(built["root"] / "pmv_labels.csv", dtype=str)
     labels.loc[len(labels)] = ["999999", "1", "train"]
     labels.to_csv(tmp_path / "labels.csv", index=False)
-    args = ["prepare", "pmv", "--admission-notes", str(built["tasks"] / "mor"), "--labels", str(tmp_path / "labels.csv"),
-            "--out", str(tmp_path / "pmv")]
+    args = ["prepare", "pmv", "--admission-notes", str(built["tasks"] / "mor"),
+            "--labels", str(tmp_path / "labels.csv"), "--out", str(tmp_path / "pmv")]
     err = expect_error(main(args), capsys, tmp_path / "pmv")
     assert f"labels.csv row {len(labels) + 1}: hadm_id 999999 is not in" in err and "--drop-unknown" in err
     assert main([*args, "--drop-unknown"]) == 0
     import json
 
-    assert json.loads((tmp_path / "pmv" / "manifest.json").read_text())["excluded"]["hadm_id_not_in_admission_notes"] == 1
+    assert (json.loads((tmp_path / "pmv" / "manifest.json").read_text())
+            ["excluded"]["hadm_id_not_in_admission_notes"] == 1)
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -264,8 +274,8 @@ def test_pmv_unknown_admission_refused_or_dropped(built, tmp_path, capsys):
 ])
 def test_pmv_label_file_checked(built, tmp_path, capsys, edit, message):
     edit(pd.read_csv(built["root"] / "pmv_labels.csv", dtype=str)).to_csv(tmp_path / "labels.csv", index=False)
-    code = main(["prepare", "pmv", "--admission-notes", str(built["tasks"] / "mor"), "--labels", str(tmp_path / "labels.csv"),
-                 "--out", str(tmp_path / "pmv")])
+    code = main(["prepare", "pmv", "--admission-notes", str(built["tasks"] / "mor"),
+                 "--labels", str(tmp_path / "labels.csv"), "--out", str(tmp_path / "pmv")])
     assert message in expect_error(code, capsys, tmp_path / "pmv")
 
 
@@ -307,12 +317,15 @@ def set_cell(row, column, value):
 
 @pytest.mark.parametrize("table, edit, message", [
     ("DIAGNOSES_ICD", None, "no DIAGNOSES_ICD.csv or DIAGNOSES_ICD.csv.gz"),
-    ("ADMISSIONS", lambda f: f.drop(columns="HOSPITAL_EXPIRE_FLAG"), "ADMISSIONS.csv: missing column(s) HOSPITAL_EXPIRE_FLAG"),
+    ("ADMISSIONS", lambda f: f.drop(columns="HOSPITAL_EXPIRE_FLAG"),
+     "ADMISSIONS.csv: missing column(s) HOSPITAL_EXPIRE_FLAG"),
     ("NOTEEVENTS", lambda f: f.drop(columns="TEXT"), "NOTEEVENTS.csv: missing column(s) TEXT"),
-    ("ADMISSIONS", set_cell(3, "DISCHTIME", "2150-13-45 25:00:00"), "ADMISSIONS.csv row 5: cannot parse DISCHTIME '2150-13-45 25:00:00'"),
+    ("ADMISSIONS", set_cell(3, "DISCHTIME", "2150-13-45 25:00:00"),
+     "ADMISSIONS.csv row 5: cannot parse DISCHTIME '2150-13-45 25:00:00'"),
     ("ADMISSIONS", lambda f: f.assign(HADM_ID=f["HADM_ID"].where(f.index != 4, f["HADM_ID"][0])),
      "ADMISSIONS.csv row 6: HADM_ID"),
-    ("ADMISSIONS", set_cell(2, "HOSPITAL_EXPIRE_FLAG", "yes"), "ADMISSIONS.csv row 4: HOSPITAL_EXPIRE_FLAG 'yes' is not 0 or 1"),
+    ("ADMISSIONS", set_cell(2, "HOSPITAL_EXPIRE_FLAG", "yes"),
+     "ADMISSIONS.csv row 4: HOSPITAL_EXPIRE_FLAG 'yes' is not 0 or 1"),
     ("DIAGNOSES_ICD", set_cell(1, "HADM_ID", "abc"), "DIAGNOSES_ICD.csv row 3: HADM_ID 'abc' is not an integer id"),
     ("NOTEEVENTS", set_cell(0, "CHARTDATE", "yesterday"), "NOTEEVENTS.csv row 2: cannot parse CHARTDATE 'yesterday'"),
 ])

@@ -28,7 +28,8 @@ def raw(synthetic_corpus, tmp_path_factory) -> dict:
         discharge.to_csv(handle, index=False)
     radiology.to_csv(paths["radiology"], index=False)
     return {**paths, "frames": {"discharge": discharge, "radiology": radiology},
-            "messy_id": discharge.loc[0, "note_id"], "empty_ids": {discharge.loc[1, "note_id"], radiology.loc[2, "note_id"]}}
+            "messy_id": discharge.loc[0, "note_id"],
+            "empty_ids": {discharge.loc[1, "note_id"], radiology.loc[2, "note_id"]}}
 
 
 def prepare_cli(raw, out, *extra) -> dict:
@@ -177,9 +178,9 @@ def test_pretrain_reads_prepared_corpus_with_val_split(corpus, tiny_llama, tmp_p
     before = sorted(p.relative_to(directory) for p in directory.rglob("*"))
     recipe = tmp_path / "r.yaml"
     recipe.write_text("{}\n")
-    overrides = [f"model.base={tiny_llama}", f"data.paths=[{directory}]", "data.val_fraction=0.3", "data.max_seq_len=128",
-                 "train.batch_size=4", "train.grad_accum=1", "train.max_steps=2", "eval.train_max_blocks=4",
-                 "eval.base_model=false", "peft.r=4"]
+    overrides = [f"model.base={tiny_llama}", f"data.paths=[{directory}]", "data.val_fraction=0.3",
+                 "data.max_seq_len=128", "train.batch_size=4", "train.grad_accum=1", "train.max_steps=2",
+                 "eval.train_max_blocks=4", "eval.base_model=false", "peft.r=4"]
     assert main(["pretrain", str(recipe), *overrides, "--out", str(tmp_path / "run"), "--quiet"]) == 0
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert isinstance(run["val_ppl"], float) and run["val_ppl"] > 1  # the sweep's contract

@@ -11,7 +11,7 @@ from clinpeft.config import PretrainConfig, load_config
 from clinpeft.data.notes import in_test_split, in_val_split, load_corpus
 from clinpeft.modeling.adapters import add_pretraining_adapter
 from clinpeft.modeling.base import load_causal_lm
-
+from clinpeft.recipes import pretrain
 from conftest import pretrain_overrides
 
 
@@ -55,24 +55,48 @@ def test_one_step_changes_only_adapter_weights(tiny_llama):
         assert changed == ("lora_" in name), name
 
 
-def test_saved_adapter_reloads_to_identical_logits(clinical_run, tiny_llama):
+def test_saved_adapter_reloads_to_the_trained_models_logits(tiny_llama, synthetic_corpus, tmp_path, monkeypatch):
+    """The adapter the recipe saves, reloaded on the base model, gives exactly the logits of the model
+    it trained (eval mode, same notes), taken just before the save."""
     from peft import PeftModel
 
-    model = PeftModel.from_pretrained(load_causal_lm(tiny_llama, "float32"), clinical_run / "adapter").eval()
-    weights = load_file(clinical_run / "adapter" / "adapter_model.safetensors")
+    ids = torch.randint(4, 300, (2, 20), generator=torch.Generator().manual_seed(0))
+    trained = {}
+    save_clinical = pretrain.save_clinical
+
+    def remember_then_save(model, *args, **kwargs):
+        with torch.no_grad():
+            trained["device"] = model.device  # compared on the same device: exact
+            trained["logits"] = model.eval()(input_ids=ids.to(model.device)).logits
+            with model.disable_adapter():
+                trained["base"] = model(input_ids=ids.to(model.device)).logits
+        return save_clinical(model, *args, **kwargs)
+
+    monkeypatch.setattr(pretrain, "save_clinical", remember_then_save)
+    overrides = [*pretrain_overrides(tiny_llama, synthetic_corpus), "eval.base_model=false"]
+    config = load_config(PretrainConfig, None, overrides)
+    pretrain.main(config, tmp_path / "run", progress=False)
+    weights = load_file(tmp_path / "run" / "adapter" / "adapter_model.safetensors")
     assert any(w.abs().sum() > 0 for k, w in weights.items() if "lora_B" in k)  # it trained
-    ids = torch.randint(4, 300, (1, 20))
-    again = PeftModel.from_pretrained(load_causal_lm(tiny_llama, "float32"), clinical_run / "adapter").eval()
+    base_model = load_causal_lm(tiny_llama, "float32").to(trained["device"])
+    reloaded = PeftModel.from_pretrained(base_model, tmp_path / "run" / "adapter").eval()
     with torch.no_grad():
-        torch.testing.assert_close(model(input_ids=ids).logits, again(input_ids=ids).logits, rtol=0, atol=0)
-        with model.disable_adapter():
-            base = model(input_ids=ids).logits
-        assert not torch.allclose(base, again(input_ids=ids).logits)
+        logits = reloaded(input_ids=ids.to(trained["device"])).logits
+    torch.testing.assert_close(logits, trained["logits"], rtol=0, atol=0)
+    assert not torch.allclose(trained["logits"], trained["base"])  # the adapter acts
+
+
+def test_summary_is_the_line_the_cli_prints(clinical_run):
+    run = json.loads((clinical_run / "run.json").read_text())
+    [line] = pretrain.summary(run, "runs/x")
+    assert line.startswith(f"runs/x: {run['trainable_params']:,} trainable params (")
+    assert f"test ppl {run['test_ppl']:.3f} (base model {run['base_test_ppl']:.3f})" in line
+    assert "val ppl" not in line  # no data.val_fraction
 
 
 def test_split_is_by_patient(synthetic_corpus, tmp_path):
-    config = load_config(PretrainConfig, None, [f"data.paths=[{synthetic_corpus['discharge']}, {synthetic_corpus['radiology']}]",
-                                                "data.test_fraction=0.3"])
+    paths = f"data.paths=[{synthetic_corpus['discharge']}, {synthetic_corpus['radiology']}]"
+    config = load_config(PretrainConfig, None, [paths, "data.test_fraction=0.3"])
     splits, info = load_corpus(config.data, tmp_path / "cache")
     notes = pd.concat([pd.read_csv(synthetic_corpus[k]) for k in ("discharge", "radiology")])
     test_patients = {s for s in notes["subject_id"].astype(str) if in_test_split(s, 0.3, 0)}
@@ -122,7 +146,8 @@ def test_bad_corpus_fails_before_work(tiny_llama, synthetic_corpus, tmp_path, pr
     from clinpeft.cli import main
 
     out = tmp_path / "run"
-    args = ["pretrain", str(tmp_path / "r.yaml"), *pretrain_overrides(tiny_llama, synthetic_corpus), override, "--out", str(out)]
+    args = ["pretrain", str(tmp_path / "r.yaml"), *pretrain_overrides(tiny_llama, synthetic_corpus), override,
+            "--out", str(out)]
     (tmp_path / "r.yaml").write_text("{}\n")
     assert main(args) == 2
     assert not out.exists() and not list(tmp_path.glob(".run.tmp-*"))

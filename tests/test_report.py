@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 
 from clinpeft.errors import ClinpeftError
+from clinpeft.reporting.report import write_report
+from clinpeft.reporting.runs import find_runs
 from clinpeft.reporting.tables import (
-    find_runs,
     format_duration,
     format_markdown,
     format_params,
@@ -16,7 +17,6 @@ from clinpeft.reporting.tables import (
     format_ppl,
     table2,
     table3,
-    write_report,
 )
 
 LLAMA_PARAMS = 6738415616  # LLaMA-7B, as in the paper's Table 2
@@ -132,7 +132,8 @@ def test_table2_cells_and_base_row(tmp_path):
     pretrain_run(tmp_path, "pmc", method="p_tuning", base_model_name=None, base_model="/models/pmc-llama/",
                  trainable_params=16_100_000, train_time_s=None)
     df = table2(find_runs([tmp_path])[0])
-    assert list(df.columns) == ["Base model", "PEFT", "Trainable params", "Trainable %", "Train ppl", "Test ppl", "Time (h:m:s)"]
+    assert list(df.columns) == ["Base model", "PEFT", "Trainable params", "Trainable %", "Train ppl", "Test ppl",
+                                "Time (h:m:s)"]
     assert df.values.tolist() == [
         ["LLaMA", "(none: base model)", "0", "0%", "5.432", "6.789", ""],
         ["LLaMA", "LoRA", "8.4M", "0.12%", "1.858", "2.244", "21:37:42"],
@@ -151,7 +152,8 @@ def test_table2_method_order_and_names(tmp_path):
     for method in ["full", "p_tuning", "prompt_tuning", "prefix_tuning", "adaption_prompt", "lora", "ia3"]:
         pretrain_run(tmp_path, method, method=method)
     peft = table2(find_runs([tmp_path])[0])["PEFT"].tolist()
-    assert peft == ["LoRA", "Adaptation Prompt", "Prefix Tuning", "Prompt Tuning", "P-tuning", "Full fine-tuning", "ia3"]
+    assert peft == ["LoRA", "Adaptation Prompt", "Prefix Tuning", "Prompt Tuning", "P-tuning", "Full fine-tuning",
+                    "ia3"]
 
 
 def test_table2_missing_optional_keys_are_blank(tmp_path):
@@ -314,7 +316,8 @@ def test_write_report_files_markdown_and_csv_roundtrip(tmp_path):
     assert csv2["Train time (s)"].iloc[1] == 77862.0
 
     csv3 = pd.read_csv(out / "table3.csv")
-    assert csv3.columns.tolist() == ["Model", "Base model", "Variant", "PMV", "MOR", "LOS", "DIAG", "PROC", "Macro avg", "Tasks averaged"]
+    assert csv3.columns.tolist() == ["Model", "Base model", "Variant", "PMV", "MOR", "LOS", "DIAG", "PROC", "Macro avg",
+                                     "Tasks averaged"]
     head = csv3[csv3["Variant"] == "head"].iloc[0]
     assert head["MOR"] == pytest.approx(68.80)
     assert head["Macro avg"] == pytest.approx(61.944)

@@ -13,10 +13,9 @@ import pytest
 from clinpeft import cli
 from clinpeft.data.tasks import TaskData
 from clinpeft.errors import ClinpeftError
-from clinpeft.evaluation.metrics import task_metrics
-from clinpeft.recipes.finetune import bootstrap_fields, write_predictions
-from clinpeft.reporting.tables import write_report
 from clinpeft.evaluation.bootstrap import bootstrap_auroc
+from clinpeft.reporting.report import write_report
+from clinpeft.training.classification import split_metrics, write_predictions
 
 N = 150  # test notes per task
 RESAMPLES = 200
@@ -29,11 +28,12 @@ def task_data(task: str, seed: int = 0) -> tuple[TaskData, np.ndarray]:
     ids = [f"adm{i:05d}" for i in rng.permutation(N)]
     if task == "diag":
         y = (rng.random((N, len(ML_LABELS))) < [0.3, 0.2, 0.1, 0.05, 0.02, 0.0]).astype(int)
-        cells = [",".join(l for l, v in zip(ML_LABELS, row) if v) for row in y]
+        cells = [",".join(label for label, v in zip(ML_LABELS, row) if v) for row in y]
         task_obj = TaskData("diag", "multilabel", ML_LABELS, {"test": pd.DataFrame({"id": ids, "label": cells})})
     else:
         y = (rng.random(N) < 0.3).astype(int)
-        task_obj = TaskData(task, "single_label", ["0", "1"], {"test": pd.DataFrame({"id": ids, "label": y.astype(str)})})
+        frame = pd.DataFrame({"id": ids, "label": y.astype(str)})
+        task_obj = TaskData(task, "single_label", ["0", "1"], {"test": frame})
     return task_obj, task_obj.targets("test")
 
 
@@ -47,8 +47,7 @@ def make_run(root: Path, name: str, task: str, variant: str, signal: float, seed
         logits = np.stack([np.zeros(N), signal * y + rng.normal(size=N)], axis=1)
     run = root / name
     run.mkdir(parents=True)
-    test = task_metrics(task_obj.task_type, y, logits, task_obj.labels)
-    test.update(bootstrap_fields(task_obj, "test", logits, RESAMPLES, 0))
+    test = split_metrics(task_obj, "test", logits, RESAMPLES, 0)  # as finetune writes it
     metrics = {"kind": "finetune", "task": task, "task_type": task_obj.task_type, "variant": variant,
                "base_model_name": "LLaMA", "test": test, **extra}
     (run / "metrics.json").write_text(json.dumps(metrics))
@@ -211,8 +210,8 @@ def test_finetune_and_evaluate_record_intervals_that_report_reproduces(tiny_llam
         lo, hi = metrics[split]["auroc_ci"]
         assert lo <= metrics[split]["auroc"] <= hi
         assert metrics[split]["bootstrap"] | {"n_undefined": 0} == {
-            "method": "percentile, the notes of the split resampled with replacement", "confidence": 0.95, "n_resamples": 300,
-            "seed": 4, "stream": "diag", "n_undefined": 0}
+            "method": "percentile, the notes of the split resampled with replacement", "confidence": 0.95,
+            "n_resamples": 300, "seed": 4, "stream": "diag", "n_undefined": 0}
     rescored = evaluate.main(tmp_path / "run", synthetic_tasks["diag"] / "test.csv", tmp_path / "eval", progress=False,
                              bootstrap_resamples=300, bootstrap_seed=4)
     assert rescored["eval"]["auroc_ci"] == pytest.approx(metrics["test"]["auroc_ci"], abs=1e-4)

@@ -1,4 +1,4 @@
-"""Bootstrap intervals and paired tests (clinpeft/statistics.py) against a slow loop over metrics.py."""
+"""Bootstrap intervals and paired tests (evaluation/bootstrap.py) against a slow loop over evaluation/metrics.py."""
 
 import math
 
@@ -6,15 +6,16 @@ import numpy as np
 import pytest
 
 from clinpeft.errors import ClinpeftError
-from clinpeft.evaluation.metrics import auroc_binary, auroc_multiclass, auroc_multilabel, softmax
 from clinpeft.evaluation.bootstrap import (
     bootstrap_auroc,
+    bootstrap_fields,
     macro_values,
-    paired_auroc_test,
     paired_p_value,
+    paired_test,
     percentile_interval,
     resample_indices,
 )
+from clinpeft.evaluation.metrics import auroc_binary, auroc_multiclass, auroc_multilabel, softmax
 
 
 def reference(metric, n, n_resamples, seed, stream):
@@ -26,6 +27,12 @@ def reference(metric, n, n_resamples, seed, stream):
         except ClinpeftError:
             values.append(np.nan)
     return np.array(values)
+
+
+def paired_auroc_test(y, scores_a, scores_b, n_resamples, seed):
+    """Paired bootstrap test of two binary models scored on the same notes (same resamples), as report does it."""
+    boot_a, boot_b = (bootstrap_auroc("binary", y, p, n_resamples=n_resamples, seed=seed) for p in (scores_a, scores_b))
+    return paired_test(boot_a, boot_b, auroc_binary(y, scores_a), auroc_binary(y, scores_b))
 
 
 def binary_data(n, seed=0, signal=1.0):
@@ -115,14 +122,14 @@ def test_paired_p_value_definition():
 
 def test_paired_identical_models_p_is_one():
     y, score = binary_data(400)
-    test = paired_auroc_test("binary", y, score, score, n_resamples=300, seed=0)
+    test = paired_auroc_test(y, score, score, n_resamples=300, seed=0)
     assert test.p_value == 1.0 and test.diff == 0.0 and test.n_used == 300
 
 
 def test_paired_clearly_better_model_has_smallest_p():
     y, score = binary_data(400, signal=2.0)
     noisy = score + np.random.default_rng(9).normal(scale=3.0, size=400)
-    test = paired_auroc_test("binary", y, score, noisy, n_resamples=300, seed=0)
+    test = paired_auroc_test(y, score, noisy, n_resamples=300, seed=0)
     assert test.diff > 0.1
     assert test.p_value == pytest.approx(2 / 301)  # no resample on the other side of 0
     assert test.diff_ci[0] > 0
@@ -134,7 +141,7 @@ def test_paired_small_difference_on_700_notes_is_not_significant():
     rng = np.random.default_rng(4)
     a = score + rng.normal(scale=0.6, size=706)
     b = score + rng.normal(scale=0.6, size=706)
-    test = paired_auroc_test("binary", y, a, b, n_resamples=500, seed=0)
+    test = paired_auroc_test(y, a, b, n_resamples=500, seed=0)
     assert abs(test.diff) < 0.02 and test.p_value > 0.05
 
 
@@ -155,3 +162,15 @@ def test_percentile_interval_and_bad_input():
         bootstrap_auroc("binary", [0, 1], [0.1, 0.9], n_resamples=0)
     with pytest.raises(ClinpeftError, match="misaligned"):
         bootstrap_auroc("binary", [0, 1, 1], [0.1, 0.9])
+
+
+def test_bootstrap_fields_are_metrics_json_keys_resampled_in_id_order():
+    y, score = binary_data(120)
+    ids = [f"n{i:03d}" for i in range(120)]
+    fields = bootstrap_fields("binary", y, score, ids=ids, stream="mor", n_resamples=100, seed=3)
+    assert fields == bootstrap_auroc("binary", y, score, ids=ids, n_resamples=100, seed=3, stream="mor").fields()
+    assert set(fields) == {"auroc_ci", "bootstrap"} and fields["bootstrap"]["stream"] == "mor"
+    shuffled = np.random.default_rng(0).permutation(120)  # the row order of the notes does not matter
+    again = bootstrap_fields("binary", y[shuffled], score[shuffled], ids=[ids[i] for i in shuffled], stream="mor",
+                             n_resamples=100, seed=3)
+    assert again == fields

@@ -67,13 +67,15 @@ def test_same_seed_gives_identical_bytes_and_another_seed_does_not(tmp_path):
     assert len(a) == 2 + 5 * 4  # two corpus files, five task dirs of four files
     assert a == b
     changed = [name for name in a if a[name] != c[name]]
-    assert set(changed) >= {"corpus/discharge.csv.gz", "corpus/radiology.csv.gz", "tasks/mor/train.csv", "tasks/diag/test.csv"}
+    assert set(changed) >= {"corpus/discharge.csv.gz", "corpus/radiology.csv.gz", "tasks/mor/train.csv",
+                            "tasks/diag/test.csv"}
 
 
 def test_write_demo_data_layout(quick):
     assert set(quick) == {"corpus", "tasks"}
     assert set(quick["corpus"]) == {"discharge", "radiology"}
-    assert quick["corpus"]["discharge"].name == "discharge.csv.gz" and quick["corpus"]["discharge"].parent.name == "corpus"
+    assert (quick["corpus"]["discharge"].name == "discharge.csv.gz"
+            and quick["corpus"]["discharge"].parent.name == "corpus")
     assert tuple(quick["tasks"]) == S.TASKS
     for task, task_dir in quick["tasks"].items():
         assert task_dir.name == task and task_dir.parent.name == "tasks"
@@ -128,7 +130,8 @@ def test_corpus_is_mimic_iv_note_shaped(quick):
         assert (notes["storetime"] > notes["charttime"]).all()  # same-format strings sort as times
         ids = notes["note_id"].str.extract(r"^(\d{8})-([A-Z]{2})-(\d+)$")
         assert ids.notna().all().all()
-        assert (ids[0] == notes["subject_id"]).all() and (ids[1] == notes["note_type"]).all() and (ids[2] == notes["note_seq"]).all()
+        assert ((ids[0] == notes["subject_id"]).all() and (ids[1] == notes["note_type"]).all()
+                and (ids[2] == notes["note_seq"]).all())
         assert notes["text"].str.contains("___", regex=False).all()  # de-identified spans
     assert set(discharge["note_type"]) <= {"DS", "AD"} and (discharge["note_type"] == "DS").mean() > 0.85
     assert set(radiology["note_type"]) <= {"RR", "AR"} and (radiology["note_type"] == "RR").mean() > 0.85
@@ -190,7 +193,8 @@ def test_ids_unique_and_split_by_patient_the_same_way_for_every_task(quick):
         ids = pd.concat([f["id"] for f in frames.values()])
         assert ids.is_unique
         subjects = {split: {S.subject_id_of(int(i)) for i in f["id"]} for split, f in frames.items()}
-        assert not (subjects["train"] & subjects["val"] or subjects["train"] & subjects["test"] or subjects["val"] & subjects["test"])
+        assert not (subjects["train"] & subjects["val"] or subjects["train"] & subjects["test"]
+                    or subjects["val"] & subjects["test"])
         for split, f in frames.items():
             assert all(expected[S.subject_id_of(int(i)) - 1] == split for i in f["id"])
             for i in f["id"]:
@@ -223,7 +227,8 @@ def test_binary_and_los_labels(quick):
 
 
 def test_multilabel_codes(quick):
-    for task, width_ok in (("diag", lambda c: len(c) == (4 if c[0] in "VE" else 3)), ("proc", lambda c: len(c) == 3 and c.isdigit())):
+    for task, width_ok in (("diag", lambda c: len(c) == (4 if c[0] in "VE" else 3)),
+                           ("proc", lambda c: len(c) == 3 and c.isdigit())):
         task_dir = quick["tasks"][task]
         vocab = label_vocab(task_dir)
         assert vocab == sorted(vocab) and all(width_ok(c) for c in vocab), vocab

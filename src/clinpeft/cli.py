@@ -1,7 +1,11 @@
-"""The `clinpeft` command: one thin subcommand per workflow (parse, load config, call a recipe).
+"""The `clinpeft` command: argparse and dispatch only. Each command validates its recipe, calls a
+recipe module's main() and prints that module's summary() of the result.
 
 Offline by default: the Hugging Face libraries are told not to reach the network
 (HF_HUB_OFFLINE=1 and friends) unless CLINPEFT_ALLOW_NETWORK=1 is set.
+
+Fast to start: recipe modules (torch, transformers, ...) are imported inside the command
+functions, after the config is valid, so --help and a config error answer at once.
 """
 
 from __future__ import annotations
@@ -41,7 +45,14 @@ trainable parameters of a recipe, without weights (the paper's Table 2 counts):
 
 hyperparameter search (Optuna GP, resumable; --workers N, --storage postgresql://... for several machines):
   clinpeft sweep configs/demo/sweep_lora.yaml --out sweeps/demo-mor --trials 6
+
+the recipes shipped with clinpeft (their configs/... paths work from any directory):
+  clinpeft recipes
 """
+
+# `clinpeft prepare DATASET`: each builder module registers its own subcommand with
+# add_parser(subparsers), which sets `run=<function(args, progress) -> None>` as a default.
+PREPARE_MODULES: tuple[str, ...] = ("clinpeft.prepare.notes", "clinpeft.prepare.mimic3", "clinpeft.prepare.pmv")
 
 
 def set_offline() -> None:
@@ -50,17 +61,290 @@ def set_offline() -> None:
             os.environ.setdefault(key, value)
 
 
+def print_lines(lines: list[str], file=None) -> None:
+    for line in lines:
+        print(line, file=file or sys.stdout)
+
+
+def hf_progress_bars(progress: bool) -> None:
+    """The Hugging Face libraries' own bars (weights loading, datasets.map) follow --quiet."""
+    from clinpeft.training.common import set_progress_bars  # imports torch, transformers, datasets
+
+    set_progress_bars(progress)
+
+
+# --------------------------------------------------------------------------- shared arguments
+
+
+def add_recipe_args(parser: argparse.ArgumentParser, recipe_help: str, overrides_help: str) -> None:
+    parser.add_argument("recipe", help=recipe_help + " (`clinpeft recipes` lists the bundled ones)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help=overrides_help)
+
+
 def add_workflow_args(parser: argparse.ArgumentParser, recipe_help: str) -> None:
-    parser.add_argument("recipe", help=recipe_help)
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="config overrides, e.g. train.lr=1e-4 peft.r=8 (YAML values: lists as [a,b])")
+    add_recipe_args(parser, recipe_help,
+                    "config overrides, e.g. train.lr=1e-4 peft.r=8 (YAML values: lists as [a,b])")
     add_out_args(parser)
 
 
 def add_out_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="run directory to create (written whole, or not at all)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
+    add_quiet_arg(parser)
+
+
+def add_quiet_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+# --------------------------------------------------------------------------- the commands
+# Each command: add_<command>(subparsers) builds its parser; run_<command>(args, progress) -> exit code.
+
+
+def add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="run the whole two-step framework on a tiny model and synthetic notes",
+                       description="Build (or reuse) the tiny demo base model and synthetic MIMIC-style data, "
+                       "pretrain a clinical LoRA, fine-tune five tasks with three variants, and print "
+                       "Table 2 and Table 3. Synthetic numbers prove the pipeline, not clinical results.")
+    p.add_argument("--out", required=True,
+                   help="demo directory (data/, pretrain/, finetune/, report/); rerunning reuses finished runs")
+    p.add_argument("--quick", action="store_true",
+                   help="smaller data and fewer steps (about 2 minutes on a laptop CPU)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and of training")
+    p.add_argument("--methods", default="lora", metavar="M[,M...]|all",
+                   help="pretraining methods for Table 2 (lora, prefix_tuning, prompt_tuning, p_tuning, "
+                   "adaption_prompt, full, or all; default lora); fine-tuning always uses the clinical LoRA")
+    add_quiet_arg(p)
+    p.set_defaults(handler=run_demo)
+
+
+def run_demo(args: argparse.Namespace, progress: bool) -> int:
+    from clinpeft.recipes import demo
+
+    methods = demo.parse_methods(args.methods)
+    hf_progress_bars(progress)
+    result = demo.main(args.out, quick=args.quick, seed=args.seed, progress=progress, methods=methods)
+    print_lines(demo.summary(result, args.out))
+    return 0
+
+
+def add_pretrain(sub) -> None:
+    p = sub.add_parser("pretrain", help="step 1: domain-adaptive pretraining of a clinical adapter (Table 2)",
+                       description="Train a PEFT adapter on clinical notes on top of a local causal LM; "
+                       "writes adapter/, config.yaml and run.json (parameters, perplexities, time).")
+    add_workflow_args(p, "YAML recipe, e.g. configs/demo/pretrain_lora.yaml")
+    p.set_defaults(handler=run_pretrain)
+
+
+def run_pretrain(args: argparse.Namespace, progress: bool) -> int:
+    from clinpeft.config import PretrainConfig, load_config
+
+    config = load_config(PretrainConfig, args.recipe, args.overrides)
+    from clinpeft.recipes import pretrain
+
+    hf_progress_bars(progress)
+    result = pretrain.main(config, args.out, overwrite=args.overwrite, progress=progress)
+    print_lines(pretrain.summary(result, args.out))
+    return 0
+
+
+def add_params(sub) -> None:
+    p = sub.add_parser("params", help="trainable / total parameters of a pretraining recipe, without loading weights",
+                       description="Build MODEL on the meta device (no weights, no memory), apply the recipe's "
+                       "PEFT method and print trainable parameters, total parameters and the percentage "
+                       "(the paper's Table 2 column).")
+    p.add_argument("model", help="a local model directory (its config.json), demo, or a preset: llama-7b, llama-13b")
+    add_recipe_args(p, "pretraining recipe, e.g. configs/llama-7b/pretrain_lora.yaml",
+                    "config overrides, e.g. peft.r=8")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object: trainable_params, total_params, percent")
+    p.set_defaults(handler=run_params)
+
+
+def run_params(args: argparse.Namespace, progress: bool) -> int:
+    from clinpeft.config import PretrainConfig, load_config
+
+    config = load_config(PretrainConfig, args.recipe, args.overrides)
+    from clinpeft.recipes import params  # transformers and peft, on the meta device
+
+    print_lines(params.summary(params.main(args.model, config), None, as_json=args.json))
+    return 0
+
+
+def add_finetune(sub) -> None:
+    p = sub.add_parser("finetune", help="step 2: downstream fine-tuning for a clinical task (Table 3)",
+                       description="Train a classifier (variant: head, lora, clinical_frozen, "
+                       "clinical_frozen+downstream, clinical_trainable, clinical_trainable+downstream, full; "
+                       "model.base may also be a BERT-family encoder, fine-tuned with variant full) on a task "
+                       "directory (train/val/test.csv with id,text,label + labels.txt); writes the model bundle, "
+                       "metrics.json and predictions.csv.")
+    add_workflow_args(p, "YAML recipe, e.g. configs/demo/finetune_lora.yaml")
+    p.set_defaults(handler=run_finetune)
+
+
+def run_finetune(args: argparse.Namespace, progress: bool) -> int:
+    from clinpeft.config import FinetuneConfig, load_config
+
+    config = load_config(FinetuneConfig, args.recipe, args.overrides)
+    from clinpeft.recipes import finetune
+
+    hf_progress_bars(progress)
+    result = finetune.main(config, args.out, overwrite=args.overwrite, progress=progress)
+    print_lines(finetune.summary(result, args.out))
+    return 0
+
+
+def add_experiment(sub) -> None:
+    p = sub.add_parser("experiment",
+                       help="the Table 3 grid: base models x variants x tasks (+ encoder baselines), resumable",
+                       description="Run every cell of a grid recipe into OUT/<model>/<variant>/<task>/ (each a "
+                       "finetune run directory), pretraining the clinical adapters it names first, then write "
+                       "OUT/report/table3.md/.csv. Rerunning the same command skips finished cells and retries "
+                       "failed ones (their errors: OUT/<model>/<variant>/<task>.failed.json, OUT/experiment.json).")
+    add_recipe_args(p, "grid recipe, e.g. configs/demo/table3.yaml",
+                    "grid overrides, e.g. data.tasks=[mor,pmv] 'finetune.overrides=[train.epochs=1]'")
+    p.add_argument("--out", required=True, help="experiment directory; an existing one is resumed")
+    add_quiet_arg(p)
+    p.set_defaults(handler=run_experiment)
+
+
+def run_experiment(args: argparse.Namespace, progress: bool) -> int:
+    """Exit 1 when a cell failed (listed on stderr; a rerun retries it)."""
+    from clinpeft.config import load_config
+    from clinpeft.recipes import experiment  # the grid's schema; torch comes with its first cell
+
+    grid = load_config(experiment.ExperimentConfig, args.recipe, args.overrides)
+    hf_progress_bars(progress)
+    state = experiment.main(grid, args.out, args.recipe, progress=progress)
+    print_lines(experiment.summary(state, args.out))
+    failures = experiment.failures(state, args.out)
+    print_lines(failures, file=sys.stderr)
+    return 1 if failures else 0
+
+
+def add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="re-score a saved fine-tuning run on a CSV of labelled notes",
+                       description="Rebuild a fine-tuned classifier from its run directory and score a CSV "
+                       "(id,text,label).")
+    p.add_argument("run", help="a `clinpeft finetune` run directory")
+    p.add_argument("--data", required=True, help="CSV with id,text,label (labels from the run's labels.txt)")
+    p.add_argument("--base", help="base model path, if it moved since training")
+    p.add_argument("--batch-size", type=int, default=16)
+    add_out_args(p)
+    p.set_defaults(handler=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace, progress: bool) -> int:
+    from clinpeft.recipes import evaluate
+
+    hf_progress_bars(progress)
+    result = evaluate.main(args.run, args.data, args.out, base=args.base, batch_size=args.batch_size,
+                           overwrite=args.overwrite, progress=progress)
+    print_lines(evaluate.summary(result, args.out))
+    return 0
+
+
+def add_report(sub) -> None:
+    p = sub.add_parser("report", help="paper-style Table 2 / Table 3 from run directories",
+                       description="Collect every run under the given directories and write table2.md/.csv "
+                       "(pretraining) and table3.md/.csv (fine-tuning).")
+    p.add_argument("runs", nargs="+", help="run directories, or folders above them")
+    p.add_argument("--out", required=True, help="report directory")
+    p.add_argument("--compare", metavar="ROW",
+                   help="add the paired bootstrap p-value of every Table 3 cell against this row "
+                        "(its name as printed, or a unique part of it)")
+    p.add_argument("--bootstrap-resamples", type=int, default=1000, metavar="N",
+                   help="resamples of the test notes for the 95%% intervals and p-values (default 1000; 0: none)")
+    p.add_argument("--bootstrap-seed", type=int, default=0, metavar="SEED", help="seed of the resampling (default 0)")
+    add_quiet_arg(p)
+    p.set_defaults(handler=run_report)
+
+
+def run_report(args: argparse.Namespace, progress: bool) -> int:
+    from clinpeft.recipes import report
+
+    written = report.main(args.runs, args.out, compare=args.compare, n_resamples=args.bootstrap_resamples,
+                          seed=args.bootstrap_seed, progress=progress)
+    print_lines(report.summary(written, args.out))
+    return 0
+
+
+def add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="Bayesian hyperparameter search (Optuna) over a pretrain or finetune recipe",
+                       description="Tune a recipe over the paper's search spaces (A.2/B.2; narrowed or replaced by "
+                       "the recipe's search: section) with Optuna: pretrain minimises validation perplexity, "
+                       "finetune maximises validation AUROC (macro over sweep.tasks). Each trial is a run directory "
+                       "under --out; writes best.yaml, trials.csv, history.png, importances.png, sweep.md. "
+                       "Rerunning the same command resumes the study up to --trials.")
+    add_recipe_args(p, "YAML recipe with optional search: and sweep: sections, e.g. configs/demo/sweep_lora.yaml",
+                    "config overrides, and search.KEY=[a,b] / sweep.KEY=VALUE for the sweep itself")
+    p.add_argument("--out", required=True, help="sweep directory (created, or resumed when it holds this sweep)")
+    p.add_argument("--trials", type=int, default=20,
+                   help="trials in the study in total, resumed ones included (complete, pruned or failed; trials "
+                   "of killed workers are retried, not counted); default 20, the paper's")
+    p.add_argument("--sampler", choices=["gp", "tpe", "random"], default="gp",
+                   help="gp: Gaussian-process Bayesian optimisation (the paper's; default), tpe, random")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed")
+    p.add_argument("--storage", help="Optuna storage URL shared by several machines, e.g. "
+                   "postgresql://user:pw@host/db (default: the journal file DIR/study.journal)")
+    p.add_argument("--study", help="study name (default: the --out directory's name); the same on every machine")
+    p.add_argument("--workers", type=int, default=1,
+                   help="local worker processes on the same study (one GPU each when there are GPUs)")
+    p.add_argument("--pruner", choices=["none", "median"], default="none",
+                   help="finetune only: stop a trial whose per-epoch val AUROC is below the median of earlier trials")
+    p.add_argument("--overwrite", action="store_true", help="delete --out (and the study) and start over")
+    add_quiet_arg(p)
+    p.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set in the processes --workers starts
+    p.set_defaults(handler=run_sweep)
+
+
+def run_sweep(args: argparse.Namespace, progress: bool) -> int:
+    """The worker processes that --workers starts (args.worker set) print nothing: their parent sums up."""
+    from clinpeft.recipes import sweep
+
+    hf_progress_bars(progress)
+    result = sweep.main(args.recipe, args.overrides, out=args.out, trials=args.trials, sampler=args.sampler,
+                        seed=args.seed, storage=args.storage, study_name=args.study, workers=args.workers,
+                        pruner=args.pruner, overwrite=args.overwrite, progress=progress, worker=args.worker)
+    if args.worker is None:
+        print_lines(sweep.summary(result, args.out))
+    return 0
+
+
+def add_recipes(sub) -> None:
+    p = sub.add_parser("recipes", help="list the recipes shipped with clinpeft (usable from any directory)",
+                       description="List the bundled recipes, one per line: the path to give pretrain, finetune, "
+                       "params, sweep or experiment (looked up in the installed package when no such local file "
+                       "exists), and what the recipe is for.")
+    p.set_defaults(handler=run_recipes)
+
+
+def run_recipes(args: argparse.Namespace, progress: bool) -> int:
+    from clinpeft.recipes import bundled
+
+    print_lines(bundled.summary(bundled.main()))
+    return 0
+
+
+def add_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="build the pretraining corpus or the task datasets from raw MIMIC files",
+                       description="Turn raw clinical tables into what `pretrain` and `finetune` read.")
+    builders = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    for name in PREPARE_MODULES:
+        importlib.import_module(name).add_parser(builders)
+    p.set_defaults(handler=run_prepare)
+
+
+def run_prepare(args: argparse.Namespace, progress: bool) -> int:
+    args.run(args, progress)  # set by the DATASET builder's add_parser
+    return 0
+
+
+COMMANDS = (add_demo, add_pretrain, add_params, add_finetune, add_experiment, add_evaluate, add_report, add_sweep,
+            add_recipes, add_prepare)  # in the order `clinpeft --help` lists them
+
+
+# --------------------------------------------------------------------------- entry point
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,199 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"clinpeft {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("demo", help="run the whole two-step framework on a tiny model and synthetic notes",
-                       description="Build (or reuse) the tiny demo base model and synthetic MIMIC-style data, "
-                       "pretrain a clinical LoRA, fine-tune five tasks with three variants, and print "
-                       "Table 2 and Table 3. Synthetic numbers prove the pipeline, not clinical results.")
-    p.add_argument("--out", required=True, help="demo directory (data/, pretrain/, finetune/, report/); rerunning reuses finished runs")
-    p.add_argument("--quick", action="store_true", help="smaller data and fewer steps (about 2 minutes on a laptop CPU)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and of training")
-    p.add_argument("--methods", default="lora", metavar="M[,M...]|all",
-                   help="pretraining methods for Table 2 (lora, prefix_tuning, prompt_tuning, p_tuning, "
-                   "adaption_prompt, full, or all; default lora); fine-tuning always uses the clinical LoRA")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-    p = sub.add_parser("pretrain", help="step 1: domain-adaptive pretraining of a clinical adapter (Table 2)",
-                       description="Train a PEFT adapter on clinical notes on top of a local causal LM; "
-                       "writes adapter/, config.yaml and run.json (parameters, perplexities, time).")
-    add_workflow_args(p, "YAML recipe, e.g. configs/demo/pretrain_lora.yaml")
-
-    p = sub.add_parser("params", help="trainable / total parameters of a pretraining recipe, without loading weights",
-                       description="Build MODEL on the meta device (no weights, no memory), apply the recipe's "
-                       "PEFT method and print trainable parameters, total parameters and the percentage "
-                       "(the paper's Table 2 column).")
-    p.add_argument("model", help="a local model directory (its config.json), demo, or a preset: llama-7b, llama-13b")
-    p.add_argument("recipe", help="pretraining recipe, e.g. configs/llama-7b/pretrain_lora.yaml")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. peft.r=8")
-    p.add_argument("--json", action="store_true", help="print one JSON object: trainable_params, total_params, percent")
-
-    p = sub.add_parser("finetune", help="step 2: downstream fine-tuning for a clinical task (Table 3)",
-                       description="Train a classifier (variant: head, lora, clinical_frozen, clinical_frozen+downstream, "
-                       "clinical_trainable, clinical_trainable+downstream, full; model.base may also be a BERT-family "
-                       "encoder, fine-tuned with variant full) on a task directory "
-                       "(train/val/test.csv with id,text,label + labels.txt); writes the model bundle, "
-                       "metrics.json and predictions.csv.")
-    add_workflow_args(p, "YAML recipe, e.g. configs/demo/finetune_lora.yaml")
-
-    p = sub.add_parser("experiment", help="the Table 3 grid: base models x variants x tasks (+ encoder baselines), resumable",
-                       description="Run every cell of a grid recipe into OUT/<model>/<variant>/<task>/ (each a "
-                       "finetune run directory), pretraining the clinical adapters it names first, then write "
-                       "OUT/report/table3.md/.csv. Rerunning the same command skips finished cells and retries "
-                       "failed ones (their errors: OUT/<model>/<variant>/<task>.failed.json, OUT/experiment.json).")
-    p.add_argument("recipe", help="grid recipe, e.g. configs/demo/table3.yaml")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="grid overrides, e.g. data.tasks=[mor,pmv] 'finetune.overrides=[train.epochs=1]'")
-    p.add_argument("--out", required=True, help="experiment directory; an existing one is resumed")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-    p = sub.add_parser("evaluate", help="re-score a saved fine-tuning run on a CSV of labelled notes",
-                       description="Rebuild a fine-tuned classifier from its run directory and score a CSV (id,text,label).")
-    p.add_argument("run", help="a `clinpeft finetune` run directory")
-    p.add_argument("--data", required=True, help="CSV with id,text,label (labels from the run's labels.txt)")
-    p.add_argument("--base", help="base model path, if it moved since training")
-    p.add_argument("--batch-size", type=int, default=16)
-    add_out_args(p)
-
-    p = sub.add_parser("report", help="paper-style Table 2 / Table 3 from run directories",
-                       description="Collect every run under the given directories and write table2.md/.csv "
-                       "(pretraining) and table3.md/.csv (fine-tuning).")
-    p.add_argument("runs", nargs="+", help="run directories, or folders above them")
-    p.add_argument("--out", required=True, help="report directory")
-    p.add_argument("--compare", metavar="ROW",
-                   help="add the paired bootstrap p-value of every Table 3 cell against this row "
-                        "(its name as printed, or a unique part of it)")
-    p.add_argument("--bootstrap-resamples", type=int, default=1000, metavar="N",
-                   help="resamples of the test notes for the 95%% intervals and p-values (default 1000; 0: none)")
-    p.add_argument("--bootstrap-seed", type=int, default=0, metavar="SEED", help="seed of the resampling (default 0)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-    p = sub.add_parser("sweep", help="Bayesian hyperparameter search (Optuna) over a pretrain or finetune recipe",
-                       description="Tune a recipe over the paper's search spaces (A.2/B.2; narrowed or replaced by "
-                       "the recipe's search: section) with Optuna: pretrain minimises validation perplexity, "
-                       "finetune maximises validation AUROC (macro over sweep.tasks). Each trial is a run directory "
-                       "under --out; writes best.yaml, trials.csv, history.png, importances.png, sweep.md. "
-                       "Rerunning the same command resumes the study up to --trials.")
-    p.add_argument("recipe", help="YAML recipe with optional search: and sweep: sections, e.g. configs/demo/sweep_lora.yaml")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config overrides, and search.KEY=[a,b] / sweep.KEY=VALUE for the sweep itself")
-    p.add_argument("--out", required=True, help="sweep directory (created, or resumed when it holds this sweep)")
-    p.add_argument("--trials", type=int, default=20, help="trials in the study in total, resumed ones included "
-                   "(complete, pruned or failed; trials of killed workers are retried, not counted); default 20, the paper's")
-    p.add_argument("--sampler", choices=["gp", "tpe", "random"], default="gp",
-                   help="gp: Gaussian-process Bayesian optimisation (the paper's; default), tpe, random")
-    p.add_argument("--seed", type=int, default=0, help="sampler seed")
-    p.add_argument("--storage", help="Optuna storage URL shared by several machines, e.g. postgresql://user:pw@host/db "
-                   "(default: the journal file DIR/study.journal)")
-    p.add_argument("--study", help="study name (default: the --out directory's name); the same on every machine")
-    p.add_argument("--workers", type=int, default=1, help="local worker processes on the same study (one GPU each when there are GPUs)")
-    p.add_argument("--pruner", choices=["none", "median"], default="none",
-                   help="finetune only: stop a trial whose per-epoch val AUROC is below the median of earlier trials")
-    p.add_argument("--overwrite", action="store_true", help="delete --out (and the study) and start over")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set in the processes --workers starts
-
-    p = sub.add_parser("prepare", help="build the pretraining corpus or the task datasets from raw MIMIC files",
-                       description="Turn raw clinical tables into what `pretrain` and `finetune` read.")
-    builders = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
-    for name in PREPARE_MODULES:
-        importlib.import_module(name).add_parser(builders)
+    for add_command in COMMANDS:
+        add_command(sub)
     return parser
-
-
-# `clinpeft prepare DATASET`: each builder module registers its own subcommand with
-# add_parser(subparsers), which sets `run=<function(args, progress) -> None>` as a default.
-PREPARE_MODULES: tuple[str, ...] = ("clinpeft.prepare.notes", "clinpeft.prepare.mimic3", "clinpeft.prepare.pmv")
-
-
-def run_command(args: argparse.Namespace) -> int:
-    from clinpeft.training.common import set_progress_bars
-
-    progress = not getattr(args, "quiet", False)
-    set_progress_bars(progress)
-    if args.command == "pretrain":
-        from clinpeft.config import PretrainConfig, load_config
-        from clinpeft.recipes import pretrain
-
-        config = load_config(PretrainConfig, args.recipe, args.overrides)
-        result = pretrain.main(config, args.out, args.overwrite, progress)
-        print(f"{args.out}: {result['trainable_params']:,} trainable params ({result['trainable_percent']:.4f}%), "
-              f"train ppl {result['train_ppl']:.3f}, test ppl {result['test_ppl']:.3f}"
-              + (f" (base model {result['base_test_ppl']:.3f})" if result.get("base_test_ppl") else "")
-              + (f", val ppl {result['val_ppl']:.3f}" if result.get("val_ppl") is not None else ""))
-    elif args.command == "params":
-        import json
-
-        from clinpeft.config import PretrainConfig, load_config
-        from clinpeft.recipes import params
-        from clinpeft.reporting.tables import format_params, format_percent
-
-        config = load_config(PretrainConfig, args.recipe, args.overrides)
-        counts = params.count(args.model, config)
-        if args.json:
-            print(json.dumps(counts))
-        else:
-            trainable, total = counts["trainable_params"], counts["total_params"]
-            print(f"{args.model} + {config.peft.method}: trainable params: {trainable:,} ({format_params(trainable)}) "
-                  f"|| total params: {total:,} ({format_params(total)}) || trainable: {format_percent(counts['percent'])}")
-    elif args.command == "finetune":
-        from clinpeft.config import FinetuneConfig, load_config
-        from clinpeft.recipes import finetune
-
-        config = load_config(FinetuneConfig, args.recipe, args.overrides)
-        result = finetune.main(config, args.out, args.overwrite, progress)
-        print(f"{args.out}: {result['task']} {result['variant']}: val AUROC {result['val']['auroc']:.4f}, "
-              f"test AUROC {result['test']['auroc']:.4f}")
-    elif args.command == "experiment":
-        from clinpeft.config import load_config
-        from clinpeft.recipes import experiment
-
-        grid = load_config(experiment.ExperimentConfig, args.recipe, args.overrides)
-        state = experiment.main(grid, args.out, args.recipe, progress)
-        if "report" in state:
-            print("\n" + open(state["report"]["table3.md"]).read())
-        print(f"{args.out}: {state['n_ran']} cells run, {state['n_done_earlier']} done earlier, {state['n_failed']} failed "
-              f"({state['wall_time_s'] / 60:.1f} min)")
-        if state["n_failed"]:
-            print(f"failed cells (errors in {args.out}/experiment.json); rerun the same command to retry them:",
-                  file=sys.stderr)
-            for record in state["cells"]:
-                if record["status"] == "failed":
-                    print(f"  {record['cell']}: {record['error']}", file=sys.stderr)
-            return 1
-    elif args.command == "evaluate":
-        from clinpeft.recipes import evaluate
-
-        result = evaluate.main(args.run, args.data, args.out, args.base, args.batch_size, args.overwrite, progress)
-        print(f"{args.out}: {result['task']} AUROC {result['eval']['auroc']:.4f} on {result['eval']['n_examples']} notes")
-    elif args.command == "report":
-        from clinpeft.reporting.tables import write_report
-
-        if args.bootstrap_resamples < 0:
-            raise ClinpeftError(f"--bootstrap-resamples {args.bootstrap_resamples}: use 0 (no intervals) or more, e.g. 1000")
-        written = write_report(args.runs, args.out, compare=args.compare, n_resamples=args.bootstrap_resamples,
-                               seed=args.bootstrap_seed, progress=progress)
-        for path in written.values():
-            if path.name.startswith("table") and path.suffix == ".md":  # labels_<task>.md: files only
-                print(open(path).read())
-    elif args.command == "prepare":
-        args.run(args, progress)
-    elif args.command == "sweep":
-        from clinpeft.recipes import sweep
-
-        result = sweep.main(args.recipe, args.overrides, args.out, args.trials, args.sampler, args.seed, args.storage,
-                            args.study, args.workers, args.pruner, args.overwrite, progress, args.worker)
-        if args.worker is None:
-            if result["best_trial"] is None:
-                raise ClinpeftError(f"{args.out}: no trial completed; see the error column of {args.out}/trials.csv")
-            print(f"{args.out}: best trial {result['best_trial']}: {result['best_value']:.4f} with "
-                  + " ".join(f"{k}={v}" for k, v in result["best_params"].items())
-                  + f"; {result['n_complete']} trials completed; best recipe: {args.out}/best.yaml")
-    elif args.command == "demo":
-        from clinpeft.recipes import demo
-
-        demo.main(args.out, quick=args.quick, seed=args.seed, progress=progress, methods=demo.parse_methods(args.methods))
-    return 0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -281,6 +375,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """The command's exit code: 0, or 1 when part of it failed (experiment cells)."""
+    return args.handler(args, not getattr(args, "quiet", False))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,8 @@ class Section(BaseModel):
 
 
 class ModelSection(Section):
-    base: str = "demo"  # local directory of a HF causal LM or BERT-family encoder (config.json + safetensors), "demo" or "demo-bert"
+    # local directory of a HF causal LM or BERT-family encoder (config.json + safetensors), "demo" or "demo-bert"
+    base: str = "demo"
     name: str | None = None  # display name in the reports (Table 3 row); default: the base model's directory name
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPUs with bf16, else fp32
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"  # packing keeps notes apart with these two
@@ -189,7 +190,7 @@ class DownstreamLoraSection(LoraSection):
 
 class ClassifierEvalSection(Section):
     batch_size: int = Field(16, ge=1)
-    # 95% percentile bootstrap interval of every AUROC (clinpeft/statistics.py): resamples of the
+    # 95% percentile bootstrap interval of every AUROC (clinpeft/evaluation/bootstrap.py): resamples of the
     # test notes (0 = no interval) and the seed that makes it reproducible
     bootstrap_resamples: int = Field(1000, ge=0)
     bootstrap_seed: int = 0
@@ -261,13 +262,38 @@ def _format_validation_error(exc: ValidationError, where: str) -> str:
     return f"{where}: invalid config: " + "; ".join(problems)
 
 
+# The recipes shipped with the package (`clinpeft recipes` lists them): a recipe path such as
+# configs/demo/pretrain_lora.yaml or demo/pretrain_lora.yaml is found here when it is not a local file.
+BUNDLED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def recipe_candidates(path: str | Path, beside: Path | None = None) -> list[Path]:
+    """Where a recipe path may point, in the order tried: the folder `beside` (a grid recipe's
+    folder), the path as given (relative to the working directory), the bundled configs/."""
+    path = Path(path).expanduser()
+    if path.is_absolute():
+        return [path]
+    inside = Path(*path.parts[1:]) if path.parts[:1] == ("configs",) and len(path.parts) > 1 else path
+    candidates = [beside / path] if beside is not None else []
+    return list(dict.fromkeys([*candidates, path, BUNDLED_CONFIGS / inside]))
+
+
+def find_recipe(path: str | Path, beside: Path | None = None) -> Path:
+    """The first of recipe_candidates that is a file, or an error naming every place tried."""
+    candidates = recipe_candidates(path, beside)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    tried = ", ".join(str(c) for c in candidates)
+    raise ClinpeftError(f"recipe {path} not found (tried {tried}); "
+                        "`clinpeft recipes` lists the bundled recipes, e.g. configs/demo/pretrain_lora.yaml")
+
+
 def read_recipe(path: str | Path | None) -> dict:
-    """The YAML recipe as a dict ({} when no recipe is given)."""
+    """The YAML recipe as a dict ({} when no recipe is given); see find_recipe for where it is looked up."""
     if path is None:
         return {}
-    path = Path(path)
-    if not path.is_file():
-        raise ClinpeftError(f"recipe {path} not found; pass a YAML file such as configs/demo/pretrain_lora.yaml")
+    path = find_recipe(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:

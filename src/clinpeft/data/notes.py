@@ -145,17 +145,20 @@ def load_corpus(section: CorpusSection, cache_dir: Path):
     if prepared and len(prepared) != len(section.paths):
         raw = [p for p in section.paths if p not in prepared]
         raise ClinpeftError(f"data.paths mixes prepared corpora ({', '.join(prepared)}) with raw files "
-                            f"({', '.join(raw)}); prepare the raw files with `clinpeft prepare notes` too, or list only raw files")
+                            f"({', '.join(raw)}); prepare the raw files with `clinpeft prepare notes` too, "
+                            "or list only raw files")
     train, test, info = (_load_prepared if prepared else _load_raw)(section, cache_dir)
     if section.val_fraction > 0:
         fraction, seed = section.val_fraction, section.split_seed
         train = train.map(lambda b: {"_val": [in_val_split(k, fraction, seed) for k in b["_key"]]}, batched=True,
                           **cache_file(cache_dir, "val-draw"))
-        val = train.filter(lambda b: b["_val"], batched=True, **cache_file(cache_dir, "val")).remove_columns(["_val", "_key"])
+        val = train.filter(lambda b: b["_val"], batched=True,
+                           **cache_file(cache_dir, "val")).remove_columns(["_val", "_key"])
         train = train.filter(lambda b: [not v for v in b["_val"]], batched=True,
                              **cache_file(cache_dir, "train-without-val")).remove_columns("_val")
         if len(val) == 0 or len(train) == 0:
-            raise ClinpeftError(f"data: {len(train) + len(val)} train notes give an empty {'val' if len(val) == 0 else 'train'} "
+            raise ClinpeftError(f"data: {len(train) + len(val)} train notes "
+                                f"give an empty {'val' if len(val) == 0 else 'train'} "
                                 f"split at data.val_fraction={fraction}; add notes or change the fraction")
     train = train.remove_columns("_key")
     splits = DatasetDict(train=train, test=test)
@@ -245,7 +248,8 @@ def _load_prepared(section: CorpusSection, cache_dir: Path):
             for shard in manifest["splits"][name]["shards"]:
                 path = root / shard
                 if not path.is_file():
-                    raise ClinpeftError(f"{root}: shard {shard} of manifest.json is missing; run `clinpeft prepare notes` again")
+                    raise ClinpeftError(f"{root}: shard {shard} of manifest.json is missing; "
+                                        "run `clinpeft prepare notes` again")
                 shards.append(Dataset.from_file(str(path)))
         ds = concatenate_datasets(shards) if len(shards) > 1 else shards[0]
         if section.max_documents:
@@ -257,7 +261,8 @@ def _load_prepared(section: CorpusSection, cache_dir: Path):
         raise ClinpeftError(f"data.paths: prepared corpora {', '.join(map(str, manifests))} have an empty "
                             f"{'test' if len(test) == 0 else 'train'} split; prepare them with another --test-fraction")
     train = train.map(lambda b: {"_key": [str(k) for k in b[key_column]]}, batched=True,
-                      remove_columns=[c for c in train.column_names if c != "text"], **cache_file(cache_dir, "train-keys"))
+                      remove_columns=[c for c in train.column_names if c != "text"],
+                      **cache_file(cache_dir, "train-keys"))
     test = test.select_columns(["text"])
     info = {
         "files": [str(p) for p in manifests],

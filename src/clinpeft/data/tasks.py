@@ -135,8 +135,8 @@ def validate_split(frame: pd.DataFrame, path: Path, kind: str, vocabulary: set[s
     if duplicated.any():
         i = int(duplicated.to_numpy().argmax())
         first = int((frame["id"] == frame["id"].iloc[i]).to_numpy().argmax())
-        raise ClinpeftError(f"{path} row {i + 2}: id {frame['id'].iloc[i]!r} appears more than once (first at row {first + 2}); "
-                            "ids must be unique")
+        raise ClinpeftError(f"{path} row {i + 2}: id {frame['id'].iloc[i]!r} appears more than once "
+                            f"(first at row {first + 2}); ids must be unique")
 
 
 def check_no_leakage(frames: dict[str, pd.DataFrame], task_dir: Path) -> None:
@@ -163,11 +163,13 @@ def check_no_leakage(frames: dict[str, pd.DataFrame], task_dir: Path) -> None:
             first_seen.setdefault(key, (split, i + 2))
 
 
-def load_task(path: str | Path, name: str | None = None, kind: str = "auto", max_examples: int | None = None) -> TaskData:
+def load_task(path: str | Path, name: str | None = None, kind: str = "auto",
+              max_examples: int | None = None) -> TaskData:
     """Read and validate a task directory; raise ClinpeftError on the first problem found."""
     task_dir = Path(path)
     if not task_dir.is_dir():
-        raise ClinpeftError(f"task.path {task_dir} is not a directory; give a folder with train/val/test.csv and labels.txt")
+        raise ClinpeftError(f"task.path {task_dir} is not a directory; "
+                            "give a folder with train/val/test.csv and labels.txt")
     frames = {split: read_split_csv(task_dir / f"{split}.csv") for split in SPLITS}
     labels = read_labels(task_dir / "labels.txt")
     if kind == "auto":
@@ -182,18 +184,3 @@ def load_task(path: str | Path, name: str | None = None, kind: str = "auto", max
         frames = {split: frame.head(max_examples) for split, frame in frames.items()}
     frames = {split: frame.reset_index(drop=True) for split, frame in frames.items()}
     return TaskData(name=name or task_dir.name, kind=kind, labels=labels, splits=frames)
-
-
-def read_notes_csv(path: str | Path, text_column: str = "text", id_column: str = "id") -> pd.DataFrame:
-    """Notes to score (evaluate / predict): an id and a text column; a label column if present."""
-    path = Path(path)
-    if not path.is_file():
-        raise ClinpeftError(f"{path} not found")
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    for column in (id_column, text_column):
-        if column not in frame.columns:
-            raise ClinpeftError(f"{path}: missing column {column!r}; found {', '.join(frame.columns)}")
-    for i, text in enumerate(frame[text_column]):
-        if not text.strip():
-            raise ClinpeftError(f"{path} row {i + 2}: empty text; remove the row or fill it in")
-    return frame

@@ -29,13 +29,13 @@ import sys
 import time
 from pathlib import Path
 
-from clinpeft.errors import ClinpeftError
 from clinpeft.demo.llama import (
-    _transformers_progress_bars,
     build_into_place,
     clinpeft_home,
     general_english_documents,
+    transformers_progress_bars,
 )
+from clinpeft.errors import ClinpeftError
 
 DEMO_BERT_VERSION = "v1"  # bump when the recipe changes, so caches rebuild
 DEMO_BERT = "demo-bert"  # the `model.base` value that names this model
@@ -157,7 +157,7 @@ def _build(out_dir: Path, seed: int, progress: bool) -> dict:
         losses.append(loss.item())
 
     accuracy = _mlm_accuracy(model, collator, heldout)
-    with _transformers_progress_bars(progress):
+    with transformers_progress_bars(progress):
         model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     recipe = {

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Callable
 from clinpeft.errors import ClinpeftError
 
 if TYPE_CHECKING:  # heavy imports are deferred to the functions that need them
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, PreTrainedTokenizerFast
 
 logger = logging.getLogger(__name__)
 
@@ -358,7 +358,7 @@ def _train(model, blocks, *, seed: int, steps: int, progress: bool) -> list[floa
 
 
 @contextlib.contextmanager
-def _transformers_progress_bars(enabled: bool):
+def transformers_progress_bars(enabled: bool):
     """Turn transformers' own tqdm bars (e.g. "Writing model shards") off while `enabled` is False."""
     from transformers.utils import logging as hf_logging
 
@@ -396,7 +396,7 @@ def _build(out_dir: Path, *, seed: int, progress: bool) -> dict:
     general_ppl = _perplexity(model, tokenizer, heldout_docs)
     clinical_ppl = _perplexity(model, tokenizer, list(_CLINICAL_PROBE))
 
-    with _transformers_progress_bars(progress):
+    with transformers_progress_bars(progress):
         model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     t_end = time.perf_counter()

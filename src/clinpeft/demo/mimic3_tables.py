@@ -11,7 +11,7 @@ column names, dates in MIMIC's shifted years, `[** **]` de-identification marks,
 * **bulk** admissions drawn from the latent patient model of `clinpeft.demo.synthetic` (their
   conditions decide codes, death and length of stay; the notes are written from them), so every
   split holds patients with several admissions, deaths and all four LOS classes;
-* **scenario** admissions (`SCENARIOS`), each built to trip exactly one rule of DESIGN.md 5: a
+* **scenario** admissions (`SCENARIOS`), each built to trip exactly one rule of `clinpeft.prepare.mimic3`: a
   newborn, an admission without a "Report", a report with its addendum filed first, sections in
   shuffled order and odd case, missing or only irrelevant sections, a section that must end only at
   a blank line followed by a new "Heading:", explicit death mentions, LOS exactly on 3, 7 and 14
@@ -58,7 +58,8 @@ class ExpectedAdmission:
 
     hadm_id: int
     subject_id: int
-    excluded: str | None = None  # why it is not in any task: newborn, no_discharge_summary, no_report, no_admission_sections
+    # why it is not in any task: newborn, no_discharge_summary, no_report, no_admission_sections
+    excluded: str | None = None
     sections: tuple[str, ...] = ("",) * 8  # the 8 bodies, flattened, in definitions.ADMISSION_SECTIONS order
     died: bool = False
     los_class: int | None = None  # None: died (out of the LOS task)
@@ -90,12 +91,14 @@ class Mimic3Truth:
         split_names = syn.patient_split(len(subjects), seed)
         split_of = dict(zip(subjects, split_names))
         rows = {h: (a.pmv, split_of[a.subject_id]) for h, a in sorted(ventilated.items())}
-        frame = pd.DataFrame([(h, label, split) for h, (label, split) in rows.items()], columns=["hadm_id", "label", "split"])
+        frame = pd.DataFrame([(h, label, split) for h, (label, split) in rows.items()],
+                             columns=["hadm_id", "label", "split"])
         syn.write_csv(frame, Path(path))
         return rows
 
     def expected(self, task: str) -> dict[int, tuple[int, str | None, str]]:
-        """{hadm_id: (subject_id, text or None, label)} of a task; text None for MOR (death mentions removed: check separately)."""
+        """{hadm_id: (subject_id, text or None, label)} of a task; text None for MOR (death mentions
+        removed: check separately)."""
         out = {}
         for hadm, a in self.cohort().items():
             if task == "mor":
@@ -119,8 +122,9 @@ class _Tables:
     def admission(self, subject: int, hadm: int, admit: datetime, los_days: float, died: bool = False,
                   admission_type: str = "EMERGENCY", dx: tuple[str, ...] = (), procs: tuple[str, ...] = ()) -> datetime:
         disch = admit + timedelta(days=los_days)
-        self.admissions.append((len(self.admissions) + 1, subject, hadm, _ts(admit), _ts(disch), _ts(disch) if died else "",
-                                admission_type, "EMERGENCY ROOM ADMIT", "DEAD/EXPIRED" if died else "HOME", "Medicare", int(died)))
+        self.admissions.append((len(self.admissions) + 1, subject, hadm, _ts(admit), _ts(disch),
+                                _ts(disch) if died else "", admission_type, "EMERGENCY ROOM ADMIT",
+                                "DEAD/EXPIRED" if died else "HOME", "Medicare", int(died)))
         for table, codes in ((self.diagnoses, dx), (self.procedures, procs)):
             for seq, code in enumerate(codes, 1):
                 table.append((len(table) + 1, subject, hadm, seq, code))
@@ -157,8 +161,8 @@ def _flat(body: str) -> str:
     return body.replace("\n", " ").strip()
 
 
-def discharge_summary(bodies: dict[str, str], headings: dict[str, str] | None = None, order: tuple[str, ...] | None = None,
-                      sex: str = "M", service: str = "MEDICINE") -> str:
+def discharge_summary(bodies: dict[str, str], headings: dict[str, str] | None = None,
+                      order: tuple[str, ...] | None = None, sex: str = "M", service: str = "MEDICINE") -> str:
     """A MIMIC-III-shaped discharge summary holding the given section bodies (keys: NOTE_HEADINGS).
 
     Irrelevant sections (service, procedures, hospital course, discharge medications, ...) sit
@@ -182,8 +186,9 @@ def discharge_summary(bodies: dict[str, str], headings: dict[str, str] | None = 
 def _bodies(rng, adm) -> dict[str, str]:
     """The 8 section bodies of a bulk admission, from synthetic.py's note writers; no blank lines inside."""
     documented = syn.as_documented(rng, adm)
-    writers = (syn.section_chief_complaint, syn.section_present_illness, syn.section_medical_history, syn.section_medications,
-               lambda r, a: syn.section_allergies(r), syn.section_physical_exam, lambda r, a: syn.section_family_history(r), syn.section_social_history)
+    writers = (syn.section_chief_complaint, syn.section_present_illness, syn.section_medical_history,
+               syn.section_medications, lambda r, a: syn.section_allergies(r), syn.section_physical_exam,
+               lambda r, a: syn.section_family_history(r), syn.section_social_history)
     return {h: w(rng, documented).replace("___", _DEID).replace("\n\n", "\n") for h, w in zip(NOTE_HEADINGS, writers)}
 
 
@@ -220,8 +225,8 @@ SCENARIOS = {
     "newborn": "ADMISSION_TYPE NEWBORN: excluded although its note is complete",
     "only_nursing_note": "no discharge summary, only a Nursing note with all sections: excluded",
     "physician_note_too": "a discharge summary plus a Physician note whose words must not reach the output",
-    "addendum_first_in_file": "Report without social history + an Addendum (later date, earlier in the file) that has it: "
-                              "joined, Report first",
+    "addendum_first_in_file": "Report without social history + an Addendum (later date, earlier in the file) "
+                              "that has it: joined, Report first",
     "addendum_only": "discharge summary described 'Addendum' only, no 'Report': excluded",
     "empty_report_and_addendum": "an empty Report and a full Addendum: no non-empty Report, excluded",
     "empty_addendum": "a full Report and an empty Addendum: kept",
@@ -247,7 +252,8 @@ def _write_scenarios(tables: _Tables, truth: Mimic3Truth, start: datetime) -> No
     subject, hadm = _SCENARIO_SUBJECT_BASE, _SCENARIO_HADM_BASE
     t = start
 
-    def new(name: str, same_subject: bool = False, sections=None, **expected) -> tuple[int, int, dict[str, str]]:
+    def new(name: str, same_subject: bool = False, sections=None,
+            **expected) -> tuple[int, int, dict[str, str]]:
         """The next scenario admission and its own complete note bodies; sections: F -> expected flat sections."""
         nonlocal subject, hadm, t
         subject += 0 if same_subject else 1
@@ -256,12 +262,14 @@ def _write_scenarios(tables: _Tables, truth: Mimic3Truth, start: datetime) -> No
         plain = _plain(hadm)
         flat = tuple(_flat(plain[h]) for h in NOTE_HEADINGS)
         truth.scenarios[name if name not in truth.scenarios else f"{name}_{hadm}"] = hadm
-        truth.admissions[hadm] = ExpectedAdmission(hadm, subject, **{"sections": sections(flat) if sections else flat,
-                                                                     "los_class": 0, **expected})
+        truth.admissions[hadm] = ExpectedAdmission(hadm, subject,
+                                                   **{"sections": sections(flat) if sections else flat,
+                                                      "los_class": 0, **expected})
         return subject, hadm, plain
 
     def plain_stay(s, h, **kw):
-        return tables.admission(s, h, t, kw.pop("los", 2.0), dx=kw.pop("dx", ("4280",)), procs=kw.pop("procs", ("3893",)), **kw)
+        return tables.admission(s, h, t, kw.pop("los", 2.0), dx=kw.pop("dx", ("4280",)),
+                                procs=kw.pop("procs", ("3893",)), **kw)
 
     def expect_codes(h, dx=("428",), proc=("389",)):
         truth.admissions[h].diag, truth.admissions[h].proc = dx, proc
@@ -275,15 +283,16 @@ def _write_scenarios(tables: _Tables, truth: Mimic3Truth, start: datetime) -> No
     s, h, P = new("physician_note_too")
     end = plain_stay(s, h)
     expect_codes(h)
-    tables.note(s, h, end - timedelta(days=1), "Chief Complaint:\nphysicianmarker\n\nPlan:\nmore", category="Physician ",
-                description="Physician Resident Progress Note")
+    tables.note(s, h, end - timedelta(days=1), "Chief Complaint:\nphysicianmarker\n\nPlan:\nmore",
+                category="Physician ", description="Physician Resident Progress Note")
     tables.note(s, h, end, discharge_summary(P))
 
     s, h, P = new("addendum_first_in_file", sections=lambda F: F[:7] + ("Lives alone. Quit tobacco.",))
     end = plain_stay(s, h)
     expect_codes(h)
     report = {k: v for k, v in P.items() if k != "Social History"}
-    tables.note(s, h, end + timedelta(days=2), "Social History:\nLives alone.\nQuit tobacco.\n\nFollowup Instructions:\nPCP",
+    tables.note(s, h, end + timedelta(days=2),
+                "Social History:\nLives alone.\nQuit tobacco.\n\nFollowup Instructions:\nPCP",
                 description="Addendum")
     tables.note(s, h, end, discharge_summary(report))
 
@@ -326,10 +335,12 @@ def _write_scenarios(tables: _Tables, truth: Mimic3Truth, start: datetime) -> No
     s, h, P = new("death_mentions", died=True, los_class=None, sections=lambda F: (F[0], _flat(death_hpi)) + F[2:],
                death_phrases=("died", "deceased"))
     expect_codes(h)
-    tables.note(s, h, plain_stay(s, h, died=True), discharge_summary({**P, "History of Present Illness": death_hpi}))
+    tables.note(s, h, plain_stay(s, h, died=True),
+                discharge_summary({**P, "History of Present Illness": death_hpi}))
 
-    for name, days, cls in (("los_3d", 3, 0), ("los_3d1h", 3 + 1 / 24, 0), ("los_3d3h", 3 + 3 / 24, 1), ("los_7d", 7, 1),
-                            ("los_7d3h", 7 + 3 / 24, 2), ("los_14d", 14, 2), ("los_14d3h", 14 + 3 / 24, 3)):
+    for name, days, cls in (("los_3d", 3, 0), ("los_3d1h", 3 + 1 / 24, 0), ("los_3d3h", 3 + 3 / 24, 1),
+                            ("los_7d", 7, 1), ("los_7d3h", 7 + 3 / 24, 2), ("los_14d", 14, 2),
+                            ("los_14d3h", 14 + 3 / 24, 3)):
         s, h, P = new(name, los_class=cls)
         expect_codes(h)
         tables.note(s, h, plain_stay(s, h, los=days), discharge_summary(P))
@@ -371,7 +382,8 @@ def write_mimic3_tables(out_dir: str | Path, n_patients: int = 30, seed: int = 0
     for adm in syn.draw_cohort(cohort_rng, n_patients):
         subject, hadm = _BULK_SUBJECT_BASE + adm.patient, adm.hadm_id  # hadm ids 100000 + 10 * patient + k
         if adm.patient not in first_admit:
-            first_admit[adm.patient] = start + timedelta(days=int(rng.integers(0, 20 * 365)), minutes=int(rng.integers(0, 1440)))
+            first_admit[adm.patient] = start + timedelta(days=int(rng.integers(0, 20 * 365)),
+                                                         minutes=int(rng.integers(0, 1440)))
         admit = first_admit[adm.patient] + timedelta(days=400 * (hadm % 10))  # a later admission, a year or so on
         los_days = _away_from_edges(round(adm.los_days * 24 * 60) / (24 * 60))  # whole minutes, as MIMIC stores them
         disch = tables.admission(subject, hadm, admit, los_days, adm.died, dx=tuple(adm.dx), procs=tuple(adm.procs))
@@ -381,11 +393,13 @@ def write_mimic3_tables(out_dir: str | Path, n_patients: int = 30, seed: int = 0
         truth.admissions[hadm] = ExpectedAdmission(
             hadm, subject, excluded=None if kept else "no_admission_sections", sections=sections, died=adm.died,
             los_class=None if adm.died else definitions.los_class(los_days),
-            diag=tuple(syn.dedupe(definitions.cut_dx_code(c) for c in adm.dx)), proc=tuple(syn.dedupe(definitions.cut_proc_code(c) for c in adm.procs)),
+            diag=tuple(syn.dedupe(definitions.cut_dx_code(c) for c in adm.dx)),
+            proc=tuple(syn.dedupe(definitions.cut_proc_code(c) for c in adm.procs)),
             pmv=str(int(adm.vent_days > definitions.PMV_DAYS)) if adm.vent else None)
         tables.note(subject, hadm, disch, discharge_summary(bodies, sex=adm.sex, service=adm.reason.service))
         if rng.random() < 0.5:  # other note categories, which the builder must skip
-            tables.note(subject, hadm, admit + timedelta(days=1), f"CHEST (PORTABLE AP)\n\nIMPRESSION: {_DEID}", "Radiology", "CHEST (PORTABLE AP)")
+            tables.note(subject, hadm, admit + timedelta(days=1), f"CHEST (PORTABLE AP)\n\nIMPRESSION: {_DEID}",
+                        "Radiology", "CHEST (PORTABLE AP)")
         if rng.random() < 0.2:  # outpatient note without HADM_ID
             tables.note(subject, None, admit - timedelta(days=30), "ECG: sinus rhythm", "ECG", "Report")
     _write_scenarios(tables, truth, start + timedelta(days=25 * 365))

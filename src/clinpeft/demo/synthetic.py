@@ -137,7 +137,8 @@ _ACUTE: tuple[_Condition, ...] = (
                 "WBC 18.2 with bandemia", "started on vanc/zosyn in the ED"),
            exam=("Skin: warm and flushed", "HEENT: dry mucous membranes"),
            treat=("IV vancomycin and piperacillin-tazobactam", "broad spectrum abx and IVF"),
-           procs=(("3893", 0.45), ("0331", 0.06)), study=("cxr_port", "Low lung volumes without focal consolidation.", "No acute cardiopulmonary process."),
+           procs=(("3893", 0.45), ("0331", 0.06)),
+           study=("cxr_port", "Low lung volumes without focal consolidation.", "No acute cardiopulmonary process."),
            sev=0.7, mort=0.7, los=0.3, resp=0.35, febrile=True),
     _acute("pneumonia", ("486",), ("pneumonia", "PNA", "CAP", "multifocal pneumonia", "RLL pneumonia"), 1.3,
            complaints=("cough", "shortness of breath", "fever", "SOB"),
@@ -145,30 +146,37 @@ _ACUTE: tuple[_Condition, ...] = (
                 "started on ceftriaxone/azithromycin", "pleuritic chest pain with deep inspiration"),
            exam=("Lungs: crackles at R base", "Lungs: rhonchi bilaterally", "Lungs: decreased BS at L base"),
            meds=("Levofloxacin 750 mg PO Q24H x 4 days",), treat=("ceftriaxone and azithromycin", "levofloxacin"),
-           procs=(("3322", 0.08), ("3491", 0.08)), study=("cxr", "Focal consolidation in the right lower lobe.", "Right lower lobe pneumonia."),
+           procs=(("3322", 0.08), ("3491", 0.08)),
+           study=("cxr", "Focal consolidation in the right lower lobe.", "Right lower lobe pneumonia."),
            sev=0.2, mort=0.3, los=0.15, resp=0.8, febrile=True),
-    _acute("chf_exac", ("42823", "4280"), ("CHF exacerbation", "acute on chronic diastolic CHF", "decompensated heart failure", "acute systolic CHF"), 1.1,
-           complaints=("dyspnea on exertion", "leg swelling", "SOB", "weight gain"),
-           hpi=("3-pillow orthopnea and PND", "weight up 8 lbs over 2 weeks", "BNP 2450", "dietary indiscretion with salty food",
-                "received IV lasix 40 mg in the ED"),
-           exam=("Neck: JVP to angle of jaw", "Lungs: bibasilar crackles", "Ext: 2+ pitting edema to knees", "CV: S3 present"),
-           meds=("Furosemide 80 mg PO BID",), treat=("IV lasix diuresis", "a lasix gtt"), procs=(("8872", 0.5), ("3491", 0.1)),
-           study=("cxr", "Moderate pulmonary edema with small bilateral pleural effusions.", "Moderate pulmonary edema."),
+    _acute("chf_exac", ("42823", "4280"),
+           ("CHF exacerbation", "acute on chronic diastolic CHF", "decompensated heart failure", "acute systolic CHF"),
+           1.1, complaints=("dyspnea on exertion", "leg swelling", "SOB", "weight gain"),
+           hpi=("3-pillow orthopnea and PND", "weight up 8 lbs over 2 weeks", "BNP 2450",
+                "dietary indiscretion with salty food", "received IV lasix 40 mg in the ED"),
+           exam=("Neck: JVP to angle of jaw", "Lungs: bibasilar crackles", "Ext: 2+ pitting edema to knees",
+                 "CV: S3 present"),
+           meds=("Furosemide 80 mg PO BID",), treat=("IV lasix diuresis", "a lasix gtt"),
+           procs=(("8872", 0.5), ("3491", 0.1)),
+           study=("cxr", "Moderate pulmonary edema with small bilateral pleural effusions.",
+                  "Moderate pulmonary edema."),
            sev=0.2, mort=0.3, los=0.25, resp=0.35, needs="chf", service="CARDIOLOGY"),
     _acute("mi", ("41071", "41401"), ("NSTEMI", "STEMI", "ACS", "acute MI"), 1.0, age_slope=0.2,
            complaints=("chest pain", "chest pressure", "substernal chest pain"),
            hpi=("substernal chest pressure radiating to L arm", "troponin 1.8", "ST depressions in V4-V6",
                 "given ASA 325 and started on heparin gtt", "diaphoretic with exertion"),
            exam=("Skin: diaphoretic", "CV: RRR, soft systolic murmur"),
-           meds=("Clopidogrel 75 mg PO DAILY", "Atorvastatin 80 mg PO QPM"), treat=("heparin gtt and cardiac cath", "DES to the LAD"),
+           meds=("Clopidogrel 75 mg PO DAILY", "Atorvastatin 80 mg PO QPM"),
+           treat=("heparin gtt and cardiac cath", "DES to the LAD"),
            procs=(("3722", 0.6), ("8856", 0.6), ("0066", 0.45), ("3607", 0.4), ("0045", 0.35), ("8872", 0.4)),
            sev=0.1, mort=0.3, los=0.0, resp=0.1, service="CARDIOLOGY"),
     _acute("gib", ("5789", "2851"), ("GI bleed", "UGIB", "upper GI bleed", "LGIB", "GIB"), 0.9,
            complaints=("melena", "hematemesis", "BRBPR", "dark stools"),
-           hpi=("black tarry stools x2 days", "Hct 21 from baseline 34", "guaiac positive in the ED", "on aspirin and plavix",
-                "received 2 units pRBC in the ED"),
+           hpi=("black tarry stools x2 days", "Hct 21 from baseline 34", "guaiac positive in the ED",
+                "on aspirin and plavix", "received 2 units pRBC in the ED"),
            exam=("Rectal: melena on rectal exam", "HEENT: pale conjunctivae", "Rectal: guaiac positive brown stool"),
-           meds=("Pantoprazole 40 mg PO Q12H",), treat=("IV PPI and transfusion", "EGD with clipping of a bleeding ulcer"),
+           meds=("Pantoprazole 40 mg PO Q12H",),
+           treat=("IV PPI and transfusion", "EGD with clipping of a bleeding ulcer"),
            procs=(("4513", 0.75), ("9904", 0.7), ("4516", 0.2)),
            sev=0.2, mort=0.25, los=0.05, resp=0.05),
     _acute("stroke", ("43491", "34290"), ("CVA", "acute ischemic stroke", "L MCA stroke", "stroke"), 0.7, age_slope=0.4,
@@ -177,21 +185,29 @@ _ACUTE: tuple[_Condition, ...] = (
                 "outside the window for tPA"),
            exam=("Neuro: R facial droop", "Neuro: L arm drift", "Neuro: dysarthric", "Neuro: 4/5 strength LUE"),
            meds=("Aspirin 325 mg PO DAILY",), treat=("aspirin and permissive HTN", "stroke workup with MRI and TTE"),
-           procs=(("4311", 0.15),), study=("ct_head", "Hypodensity in the left MCA territory with loss of gray-white differentiation.", "Evolving left MCA infarct."),
+           procs=(("4311", 0.15),),
+           study=("ct_head", "Hypodensity in the left MCA territory with loss of gray-white differentiation.",
+                  "Evolving left MCA infarct."),
            sev=0.4, mort=0.6, los=0.45, resp=0.3, service="NEUROLOGY"),
     _acute("ich", ("431",), ("ICH", "intraparenchymal hemorrhage", "IPH", "hemorrhagic stroke"), 0.35, age_slope=0.3,
            complaints=("headache", "unresponsive", "confusion"),
-           hpi=("CT head with 3 cm L basal ganglia bleed", "on coumadin with INR 3.4", "BP 210/110 on arrival", "GCS 8 at OSH"),
+           hpi=("CT head with 3 cm L basal ganglia bleed", "on coumadin with INR 3.4", "BP 210/110 on arrival",
+                "GCS 8 at OSH"),
            exam=("Neuro: pupils sluggish", "Neuro: not following commands", "Neuro: L hemiparesis"),
            treat=("reversal of anticoagulation and BP control", "nicardipine gtt"),
-           procs=(("9604", 0.4), ("0331", 0.04)), study=("ct_head", "Intraparenchymal hemorrhage in the left basal ganglia with surrounding edema.", "Acute left basal ganglia hemorrhage."),
+           procs=(("9604", 0.4), ("0331", 0.04)),
+           study=("ct_head", "Intraparenchymal hemorrhage in the left basal ganglia with surrounding edema.",
+                  "Acute left basal ganglia hemorrhage."),
            sev=1.0, mort=1.2, los=0.5, resp=0.7, service="NEUROSURGERY"),
     _acute("copd_exac", ("49121",), ("COPD exacerbation", "AECOPD", "COPD flare"), 0.8,
            complaints=("SOB", "wheezing", "cough"),
-           hpi=("increased sputum production", "on home O2 2L NC", "nebs x3 in the ED without relief", "solumedrol 125 mg IV given"),
-           exam=("Lungs: diffuse expiratory wheezes", "Lungs: prolonged expiratory phase", "Lungs: poor air movement", "GEN: accessory muscle use"),
+           hpi=("increased sputum production", "on home O2 2L NC", "nebs x3 in the ED without relief",
+                "solumedrol 125 mg IV given"),
+           exam=("Lungs: diffuse expiratory wheezes", "Lungs: prolonged expiratory phase", "Lungs: poor air movement",
+                 "GEN: accessory muscle use"),
            meds=("PredniSONE 40 mg PO DAILY x 3 days",), treat=("nebs, steroids and azithromycin", "prednisone taper"),
-           procs=(("9390", 0.35), ("9604", 0.08)), study=("cxr", "Hyperinflated lungs with flattened diaphragms.", "Emphysema without acute process."),
+           procs=(("9390", 0.35), ("9604", 0.08)),
+           study=("cxr", "Hyperinflated lungs with flattened diaphragms.", "Emphysema without acute process."),
            sev=0.2, mort=0.2, los=0.1, resp=0.9, needs="copd"),
     _acute("dka", ("25013",), ("DKA", "diabetic ketoacidosis"), 0.45, age_slope=-0.6,
            complaints=("nausea/vomiting", "polyuria", "abdominal pain"),
@@ -206,26 +222,34 @@ _ACUTE: tuple[_Condition, ...] = (
            treat=("IVF and holding nephrotoxins", "renal consult and HD"), procs=(("3995", 0.25), ("3895", 0.15)),
            study=("renal_us", "No hydronephrosis. Echogenic kidneys.", "Medical renal disease without hydronephrosis."),
            sev=0.2, mort=0.2, los=0.2, resp=0.0),
-    _acute("resp_failure", ("51881",), ("hypoxic respiratory failure", "acute respiratory failure", "hypercarbic respiratory failure", "resp failure"), 0.6,
+    _acute("resp_failure", ("51881",),
+           ("hypoxic respiratory failure", "acute respiratory failure", "hypercarbic respiratory failure",
+            "resp failure"), 0.6,
            complaints=("respiratory distress", "hypoxia", "SOB"),
            hpi=("ABG 7.19/72/58", "satting 78% on RA", "placed on BiPAP in the field", "tachypneic to the 40s"),
            exam=("GEN: accessory muscle use", "Lungs: tachypneic with coarse breath sounds"),
            treat=("mechanical ventilation and diuresis", "BiPAP then intubation"),
-           procs=(("9604", 0.6), ("3891", 0.35)), study=("cxr_port", "Diffuse bilateral airspace opacities.", "Bilateral opacities concerning for ARDS."),
+           procs=(("9604", 0.6), ("3891", 0.35)),
+           study=("cxr_port", "Diffuse bilateral airspace opacities.", "Bilateral opacities concerning for ARDS."),
            sev=0.9, mort=0.6, los=0.35, resp=1.6),
-    _acute("pancreatitis", ("5770",), ("acute pancreatitis", "gallstone pancreatitis", "pancreatitis"), 0.45, age_slope=-0.3,
+    _acute("pancreatitis", ("5770",), ("acute pancreatitis", "gallstone pancreatitis", "pancreatitis"), 0.45,
+           age_slope=-0.3,
            complaints=("epigastric pain", "abdominal pain", "nausea/vomiting"),
-           hpi=("lipase 2850", "pain radiating to the back", "heavy EtOH use", "CT abd with peripancreatic fat stranding"),
+           hpi=("lipase 2850", "pain radiating to the back", "heavy EtOH use",
+                "CT abd with peripancreatic fat stranding"),
            exam=("Abd: epigastric tenderness", "Abd: voluntary guarding", "Abd: hypoactive BS"),
            treat=("bowel rest, IVF and pain control", "aggressive IVF"), procs=(("5110", 0.3), ("9915", 0.12)),
-           study=("ct_abd", "Peripancreatic fat stranding and fluid without necrosis.", "Acute interstitial pancreatitis."),
+           study=("ct_abd", "Peripancreatic fat stranding and fluid without necrosis.",
+                  "Acute interstitial pancreatitis."),
            sev=0.2, mort=0.1, los=0.35, resp=0.15),
-    _acute("hepatic_enceph", ("5722", "5715"), ("hepatic encephalopathy", "decompensated cirrhosis", "ESLD", "HE"), 0.55,
-           complaints=("confusion", "abdominal distension", "jaundice"),
+    _acute("hepatic_enceph", ("5722", "5715"), ("hepatic encephalopathy", "decompensated cirrhosis", "ESLD", "HE"),
+           0.55, complaints=("confusion", "abdominal distension", "jaundice"),
            hpi=("asterixis on exam", "not taking lactulose", "MELD 28", "ammonia 145"),
            exam=("Neuro: asterixis", "Skin: jaundiced", "HEENT: scleral icterus", "Abd: tense ascites"),
-           meds=("Lactulose 30 mL PO TID", "Rifaximin 550 mg PO BID"), treat=("lactulose and rifaximin", "therapeutic paracentesis"),
-           procs=(("5491", 0.55), ("4513", 0.25)), study=("ruq_us", "Nodular liver contour with moderate ascites.", "Cirrhotic liver with ascites."),
+           meds=("Lactulose 30 mL PO TID", "Rifaximin 550 mg PO BID"),
+           treat=("lactulose and rifaximin", "therapeutic paracentesis"),
+           procs=(("5491", 0.55), ("4513", 0.25)),
+           study=("ruq_us", "Nodular liver contour with moderate ascites.", "Cirrhotic liver with ascites."),
            sev=0.4, mort=0.7, los=0.25, resp=0.1, needs="cirrhosis"),
     _acute("uti", ("5990",), ("UTI", "pyelonephritis", "cystitis", "urinary tract infection"), 0.8,
            complaints=("dysuria", "flank pain", "fever", "confusion"),
@@ -235,7 +259,8 @@ _ACUTE: tuple[_Condition, ...] = (
            sev=-0.2, mort=-0.3, los=-0.2, resp=0.0, febrile=True),
     _acute("cellulitis", ("6826",), ("cellulitis", "LLE cellulitis", "RLE cellulitis"), 0.6, age_slope=-0.1,
            complaints=("leg redness", "leg swelling", "leg pain"),
-           hpi=("erythema spreading past marked borders", "started on IV vancomycin", "no fluctuance", "failed outpatient keflex"),
+           hpi=("erythema spreading past marked borders", "started on IV vancomycin", "no fluctuance",
+                "failed outpatient keflex"),
            exam=("Ext: erythema and warmth LLE", "Ext: tender to palpation, no fluctuance"),
            meds=("Cephalexin 500 mg PO Q6H x 7 days",), treat=("IV vancomycin", "vanc then PO keflex"),
            sev=-0.3, mort=-0.6, los=-0.1, resp=0.0, febrile=True),
@@ -244,7 +269,9 @@ _ACUTE: tuple[_Condition, ...] = (
            hpi=("CTA chest with R segmental PE", "recent long flight", "started on heparin gtt", "tachycardic to 120s"),
            exam=("CV: tachycardic", "Ext: LLE swelling"),
            meds=("Apixaban 10 mg PO BID x 7 days",), treat=("heparin gtt then apixaban", "anticoagulation"),
-           procs=(("3879", 0.2), ("8872", 0.3)), study=("cta_chest", "Filling defect in a right lower lobe segmental pulmonary artery.", "Right segmental pulmonary embolism."),
+           procs=(("3879", 0.2), ("8872", 0.3)),
+           study=("cta_chest", "Filling defect in a right lower lobe segmental pulmonary artery.",
+                  "Right segmental pulmonary embolism."),
            sev=0.2, mort=0.3, los=0.05, resp=0.45),
     _acute("syncope", ("7802",), ("syncope", "vasovagal syncope", "presyncope"), 0.6, age_slope=0.3,
            complaints=("syncope", "fall", "lightheadedness", "LOC"),
@@ -253,35 +280,45 @@ _ACUTE: tuple[_Condition, ...] = (
            treat=("telemetry and TTE", "IVF and monitoring on tele"), procs=(("8872", 0.3),),
            study=("ct_head", "", "No acute intracranial process."),
            sev=-0.4, mort=-0.8, los=-0.5, resp=0.0),
-    _acute("hip_fx", ("82021", "E8889", "E8497"), ("hip fracture", "L femoral neck fracture", "R intertrochanteric fracture", "hip fx"), 0.5, age_slope=0.8,
+    _acute("hip_fx", ("82021", "E8889", "E8497"),
+           ("hip fracture", "L femoral neck fracture", "R intertrochanteric fracture", "hip fx"), 0.5, age_slope=0.8,
            complaints=("fall", "hip pain", "inability to bear weight"),
-           hpi=("mechanical fall at home", "R leg shortened and externally rotated", "XR with displaced femoral neck fx", "ortho consulted"),
+           hpi=("mechanical fall at home", "R leg shortened and externally rotated",
+                "XR with displaced femoral neck fx", "ortho consulted"),
            exam=("Ext: L leg shortened and externally rotated", "Ext: pain with ROM of hip"),
-           meds=("Enoxaparin 40 mg SC DAILY x 4 weeks", "OxyCODONE 5 mg PO Q4H:PRN pain"), treat=("ORIF by ortho", "hemiarthroplasty"),
-           procs=(("7935", 0.6), ("8151", 0.3), ("9904", 0.3)), study=("hip_xr", "Displaced subcapital femoral neck fracture.", "Acute femoral neck fracture."),
+           meds=("Enoxaparin 40 mg SC DAILY x 4 weeks", "OxyCODONE 5 mg PO Q4H:PRN pain"),
+           treat=("ORIF by ortho", "hemiarthroplasty"),
+           procs=(("7935", 0.6), ("8151", 0.3), ("9904", 0.3)),
+           study=("hip_xr", "Displaced subcapital femoral neck fracture.", "Acute femoral neck fracture."),
            sev=0.0, mort=0.1, los=0.5, resp=0.0, service="ORTHOPAEDICS"),
     _acute("cdiff", ("00845",), ("C diff colitis", "C. difficile infection", "CDI"), 0.45,
            complaints=("diarrhea", "abdominal pain", "fever"),
-           hpi=("8-10 loose watery BMs/day", "recent course of clindamycin", "C diff toxin positive", "started on PO vanc"),
+           hpi=("8-10 loose watery BMs/day", "recent course of clindamycin", "C diff toxin positive",
+                "started on PO vanc"),
            exam=("Abd: diffuse tenderness", "Abd: hyperactive BS"),
            meds=("Vancomycin Oral Liquid 125 mg PO Q6H x 10 days",), treat=("PO vancomycin", "PO vanc and IVF"),
            sev=0.1, mort=0.1, los=0.15, resp=0.0, febrile=True),
     _acute("cardiac_arrest", ("4275",), ("cardiac arrest", "VF arrest", "PEA arrest", "out of hospital arrest"), 0.25,
            complaints=("unresponsive", "cardiac arrest"),
-           hpi=("found down at home", "CPR for 20 minutes with ROSC", "shocked x3 for VF", "cooling protocol initiated"),
+           hpi=("found down at home", "CPR for 20 minutes with ROSC", "shocked x3 for VF",
+                "cooling protocol initiated"),
            exam=("GEN: intubated, sedated", "Neuro: pupils minimally reactive", "Neuro: not following commands"),
            treat=("targeted temperature management", "cooling protocol and cath"),
            procs=(("9604", 0.7), ("9960", 0.6), ("9962", 0.5), ("3891", 0.5)),
            sev=1.5, mort=1.5, los=0.3, resp=1.8, service="CARDIOLOGY"),
     _acute("afib_rvr", ("42731",), ("AF with RVR", "afib with RVR", "rapid atrial fibrillation"), 0.6,
            complaints=("palpitations", "SOB", "chest pain"),
-           hpi=("HR 150s in an irregularly irregular rhythm", "started on dilt gtt", "missed metoprolol doses", "CHADS2 3"),
+           hpi=("HR 150s in an irregularly irregular rhythm", "started on dilt gtt", "missed metoprolol doses",
+                "CHADS2 3"),
            exam=("CV: irregularly irregular", "CV: tachycardic"),
            meds=("Metoprolol Succinate XL 100 mg PO DAILY",), treat=("dilt gtt then PO metoprolol", "rate control"),
-           procs=(("9962", 0.2), ("8872", 0.4)), sev=-0.1, mort=-0.3, los=-0.15, resp=0.05, needs="afib", service="CARDIOLOGY"),
-    _acute("overdose", ("9694", "E9503"), ("overdose", "intentional ingestion", "polysubstance ingestion", "tox ingestion"), 0.35, age_slope=-0.8,
+           procs=(("9962", 0.2), ("8872", 0.4)), sev=-0.1, mort=-0.3, los=-0.15, resp=0.05, needs="afib",
+           service="CARDIOLOGY"),
+    _acute("overdose", ("9694", "E9503"),
+           ("overdose", "intentional ingestion", "polysubstance ingestion", "tox ingestion"), 0.35, age_slope=-0.8,
            complaints=("ingestion", "altered mental status", "unresponsive"),
-           hpi=("found with empty pill bottles", "tox screen positive for benzos", "poison control contacted", "psych to evaluate"),
+           hpi=("found with empty pill bottles", "tox screen positive for benzos", "poison control contacted",
+                "psych to evaluate"),
            exam=("Neuro: somnolent", "HEENT: pinpoint pupils"),
            treat=("supportive care and tox consult", "observation and psych evaluation"),
            procs=(("9604", 0.35),), sev=0.2, mort=-0.4, los=-0.3, resp=0.7),
@@ -302,39 +339,50 @@ _ACUTE: tuple[_Condition, ...] = (
 
 _CHRONIC: tuple[_Condition, ...] = (
     _chronic("htn", ("4019",), ("HTN", "hypertension"), 0.5,
-             meds=("Lisinopril 10 mg PO DAILY|Losartan 50 mg PO DAILY", "Amlodipine 5 mg PO DAILY", "Hydrochlorothiazide 25 mg PO DAILY")),
+             meds=("Lisinopril 10 mg PO DAILY|Losartan 50 mg PO DAILY", "Amlodipine 5 mg PO DAILY",
+                   "Hydrochlorothiazide 25 mg PO DAILY")),
     _chronic("hld", ("2724",), ("HLD", "hyperlipidemia", "high cholesterol"), 0.35,
              meds=("Atorvastatin 40 mg PO QPM|Simvastatin 20 mg PO QPM|Rosuvastatin 10 mg PO QPM",)),
     _chronic("dm2", ("25000", "V5867"), ("DM2", "type 2 diabetes", "NIDDM", "insulin-dependent DM"), 0.25,
              meds=("MetFORMIN (Glucophage) 1000 mg PO BID", "Glargine 20 units SC qHS", "Humalog sliding scale")),
     _chronic("cad", ("41401", "V4581"), ("CAD", "coronary artery disease", "CAD s/p CABG", "CAD s/p PCI"), 0.2,
-             meds=("Aspirin 81 mg PO DAILY", "Clopidogrel 75 mg PO DAILY", "Metoprolol Tartrate 25 mg PO BID"), mort=0.15),
+             meds=("Aspirin 81 mg PO DAILY", "Clopidogrel 75 mg PO DAILY", "Metoprolol Tartrate 25 mg PO BID"),
+             mort=0.15),
     _chronic("afib", ("42731", "V5861"), ("afib", "AF", "paroxysmal atrial fibrillation"), 0.15, age_slope=0.6,
-             meds=("Warfarin 5 mg PO DAILY16|Apixaban 5 mg PO BID|Rivaroxaban 20 mg PO DAILY", "Diltiazem 120 mg PO DAILY|Metoprolol Succinate XL 50 mg PO DAILY"),
+             meds=("Warfarin 5 mg PO DAILY16|Apixaban 5 mg PO BID|Rivaroxaban 20 mg PO DAILY",
+                   "Diltiazem 120 mg PO DAILY|Metoprolol Succinate XL 50 mg PO DAILY"),
              exam=("CV: irregularly irregular",), mort=0.1),
     _chronic("ckd", ("5853", "40390"), ("CKD", "CKD stage III", "chronic kidney disease"), 0.15,
              meds=("Calcitriol 0.25 mcg PO DAILY", "Sevelamer 800 mg PO TID"), mort=0.25, los=0.1),
     _chronic("copd", ("496",), ("COPD", "emphysema", "chronic bronchitis"), 0.12,
-             meds=("Tiotropium Bromide 1 CAP IH DAILY", "Albuterol Inhaler 2 PUFF IH Q4H:PRN SOB", "Fluticasone-Salmeterol Diskus 250/50 1 INH IH BID"),
+             meds=("Tiotropium Bromide 1 CAP IH DAILY", "Albuterol Inhaler 2 PUFF IH Q4H:PRN SOB",
+                   "Fluticasone-Salmeterol Diskus 250/50 1 INH IH BID"),
              exam=("Lungs: distant breath sounds",), mort=0.2, resp=0.5),
     _chronic("chf", ("4280",), ("CHF", "HFrEF", "HFpEF", "systolic CHF EF 30%"), 0.12, age_slope=0.5,
              meds=("Furosemide 40 mg PO DAILY", "Carvedilol 6.25 mg PO BID", "Spironolactone 25 mg PO DAILY"),
              exam=("Ext: 1+ bilateral LE edema",), mort=0.35, los=0.1, resp=0.2),
-    _chronic("hypothyroid", ("2449",), ("hypothyroidism", "hypothyroid"), 0.12, meds=("Levothyroxine Sodium 75 mcg PO DAILY",)),
+    _chronic("hypothyroid", ("2449",), ("hypothyroidism", "hypothyroid"), 0.12,
+             meds=("Levothyroxine Sodium 75 mcg PO DAILY",)),
     _chronic("depression", ("311",), ("depression", "MDD", "anxiety/depression"), 0.15, age_slope=-0.2,
-             meds=("Sertraline 50 mg PO DAILY|Citalopram 20 mg PO DAILY|Escitalopram 10 mg PO DAILY", "Trazodone 50 mg PO QHS:PRN insomnia")),
-    _chronic("gerd", ("53081",), ("GERD", "reflux"), 0.15, meds=("Omeprazole 20 mg PO DAILY|Pantoprazole 40 mg PO Q24H",)),
+             meds=("Sertraline 50 mg PO DAILY|Citalopram 20 mg PO DAILY|Escitalopram 10 mg PO DAILY",
+                   "Trazodone 50 mg PO QHS:PRN insomnia")),
+    _chronic("gerd", ("53081",), ("GERD", "reflux"), 0.15,
+             meds=("Omeprazole 20 mg PO DAILY|Pantoprazole 40 mg PO Q24H",)),
     _chronic("obesity", ("27800",), ("obesity", "morbid obesity, BMI 42"), 0.1, age_slope=-0.2),
-    _chronic("anemia", ("2859",), ("chronic anemia", "anemia"), 0.1, meds=("Ferrous Sulfate 325 mg PO DAILY",), los=0.1),
-    _chronic("tobacco", ("3051",), ("tobacco use", "active smoker", "tobacco abuse"), 0.15, age_slope=-0.4, mort=0.1, resp=0.1),
+    _chronic("anemia", ("2859",), ("chronic anemia", "anemia"), 0.1, meds=("Ferrous Sulfate 325 mg PO DAILY",),
+             los=0.1),
+    _chronic("tobacco", ("3051",), ("tobacco use", "active smoker", "tobacco abuse"), 0.15, age_slope=-0.4, mort=0.1,
+             resp=0.1),
     _chronic("alcohol", ("30390",), ("EtOH abuse", "alcohol use disorder", "EtOH dependence"), 0.08, age_slope=-0.4,
              meds=("Thiamine 100 mg PO DAILY", "Folic Acid 1 mg PO DAILY"), mort=0.2),
-    _chronic("dementia", ("2948", "3310"), ("dementia", "Alzheimer's dementia", "baseline dementia"), 0.05, age_slope=1.2,
-             meds=("Donepezil 10 mg PO QHS", "Memantine 10 mg PO BID"), exam=("Neuro: oriented to self only",), mort=0.5, los=0.15),
-    _chronic("met_cancer", ("1977", "1629"), ("metastatic lung cancer", "NSCLC with liver mets", "metastatic cancer"), 0.06,
-             meds=("OxyCODONE 5 mg PO Q6H:PRN pain", "Dexamethasone 4 mg PO BID"), mort=1.0, los=0.2),
+    _chronic("dementia", ("2948", "3310"), ("dementia", "Alzheimer's dementia", "baseline dementia"), 0.05,
+             age_slope=1.2, meds=("Donepezil 10 mg PO QHS", "Memantine 10 mg PO BID"),
+             exam=("Neuro: oriented to self only",), mort=0.5, los=0.15),
+    _chronic("met_cancer", ("1977", "1629"), ("metastatic lung cancer", "NSCLC with liver mets", "metastatic cancer"),
+             0.06, meds=("OxyCODONE 5 mg PO Q6H:PRN pain", "Dexamethasone 4 mg PO BID"), mort=1.0, los=0.2),
     _chronic("cirrhosis", ("5715", "07054"), ("HCV cirrhosis", "cirrhosis", "EtOH cirrhosis"), 0.05, age_slope=-0.1,
-             meds=("Lactulose 30 mL PO TID", "Spironolactone 100 mg PO DAILY"), exam=("Skin: spider angiomata",), mort=0.5, los=0.15),
+             meds=("Lactulose 30 mL PO TID", "Spironolactone 100 mg PO DAILY"), exam=("Skin: spider angiomata",),
+             mort=0.5, los=0.15),
     _chronic("hiv", ("042",), ("HIV", "HIV on HAART", "AIDS"), 0.03, age_slope=-0.6,
              meds=("Bictegravir-Emtricitabine-Tenofovir 1 TAB PO DAILY",), mort=0.3),
     _chronic("osa", ("32723",), ("OSA", "OSA on CPAP"), 0.07, resp=0.2),
@@ -352,7 +400,8 @@ _BACKGROUND_PROCS = ("8872", "3893", "9904", "3491", "5491", "4513", "0331", "39
 _PROC_NAMES = {
     "9671": "mechanical ventilation", "9672": "mechanical ventilation >96 hours", "9604": "endotracheal intubation",
     "9390": "BiPAP", "3893": "central venous line placement", "3891": "arterial line placement",
-    "3895": "tunneled HD catheter placement", "9904": "transfusion of pRBCs", "9915": "TPN", "966": "enteral tube feeds",
+    "3895": "tunneled HD catheter placement", "9904": "transfusion of pRBCs", "9915": "TPN",
+    "966": "enteral tube feeds",
     "3995": "hemodialysis", "4513": "EGD", "4516": "EGD with biopsy", "5491": "paracentesis", "3491": "thoracentesis",
     "3722": "cardiac catheterization", "8856": "coronary angiography", "0066": "PCI", "0045": "stent placement",
     "3607": "drug-eluting stent", "8872": "transthoracic echo", "0331": "lumbar puncture", "3322": "bronchoscopy",
@@ -452,7 +501,8 @@ def _draw_chronic(rng: np.random.Generator, age: int, sex: str) -> list[_Conditi
     return out
 
 
-def _draw_acute(rng: np.random.Generator, age: int, chronic_keys: Sequence[str], exclude: Sequence[str] = ()) -> _Condition:
+def _draw_acute(rng: np.random.Generator, age: int, chronic_keys: Sequence[str],
+                exclude: Sequence[str] = ()) -> _Condition:
     w = np.array([
         0.0 if c.key in exclude else
         c.weight * math.exp(c.age_slope * (age - 65) / 10) * (5.0 if c.needs and c.needs in chronic_keys else 1.0)
@@ -485,8 +535,8 @@ def _draw_admission(rng: np.random.Generator, patient: int, sex: str, age: int, 
                + (0.45 * math.log1p(vent_days) if vent else 0.0) + 0.004 * (age - 65) + rng.normal(0, 0.4))
     los_days = max(0.2, math.exp(log_los))
 
-    return _Admission(patient, 0, 0, sex, age, acute[0], acute, chronic, float(severity), float(resp), bool(vent), vent_days,
-                      died, los_days, _code_diagnoses(rng, acute, chronic, severity, age, died),
+    return _Admission(patient, 0, 0, sex, age, acute[0], acute, chronic, float(severity), float(resp), bool(vent),
+                      vent_days, died, los_days, _code_diagnoses(rng, acute, chronic, severity, age, died),
                       _code_procedures(rng, acute, severity, vent, vent_days))
 
 
@@ -504,7 +554,8 @@ def _code_diagnoses(rng: np.random.Generator, acute: list[_Condition], chronic: 
         "2762": _sigmoid(-2.0 + 1.2 * severity), "2639": _sigmoid(-3.0 + 0.8 * severity),
         "7070": _sigmoid(-3.2 + 0.05 * (age - 65) + 0.5 * severity), "2875": _sigmoid(-2.6 + 0.6 * severity),
         "E8788": 0.05, "E9342": 0.25 if "afib" in keys else 0.02, "V667": 0.45 if died else 0.02,
-        "V4986": _sigmoid(-3.0 + 0.08 * (age - 65) + 0.5 * severity), "78552": 0.7 if "sepsis" in keys and severity > 1.0 else 0.0,
+        "V4986": _sigmoid(-3.0 + 0.08 * (age - 65) + 0.5 * severity),
+        "78552": 0.7 if "sepsis" in keys and severity > 1.0 else 0.0,
         "V1582": 0.3 if "tobacco" not in keys else 0.0,
     }
     codes += [code for code in _COURSE_DX if rng.random() < p[code]]
@@ -552,12 +603,13 @@ def draw_cohort(rng: np.random.Generator, n_patients: int, max_admissions: int =
 # --------------------------------------------------------------------------------------------
 
 _ALLERGIES = ("NKDA", "No Known Allergies / Adverse Drug Reactions", "Penicillins", "Sulfa (Sulfonamide Antibiotics)",
-              "Codeine", "Penicillins / Iodine", "Patient recorded as having No Known Allergies to Drugs", "lisinopril (angioedema)")
+              "Codeine", "Penicillins / Iodine", "Patient recorded as having No Known Allergies to Drugs",
+              "lisinopril (angioedema)")
 _FAMILY = ("Non-contributory.", "Mother with HTN and DM2.", "Father with MI in his 60s.", "Sister with breast cancer.",
            "No family hx of early CAD.", "Unable to obtain.", "Mother with dementia, father with colon cancer.",
            "Noncontributory to present illness.", "Brother with DM2 and HTN.")
-_PAST_SURGERY = ("s/p appendectomy", "s/p cholecystectomy", "s/p TAH/BSO", "s/p R knee replacement", "s/p tonsillectomy",
-                 "s/p hernia repair", "cataract surgery OU")
+_PAST_SURGERY = ("s/p appendectomy", "s/p cholecystectomy", "s/p TAH/BSO", "s/p R knee replacement",
+                 "s/p tonsillectomy", "s/p hernia repair", "cataract surgery OU")
 _NORMAL_EXAM = {
     "GEN": ("NAD, A&Ox3", "well-appearing, comfortable", "pleasant, in NAD"),
     "HEENT": ("NCAT, MMM, EOMI", "PERRL, anicteric sclerae, MMM", "OP clear"),
@@ -573,9 +625,10 @@ _NORMAL_EXAM = {
 _COURSE_BY_TIER = (
     ("HD stable", "ambulating without difficulty", "pain controlled with tylenol", "comfortable on arrival"),
     ("given 1L NS", "labs notable for mild leukocytosis", "admitted to medicine for further management", "VSS"),
-    ("received 3L IVF", "lactate 3.4", "admitted to the step-down unit", "transient hypotension responsive to fluids", "started on IV abx"),
-    ("started on levophed for MAP < 65", "MAP in the 50s despite 4L IVF", "admitted to the MICU", "R IJ CVL placed in the ED",
-     "lactate 6.2", "family meeting held re: goals of care"),
+    ("received 3L IVF", "lactate 3.4", "admitted to the step-down unit", "transient hypotension responsive to fluids",
+     "started on IV abx"),
+    ("started on levophed for MAP < 65", "MAP in the 50s despite 4L IVF", "admitted to the MICU",
+     "R IJ CVL placed in the ED", "lactate 6.2", "family meeting held re: goals of care"),
 )
 _GEN_BY_TIER = (
     ("NAD, A&Ox3", "well-appearing, comfortable", "pleasant, in NAD", "sitting up in bed, NAD"),
@@ -622,8 +675,8 @@ def _vitals(rng, adm: _Admission, seen: float) -> str:
     if adm.vent and rng.random() < 0.3:
         o2 = "on vent"
     spo2 = min(100, max(78, round(spo2)))
-    return (f"T {temp:.1f} BP {round(np.clip(sbp, 70, 210))}/{round(np.clip(dbp, 35, 120))} HR {round(np.clip(hr, 40, 170))} "
-            f"RR {round(np.clip(rr, 10, 40))} SpO2 {spo2}% {o2}")
+    return (f"T {temp:.1f} BP {round(np.clip(sbp, 70, 210))}/{round(np.clip(dbp, 35, 120))} "
+            f"HR {round(np.clip(hr, 40, 170))} RR {round(np.clip(rr, 10, 40))} SpO2 {spo2}% {o2}")
 
 
 def section_present_illness(rng, adm: _Admission) -> str:
@@ -633,15 +686,18 @@ def section_present_illness(rng, adm: _Admission) -> str:
     hx = _history_names(rng, adm, limit=4)
     hx_text = "PMH of " + ", ".join(hx) if hx else "no significant PMH"
     reason = adm.reason
-    who = _pick(rng, (f"{_age_text(adm.age)} y/o {short}", f"{_age_text(adm.age)} year old {word}", f"Pt is a {_age_text(adm.age)} yo {short}"))
+    who = _pick(rng, (f"{_age_text(adm.age)} y/o {short}", f"{_age_text(adm.age)} year old {word}",
+                      f"Pt is a {_age_text(adm.age)} yo {short}"))
     out = [f"{who} with {hx_text} who presents with {_pick(rng, reason.complaints)}."]
     if reason in adm.acute:
         details = _some(rng, reason.hpi, 0.45) or [_pick(rng, reason.hpi)]
         out.append(_pick(rng, ("Pt reports ", "Per family, ", "Per OSH records, ", "")) + "; ".join(details) + ".")
         if rng.random() < 0.75:
-            out.append(_pick(rng, ("Concern for ", "Found to have ", "Likely ", "Admitted for ")) + _pick(rng, reason.names) + ".")
+            out.append(_pick(rng, ("Concern for ", "Found to have ", "Likely ", "Admitted for "))
+                       + _pick(rng, reason.names) + ".")
     else:  # the note never gets to the diagnosis
-        out.append(_pick(rng, ("Workup in progress.", "Etiology unclear at this time.", "Unable to obtain further hx.", "")))
+        out.append(_pick(rng, ("Workup in progress.", "Etiology unclear at this time.", "Unable to obtain further hx.",
+                               "")))
     for c in adm.acute:
         if c is not reason and rng.random() < 0.7:
             out.append(f"Also with {_pick(rng, c.names)}: {_pick(rng, c.hpi)}.")
@@ -664,7 +720,8 @@ def section_present_illness(rng, adm: _Admission) -> str:
         ed.append(_pick(rng, ("placed on BiPAP with improvement", "weaned from NRB to 4L NC")))
     out.append("In the ED, " + ", ".join(ed) + ".")
     if rng.random() < 0.35:
-        out.append(_pick(rng, ("ROS otherwise negative.", "ROS negative except as per HPI.", "10-point ROS otherwise negative.")))
+        out.append(_pick(rng, ("ROS otherwise negative.", "ROS negative except as per HPI.",
+                               "10-point ROS otherwise negative.")))
     return " ".join(out)
 
 
@@ -726,13 +783,16 @@ def section_social_history(rng, adm: _Admission) -> str:
     if rng.random() < 0.1:
         return ""
     home = (f"Resides at {_DE_ID} nursing home." if ("dementia" in keys or adm.age > 85) and rng.random() < 0.6
-            else _pick(rng, ("Lives with wife.", "Lives with husband.", "Lives alone.", f"Lives with daughter in {_DE_ID}.",
-                             f"Lives in {_DE_ID} with partner.")))
-    tobacco = (_pick(rng, ("Smokes 1 ppd.", "40 pack-year hx, active smoker.", "Current smoker, 1/2 ppd.")) if "tobacco" in keys
+            else _pick(rng, ("Lives with wife.", "Lives with husband.", "Lives alone.",
+                             f"Lives with daughter in {_DE_ID}.", f"Lives in {_DE_ID} with partner.")))
+    tobacco = (_pick(rng, ("Smokes 1 ppd.", "40 pack-year hx, active smoker.", "Current smoker, 1/2 ppd."))
+               if "tobacco" in keys
                else _pick(rng, ("Never smoker.", "Quit tobacco 20 yrs ago.", "Denies tobacco.")))
-    etoh = (_pick(rng, ("Drinks 6-8 beers daily.", "Heavy EtOH use, last drink yesterday.", "Drinks a pint of vodka daily."))
+    etoh = (_pick(rng, ("Drinks 6-8 beers daily.", "Heavy EtOH use, last drink yesterday.",
+                        "Drinks a pint of vodka daily."))
             if "alcohol" in keys else _pick(rng, ("Occasional EtOH.", "Denies EtOH.", "Social EtOH.")))
-    drugs = _pick(rng, ("Denies illicit drugs.", "Denies IVDU.", "")) if "hiv" not in keys else "Hx of IVDU, in recovery."
+    drugs = (_pick(rng, ("Denies illicit drugs.", "Denies IVDU.", "")) if "hiv" not in keys
+             else "Hx of IVDU, in recovery.")
     job = _pick(rng, (f"Retired {_DE_ID}.", f"Works as a {_DE_ID}.", ""))
     return " ".join(x for x in (home, job, tobacco, etoh, drugs) if x)
 
@@ -803,8 +863,10 @@ def _splits_usable(admissions: Sequence[_Admission], split_of: Sequence[str]) ->
     return True
 
 
-def write_tasks(out_dir: str | Path, n_patients: int = 600, seed: int = 0, tasks: Iterable[str] = TASKS) -> dict[str, Path]:
-    """Write the five downstream tasks as van Aken-format task dirs out_dir/<task>/{train,val,test}.csv + labels.txt; return {task: dir}.
+def write_tasks(out_dir: str | Path, n_patients: int = 600, seed: int = 0,
+                tasks: Iterable[str] = TASKS) -> dict[str, Path]:
+    """Write the five downstream tasks as van Aken-format task dirs out_dir/<task>/{train,val,test}.csv +
+    labels.txt; return {task: dir}.
 
     Columns `id,text,label`; id = hadm_id, from which `subject_id_of` recovers the patient; the
     patient split (70/10/20) is `patient_split(n_patients, seed)` and is the same for every task.
@@ -816,7 +878,8 @@ def write_tasks(out_dir: str | Path, n_patients: int = 600, seed: int = 0, tasks
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; choose from {list(TASKS)}")
     if n_patients < MIN_TASK_PATIENTS:
-        raise ValueError(f"n_patients={n_patients} is too small for a 70/10/20 split with every class; use >= {MIN_TASK_PATIENTS}")
+        raise ValueError(f"n_patients={n_patients} is too small for a 70/10/20 split with every class; "
+                         f"use >= {MIN_TASK_PATIENTS}")
     split_of = patient_split(n_patients, seed)
     # A small cohort can leave a split without some class; redraw it, deterministically, until not.
     for attempt in range(50):
@@ -834,7 +897,8 @@ def write_tasks(out_dir: str | Path, n_patients: int = 600, seed: int = 0, tasks
     out_dir = Path(out_dir)
     dirs = {}
     for task in tasks:
-        rows = [(a.hadm_id, t, lab[task], s) for a, t, lab, s in zip(admissions, texts, labels, splits) if lab[task] is not None]
+        rows = [(a.hadm_id, t, lab[task], s) for a, t, lab, s in zip(admissions, texts, labels, splits)
+                if lab[task] is not None]
         frame = pd.DataFrame(rows, columns=[*TASK_COLUMNS, "split"])
         task_dir = out_dir / task
         task_dir.mkdir(parents=True, exist_ok=True)
@@ -853,43 +917,53 @@ def write_tasks(out_dir: str | Path, n_patients: int = 600, seed: int = 0, tasks
 _STUDIES = {  # kind: (EXAMINATION, TECHNIQUE, normal FINDINGS sentences, normal IMPRESSION)
     "cxr": ("CHEST (PA AND LAT)", "Chest PA and lateral",
             ("PA and lateral views of the chest provided.", "The lungs are clear without focal consolidation.",
-             "No pleural effusion or pneumothorax is seen.", "The cardiomediastinal silhouette is within normal limits.",
-             "Hilar contours are normal.", "No acute osseous abnormalities.", "Imaged upper abdomen is unremarkable."),
+             "No pleural effusion or pneumothorax is seen.",
+             "The cardiomediastinal silhouette is within normal limits.", "Hilar contours are normal.",
+             "No acute osseous abnormalities.", "Imaged upper abdomen is unremarkable."),
             "No acute cardiopulmonary process."),
     "cxr_port": ("CHEST (PORTABLE AP)", "Portable AP chest radiograph",
-                 ("Single portable view of the chest.", "Lung volumes are low.", "No large pleural effusion or pneumothorax.",
-                  "Heart size is mildly enlarged but stable.", "Mediastinal and hilar contours are unremarkable.",
+                 ("Single portable view of the chest.", "Lung volumes are low.",
+                  "No large pleural effusion or pneumothorax.", "Heart size is mildly enlarged but stable.",
+                  "Mediastinal and hilar contours are unremarkable.",
                   "Support lines and tubes are unchanged in position."),
                  "No acute cardiopulmonary process."),
     "ct_head": ("CT HEAD W/O CONTRAST", "Contiguous axial images of the brain were obtained without contrast.",
-                ("There is no evidence of hemorrhage, edema, mass effect, or infarction.", "The ventricles and sulci are normal in size.",
-                 "Periventricular white matter hypodensities c/w chronic small vessel ischemic disease.", "The basal cisterns are patent.",
-                 "No osseous abnormalities seen.", "The visualized paranasal sinuses and mastoid air cells are clear."),
+                ("There is no evidence of hemorrhage, edema, mass effect, or infarction.",
+                 "The ventricles and sulci are normal in size.",
+                 "Periventricular white matter hypodensities c/w chronic small vessel ischemic disease.",
+                 "The basal cisterns are patent.", "No osseous abnormalities seen.",
+                 "The visualized paranasal sinuses and mastoid air cells are clear."),
                 "No acute intracranial process."),
     "cta_chest": ("CTA CHEST", "MDCT images through the chest after IV contrast, pulmonary embolism protocol.",
-                  ("The aorta is normal in caliber.", "The main pulmonary artery is not enlarged.", "No mediastinal or hilar lymphadenopathy.",
-                   "The lungs are clear.", "No pleural effusion.", "Limited images of the upper abdomen are unremarkable."),
+                  ("The aorta is normal in caliber.", "The main pulmonary artery is not enlarged.",
+                   "No mediastinal or hilar lymphadenopathy.", "The lungs are clear.", "No pleural effusion.",
+                   "Limited images of the upper abdomen are unremarkable."),
                   "No pulmonary embolism."),
     "ct_abd": ("CT ABD & PELVIS WITH CONTRAST", "MDCT images through the abdomen and pelvis after IV contrast.",
                ("The liver enhances homogeneously.", "The gallbladder is unremarkable.", "No free air or free fluid.",
-                "The kidneys enhance symmetrically without hydronephrosis.", "The spleen and adrenal glands are normal.",
-                "Small and large bowel loops are normal in caliber.", "Mild degenerative changes of the lumbar spine."),
+                "The kidneys enhance symmetrically without hydronephrosis.",
+                "The spleen and adrenal glands are normal.", "Small and large bowel loops are normal in caliber.",
+                "Mild degenerative changes of the lumbar spine."),
                "No acute process in the abdomen or pelvis."),
-    "ruq_us": ("LIVER OR GALLBLADDER US (SINGLE ORGAN)", "Grayscale and color Doppler ultrasound images of the abdomen.",
-               ("The portal vein is patent with hepatopetal flow.", "No intrahepatic biliary dilation.", "The CBD measures 4 mm.",
-                "The gallbladder is normal without stones or wall thickening.", "The spleen measures 11 cm."),
+    "ruq_us": ("LIVER OR GALLBLADDER US (SINGLE ORGAN)",
+               "Grayscale and color Doppler ultrasound images of the abdomen.",
+               ("The portal vein is patent with hepatopetal flow.", "No intrahepatic biliary dilation.",
+                "The CBD measures 4 mm.", "The gallbladder is normal without stones or wall thickening.",
+                "The spleen measures 11 cm."),
                "Normal right upper quadrant ultrasound."),
     "hip_xr": ("HIP (UNILAT) 2 VIEWS", "Two views of the hip.",
-               ("No fracture or dislocation.", "Mild degenerative changes of the hip joint.", "Vascular calcifications are noted.",
-                "The pubic symphysis and SI joints are preserved.", "Soft tissues are unremarkable."),
+               ("No fracture or dislocation.", "Mild degenerative changes of the hip joint.",
+                "Vascular calcifications are noted.", "The pubic symphysis and SI joints are preserved.",
+                "Soft tissues are unremarkable."),
                "No acute fracture."),
     "renal_us": ("RENAL U.S.", "Grayscale and color Doppler ultrasound of the kidneys.",
-                 ("The right kidney measures 10.8 cm.", "The left kidney measures 11.2 cm.", "There is no stone or mass.",
-                  "Normal corticomedullary differentiation.", "The bladder is decompressed around a Foley catheter."),
+                 ("The right kidney measures 10.8 cm.", "The left kidney measures 11.2 cm.",
+                  "There is no stone or mass.", "Normal corticomedullary differentiation.",
+                  "The bladder is decompressed around a Foley catheter."),
                  "Normal renal ultrasound."),
 }
-_COURSE_RESPONSE = ("Clinically improved.", "Symptoms resolved.", "Improved and tolerating PO.", "Back to baseline by discharge.",
-                    "Slowly improved over the admission.")
+_COURSE_RESPONSE = ("Clinically improved.", "Symptoms resolved.", "Improved and tolerating PO.",
+                    "Back to baseline by discharge.", "Slowly improved over the admission.")
 _DISPOSITION = ("Home", "Home With Service", "Extended Care", "Home With Service", "Home")
 
 
@@ -900,9 +974,11 @@ def _labs(rng, adm: _Admission) -> str:
     creat = rng.normal(3.6 if "aki" in keys else 1.9 if "ckd" in keys else 0.9, 0.25)
     na = rng.normal(119 if "hyponatremia" in keys else 138, 2.5)
     glucose = rng.normal(520 if "dka" in keys else 160 if "dm2" in keys else 104, 20)
-    return (f"{_DE_ID} 07:40AM BLOOD WBC-{max(wbc, 0.4):.1f} Hgb-{hgb:.1f} Hct-{3 * hgb:.1f} Plt Ct-{round(rng.normal(240, 60))}\n"
-            f"{_DE_ID} 07:40AM BLOOD Glucose-{round(glucose)} UreaN-{round(rng.normal(22, 6))} Creat-{max(creat, 0.4):.1f} "
-            f"Na-{round(na)} K-{rng.normal(4.2, 0.4):.1f} Cl-{round(rng.normal(101, 3))} HCO3-{round(rng.normal(24, 3))}")
+    return (f"{_DE_ID} 07:40AM BLOOD WBC-{max(wbc, 0.4):.1f} Hgb-{hgb:.1f} Hct-{3 * hgb:.1f} "
+            f"Plt Ct-{round(rng.normal(240, 60))}\n"
+            f"{_DE_ID} 07:40AM BLOOD Glucose-{round(glucose)} UreaN-{round(rng.normal(22, 6))} "
+            f"Creat-{max(creat, 0.4):.1f} Na-{round(na)} K-{rng.normal(4.2, 0.4):.1f} "
+            f"Cl-{round(rng.normal(101, 3))} HCO3-{round(rng.normal(24, 3))}")
 
 
 def _hospital_course(rng, adm: _Admission) -> str:
@@ -911,10 +987,12 @@ def _hospital_course(rng, adm: _Admission) -> str:
     lines = [f"{_age_text(adm.age)} y/o {short} with {'hx of ' + ', '.join(hx) if hx else 'no significant PMH'} "
              f"admitted with {_pick(rng, adm.reason.names)}."]
     for c in adm.acute:
-        lines.append(f"# {_pick(rng, c.names)}: {_pick(rng, c.hpi)}. Treated with {_pick(rng, c.treat)}. {_pick(rng, _COURSE_RESPONSE)}")
+        lines.append(f"# {_pick(rng, c.names)}: {_pick(rng, c.hpi)}. "
+                     f"Treated with {_pick(rng, c.treat)}. {_pick(rng, _COURSE_RESPONSE)}")
     for c in adm.chronic[:2]:
         meds = [_pick(rng, slot.split("|")).split(" ")[0] for slot in c.meds]
-        lines.append(f"# {_pick(rng, c.names)}: " + (f"continued home {_pick(rng, meds)}." if meds else "stable, no active issues."))
+        lines.append(f"# {_pick(rng, c.names)}: "
+                     + (f"continued home {_pick(rng, meds)}." if meds else "stable, no active issues."))
     return "\n".join(lines)
 
 
@@ -928,7 +1006,8 @@ def _discharge_summary(rng, adm: _Admission) -> str:
     dx_secondary = dedupe(_pick(rng, c.names) for c in adm.acute[1:] + adm.chronic)[:4]
     # bounded lists keep a summary at ~150-400 words (CPU demo speed)
     admission_meds = _medication_list(rng, adm.chronic, 0.5)[:6]
-    discharge_meds = dedupe(_medication_list(rng, adm.acute, 0.7) + [m for m in admission_meds if rng.random() < 0.85])[:6]
+    discharge_meds = dedupe(_medication_list(rng, adm.acute, 0.7)
+                            + [m for m in admission_meds if rng.random() < 0.85])[:6]
     disposition = _pick(rng, _DISPOSITION)
     sections = [
         f"Name:  {_DE_ID}                     Unit No:   {_DE_ID}",
@@ -948,12 +1027,17 @@ def _discharge_summary(rng, adm: _Admission) -> str:
         f"Brief Hospital Course:\n{_hospital_course(rng, adm)}",
         "Medications on Admission:\n" + _numbered(admission_meds),
         "Discharge Medications:\n" + _numbered(discharge_meds),
-        f"Discharge Disposition:\n{disposition}" + (f"\n\nFacility:\n{_DE_ID}" if disposition == "Extended Care" else ""),
-        f"Discharge Diagnosis:\nPrimary: {_pick(rng, adm.reason.names)}" + (f"\nSecondary: {', '.join(dx_secondary)}" if dx_secondary else ""),
+        f"Discharge Disposition:\n{disposition}"
+        + (f"\n\nFacility:\n{_DE_ID}" if disposition == "Extended Care" else ""),
+        f"Discharge Diagnosis:\nPrimary: {_pick(rng, adm.reason.names)}"
+        + (f"\nSecondary: {', '.join(dx_secondary)}" if dx_secondary else ""),
         "Discharge Condition:\nMental Status: Clear and coherent.\nLevel of Consciousness: Alert and interactive.\n"
-        "Activity Status: " + _pick(rng, ("Ambulatory - Independent.", "Ambulatory - requires assistance or aid (walker or cane).", "Out of Bed with assistance to chair or wheelchair.")),
-        f"Discharge Instructions:\nDear {_DE_ID},\nYou were admitted for {_pick(rng, adm.reason.complaints)} and treated "
-        f"with {_pick(rng, adm.reason.treat)}. Please take your medications as prescribed.\nYour {_DE_ID} Care Team",
+        "Activity Status: " + _pick(rng, ("Ambulatory - Independent.",
+                                          "Ambulatory - requires assistance or aid (walker or cane).",
+                                          "Out of Bed with assistance to chair or wheelchair.")),
+        f"Discharge Instructions:\nDear {_DE_ID},\nYou were admitted for {_pick(rng, adm.reason.complaints)} "
+        f"and treated with {_pick(rng, adm.reason.treat)}. Please take your medications as prescribed.\n"
+        f"Your {_DE_ID} Care Team",
         f"Followup Instructions:\n{_DE_ID}",
     ]
     return "\n\n".join(sections)
@@ -968,11 +1052,13 @@ def _radiology_report(rng, adm: _Admission, kind: str, finding: str, impression:
     else:
         impression = normal_impression if not finding else impression
     indication = _pick(rng, adm.reason.complaints)
-    notification = (f"\n\nNOTIFICATION:  The findings were discussed with Dr. {_DE_ID} by Dr. {_DE_ID} on the telephone on {_DE_ID} "
-                    f"at {_DE_ID}, within 30 minutes of discovery." if finding and rng.random() < 0.3 else "")
+    notification = (f"\n\nNOTIFICATION:  The findings were discussed with Dr. {_DE_ID} by Dr. {_DE_ID} "
+                    f"on the telephone on {_DE_ID} at {_DE_ID}, within 30 minutes of discovery."
+                    if finding and rng.random() < 0.3 else "")
     return "\n\n".join([
         f"EXAMINATION:  {exam}",
-        f"INDICATION:  {_DE_ID} year old {word} with {indication}  // {_pick(rng, ('eval for acute process', 'r/o ' + _pick(rng, adm.reason.names), 'interval change?'))}",
+        f"INDICATION:  {_DE_ID} year old {word} with {indication}  // "
+        f"{_pick(rng, ('eval for acute process', 'r/o ' + _pick(rng, adm.reason.names), 'interval change?'))}",
         f"TECHNIQUE:  {technique}",
         f"COMPARISON:  {_pick(rng, ('None.', f'{_DE_ID}', f'Prior study from {_DE_ID}.'))}",
         "FINDINGS: \n\n" + " ".join(sentences),
@@ -993,7 +1079,8 @@ def _timestamp(t: datetime) -> str:
 
 
 def write_pretraining_corpus(out_dir: str | Path, n_patients: int = 200, seed: int = 0) -> dict[str, Path]:
-    """Write MIMIC-IV-Note-shaped `discharge.csv.gz` and `radiology.csv.gz` into out_dir; return {"discharge": path, "radiology": path}.
+    """Write MIMIC-IV-Note-shaped `discharge.csv.gz` and `radiology.csv.gz` into out_dir; return
+    {"discharge": path, "radiology": path}.
 
     Columns: note_id, subject_id, hadm_id, note_type, note_seq, charttime, storetime, text.
     discharge: note_type DS (about 5% AD addenda); radiology: RR (about 3% AR addenda); some
@@ -1014,7 +1101,8 @@ def write_pretraining_corpus(out_dir: str | Path, n_patients: int = 200, seed: i
         subject = int(subject_ids[adm.patient])
         hadm = int(hadm)
         if adm.patient not in admit_at:  # shifted dates, years 2110-2190 as in MIMIC
-            admit_at[adm.patient] = datetime(2110, 1, 1) + timedelta(days=int(rng.integers(0, 80 * 365)), minutes=int(rng.integers(0, 1440)))
+            admit_at[adm.patient] = datetime(2110, 1, 1) + timedelta(days=int(rng.integers(0, 80 * 365)),
+                                                                     minutes=int(rng.integers(0, 1440)))
         admit = admit_at[adm.patient]
         discharge_at = admit + timedelta(minutes=round(adm.los_days * 24 * 60))
         admit_at[adm.patient] = discharge_at + timedelta(days=int(rng.integers(20, 700)))  # the next admission
@@ -1027,24 +1115,29 @@ def write_pretraining_corpus(out_dir: str | Path, n_patients: int = 200, seed: i
             at = admit + timedelta(minutes=int(rng.integers(30, 60 * 24 * max(adm.los_days, 0.5) * 0.8)))
             text = _radiology_report(rng, adm, kind, finding, impression)
             n = next_seq("RR", int(rng.integers(1, 20)))
-            radiology.append((f"{subject}-RR-{n}", subject, hadm, "RR", n, _timestamp(at), _timestamp(at + timedelta(minutes=int(rng.integers(20, 600)))), text))
+            radiology.append((f"{subject}-RR-{n}", subject, hadm, "RR", n, _timestamp(at),
+                              _timestamp(at + timedelta(minutes=int(rng.integers(20, 600)))), text))
             if rng.random() < 0.03:
                 n = next_seq("RR", 1)
-                radiology.append((f"{subject}-AR-{n}", subject, hadm, "AR", n, _timestamp(at), _timestamp(at + timedelta(hours=int(rng.integers(6, 48)))),
-                                  f"ADDENDUM:  Findings were discussed with Dr. {_DE_ID} by telephone at {_DE_ID}.\n\n" + text))
+                radiology.append((f"{subject}-AR-{n}", subject, hadm, "AR", n, _timestamp(at),
+                                  _timestamp(at + timedelta(hours=int(rng.integers(6, 48)))),
+                                  f"ADDENDUM:  Findings were discussed with Dr. {_DE_ID} by telephone at {_DE_ID}.\n\n"
+                                  + text))
         if rng.random() < 0.1:  # outpatient study: no hospital admission
             at = admit - timedelta(days=int(rng.integers(10, 300)))
             n = next_seq("RR", 1)
-            radiology.append((f"{subject}-RR-{n}", subject, None, "RR", n, _timestamp(at), _timestamp(at + timedelta(hours=2)),
-                              _radiology_report(rng, adm, "cxr", "", "")))
+            radiology.append((f"{subject}-RR-{n}", subject, None, "RR", n, _timestamp(at),
+                              _timestamp(at + timedelta(hours=2)), _radiology_report(rng, adm, "cxr", "", "")))
 
         day = discharge_at.replace(hour=0, minute=0, second=0, microsecond=0)
         stored = discharge_at + timedelta(minutes=int(rng.integers(120, 72 * 60)))
         n = next_seq("DS", int(rng.integers(10, 30)))
-        discharge.append((f"{subject}-DS-{n}", subject, hadm, "DS", n, _timestamp(day), _timestamp(stored), _discharge_summary(rng, adm)))
+        discharge.append((f"{subject}-DS-{n}", subject, hadm, "DS", n, _timestamp(day), _timestamp(stored),
+                          _discharge_summary(rng, adm)))
         if rng.random() < 0.05:
             n = next_seq("DS", 1)
-            discharge.append((f"{subject}-AD-{n}", subject, hadm, "AD", n, _timestamp(day), _timestamp(stored + timedelta(days=2)),
+            discharge.append((f"{subject}-AD-{n}", subject, hadm, "AD", n, _timestamp(day),
+                              _timestamp(stored + timedelta(days=2)),
                               f"Addendum:\nThe discharge medication list was reconciled with the pt and {_DE_ID}. "
                               f"Pt to follow up with PCP Dr. {_DE_ID} within 1 week."))
 
@@ -1064,7 +1157,9 @@ def write_pretraining_corpus(out_dir: str | Path, n_patients: int = 200, seed: i
 
 
 def write_demo_data(out_dir: str | Path, size: str = "default", seed: int = 0) -> dict:
-    """Both of the above with preset sizes: size="quick" (small, for a <2 min demo and tests) or "default" (for a <10 min CPU demo). Writes out_dir/corpus/ and out_dir/tasks/. Return {"corpus": {...paths}, "tasks": {task: dir}}."""
+    """Both of the above with preset sizes: size="quick" (small, for a <2 min demo and tests) or "default"
+    (for a <10 min CPU demo). Writes out_dir/corpus/ and out_dir/tasks/. Return {"corpus": {...paths},
+    "tasks": {task: dir}}."""
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose from {sorted(SIZES)}")
     out_dir = Path(out_dir)

@@ -297,6 +297,16 @@ def bootstrap_auroc(task_type: str, y_true, probs, *, ids=None, n_resamples: int
                      per_label=per_label)
 
 
+def bootstrap_fields(task_type: str, y_true, probs, *, ids, stream: str, n_resamples: int, seed: int) -> dict:
+    """{"auroc_ci": [lo, hi], "bootstrap": {...}} of one split, as metrics.json keeps them next to its "auroc".
+
+    Notes are resampled in id order with one random stream per task (stream = the task name), so
+    `clinpeft report` redraws the same resamples from predictions.csv.
+    """
+    return bootstrap_auroc(task_type, y_true, probs, ids=ids, n_resamples=n_resamples, seed=seed,
+                           stream=stream).fields()
+
+
 # --------------------------------------------------------------------------- macro and paired
 
 
@@ -345,24 +355,3 @@ def paired_test(boot_a: Bootstrap, boot_b: Bootstrap, auroc_a: float, auroc_b: f
     p, used = paired_p_value(boot_a.values, boot_b.values)
     return PairedTest(float(auroc_a) - float(auroc_b), percentile_interval(boot_a.values - boot_b.values, confidence),
                       p, used)
-
-
-def paired_auroc_test(task_type: str, y_true, probs_a, probs_b, *, ids=None, n_resamples: int = DEFAULT_RESAMPLES,
-                      seed: int = 0, stream: str = "", multi_class: str = "ovo") -> PairedTest:
-    """Paired bootstrap test of two models' predictions on the same notes (same resampled indices).
-    The observed difference uses the AUROC of metrics.py on the full split."""
-    from clinpeft.evaluation.metrics import auroc_binary, auroc_multiclass, auroc_multilabel
-
-    kwargs = dict(ids=ids, n_resamples=n_resamples, seed=seed, stream=stream, multi_class=multi_class)
-    boot_a = bootstrap_auroc(task_type, y_true, probs_a, **kwargs)
-    boot_b = bootstrap_auroc(task_type, y_true, probs_b, **kwargs)
-    observed = []
-    for probs in (probs_a, probs_b):
-        y, p = _as_task_arrays(task_type, y_true, probs)
-        if task_type == "binary":
-            observed.append(auroc_binary(y, p))
-        elif task_type == "multiclass":
-            observed.append(auroc_multiclass(y, p, multi_class=multi_class))
-        else:
-            observed.append(auroc_multilabel(y.astype(np.int64), p).auroc)
-    return paired_test(boot_a, boot_b, *observed)

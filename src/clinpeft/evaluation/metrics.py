@@ -1,6 +1,6 @@
 """Evaluation metrics of the paper, as pure functions: numpy arrays in, floats out.
 
-Definitions (Gema et al. 2023; DESIGN.md section 5):
+Definitions (Gema et al. 2023; summarised in the README, "Metrics"):
 
 - Perplexity = exp(total NLL in nats / number of predicted tokens) over the whole split:
   token-weighted, not a mean of per-batch perplexities or per-batch mean losses.
@@ -77,6 +77,11 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     """
     x = np.asarray(logits, dtype=np.float64)
     return np.exp(-np.logaddexp(0.0, -x))
+
+
+def probabilities(task_type: str, logits: np.ndarray) -> np.ndarray:
+    """Sigmoid per label for multilabel tasks; softmax over classes otherwise."""
+    return sigmoid(logits) if task_type == "multilabel" else softmax(logits)
 
 
 # --------------------------------------------------------------------------- input checks

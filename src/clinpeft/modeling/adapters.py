@@ -8,12 +8,13 @@ The classification head is not given to peft's `modules_to_save`: with two adapt
 may own it and `set_adapter([...])` fails otherwise, and some adapter types do not save it at
 all. We unfreeze and save the head ourselves (`head.safetensors`), the same way for every variant.
 
-peft pitfalls handled here (DESIGN.md, peft pitfalls): `PeftModel.set_adapter` takes one name, so two active
+peft pitfalls handled here (each shown by a test in tests/test_finetune*.py): \
+`PeftModel.set_adapter` takes one name, so two active
 adapters go through `model.base_model.set_adapter([...])`, which also makes both trainable; we
 set `requires_grad` explicitly afterwards. A CAUSAL_LM adapter loads onto a classifier only with
 `task_type=None`.
 
-Clinical adapters of the other Table 2 methods, downstream (DESIGN.md, peft pitfalls):
+Clinical adapters of the other Table 2 methods, downstream:
 - adaption_prompt loads like a LoRA (task_type=None); it has no `modules_to_save`, which does not
   matter here since we save the head ourselves.
 - prompt_tuning / p_tuning only prepend their virtual tokens in peft's task wrapper, so they are
@@ -254,7 +255,8 @@ def set_trainable(model, adapters: list[str], head_name: str) -> None:
     `<head>.original_module` is not used in the forward pass and stays frozen.
     """
     for name, param in model.named_parameters():
-        in_head = (f".{head_name}." in f".{name}" or name.startswith(f"{head_name}.")) and ".original_module." not in name
+        in_head = ((f".{head_name}." in f".{name}" or name.startswith(f"{head_name}."))
+                   and ".original_module." not in name)
         param.requires_grad = in_head or any(is_adapter_param(name, a) for a in adapters)
 
 

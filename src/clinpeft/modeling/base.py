@@ -92,7 +92,8 @@ def load_causal_lm(path: Path, dtype: str = "auto", attn_implementation: str = "
 
 
 def load_sequence_classifier(
-    path: Path, num_labels: int, pad_token_id: int, problem_type: str, dtype: str = "auto", attn_implementation: str = "sdpa"
+    path: Path, num_labels: int, pad_token_id: int, problem_type: str, dtype: str = "auto",
+    attn_implementation: str = "sdpa",
 ):
     """A base LM with a fresh classification head (`score` for LLaMA, `classifier` for BERT).
 
@@ -148,7 +149,9 @@ def base_fingerprint(model) -> str:
     config = model.config
     shape = {
         key: getattr(config, key, None)
-        for key in ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size")
+        for key in (
+            "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size"
+        )
     }
     embedding = model.get_input_embeddings().weight.detach()[:16].to(torch.bfloat16).float().cpu()
     digest = hashlib.sha256(json.dumps(shape, sort_keys=True).encode())

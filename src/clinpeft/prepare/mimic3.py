@@ -6,7 +6,7 @@
 Reads NOTEEVENTS, ADMISSIONS, DIAGNOSES_ICD and PROCEDURES_ICD (`.csv` or `.csv.gz`, MIMIC-III
 v1.4's upper-case column names) and writes, per task, `tasks/<task>/{train,val,test}.csv`
 (`id,text,label`; id = HADM_ID), `labels.txt` and `manifest.json` (rows, patients and label counts
-per split, and why admissions were left out). The rules, as in DESIGN.md 5 and van Aken's
+per split, and why admissions were left out). The rules, as in van Aken's
 `tasks/mimic_utils.py`, `mp.py`, `los.py`, `dia.py`, `pro.py`:
 
 1. Notes: CATEGORY "Discharge summary" only; admissions of ADMISSION_TYPE NEWBORN (and notes of
@@ -60,6 +60,7 @@ from clinpeft.data.definitions import (
     los_class,
 )
 from clinpeft.errors import ClinpeftError
+from clinpeft.prepare.common import add_out_args
 
 TASKS = MIMIC3_TASKS
 REQUIRED_COLUMNS = {
@@ -140,7 +141,8 @@ def split_by_patient(subject_ids, seed: int) -> dict[int, str]:
     order = subjects[np.random.default_rng(seed).permutation(len(subjects))]
     n_train = round(SPLIT_FRACTIONS[0] * len(subjects))
     n_val = round(SPLIT_FRACTIONS[1] * len(subjects))
-    return {int(s): "train" if rank < n_train else "val" if rank < n_train + n_val else "test" for rank, s in enumerate(order)}
+    return {int(s): "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
+            for rank, s in enumerate(order)}
 
 
 def read_split_lists(directory: str | Path) -> dict[int, str]:
@@ -151,14 +153,16 @@ def read_split_lists(directory: str | Path) -> dict[int, str]:
     """
     directory = Path(directory)
     if not directory.is_dir():
-        raise ClinpeftError(f"--split-lists {directory} is not a directory; give a folder with train.txt, val.txt, test.txt")
+        raise ClinpeftError(f"--split-lists {directory} is not a directory; "
+                            "give a folder with train.txt, val.txt, test.txt")
     split_of: dict[int, str] = {}
     where: dict[int, Path] = {}
     for split in SPLITS:
         candidates = [directory / f"{split}.txt", directory / f"mimic_{split}.csv"]
         path = next((p for p in candidates if p.is_file()), None)
         if path is None:
-            raise ClinpeftError(f"--split-lists {directory}: no {split}.txt (one SUBJECT_ID per line) or mimic_{split}.csv")
+            raise ClinpeftError(f"--split-lists {directory}: no {split}.txt (one SUBJECT_ID per line) "
+                                f"or mimic_{split}.csv")
         for line_no, line in enumerate(path.read_text().splitlines(), 1):
             value = line.split("#", 1)[0].strip().strip('"')
             if not value or (line_no == 1 and value.upper() == "SUBJECT_ID"):
@@ -203,7 +207,8 @@ def _ints(values: pd.Series, path: Path, column: str, first_row: int = 2) -> pd.
     bad = parsed.isna() | (parsed % 1 != 0)
     if bad.any():
         i = int(np.argmax(bad.to_numpy()))
-        raise ClinpeftError(f"{path} row {values.index[i] + first_row}: {column} {values.iloc[i]!r} is not an integer id")
+        raise ClinpeftError(f"{path} row {values.index[i] + first_row}: {column} {values.iloc[i]!r} "
+                            "is not an integer id")
     return parsed.astype("int64")
 
 
@@ -224,7 +229,8 @@ def read_admissions(path: Path) -> pd.DataFrame:
     if duplicated.any():
         i = int(np.argmax(duplicated.to_numpy()))
         first = int(np.argmax((hadm == hadm.iloc[i]).to_numpy()))
-        raise ClinpeftError(f"{path} row {i + 2}: HADM_ID {hadm.iloc[i]} already at row {first + 2}; admissions must be unique")
+        raise ClinpeftError(f"{path} row {i + 2}: HADM_ID {hadm.iloc[i]} already at row {first + 2}; "
+                            "admissions must be unique")
     flag = raw["HOSPITAL_EXPIRE_FLAG"].str.strip()
     bad = ~flag.isin(["0", "1"])
     if bad.any():
@@ -283,7 +289,8 @@ def read_discharge_summaries(path: Path, admissions: pd.DataFrame, counts: Count
                 "IS_REPORT": chunk["DESCRIPTION"][~empty].str.strip() == "Report", "ROW": chunk.index[~empty],
                 "TEXT": text[~empty],
             }))
-    return pd.concat(kept, ignore_index=True) if kept else pd.DataFrame(columns=["HADM_ID", "CHARTDATE", "IS_REPORT", "ROW", "TEXT"])
+    return (pd.concat(kept, ignore_index=True) if kept
+            else pd.DataFrame(columns=["HADM_ID", "CHARTDATE", "IS_REPORT", "ROW", "TEXT"]))
 
 
 def join_admission_texts(notes: pd.DataFrame, counts: Counter) -> pd.Series:
@@ -404,7 +411,8 @@ def main(mimic_dir: str | Path, out: str | Path, tasks: tuple[str, ...] = TASKS,
                                                    "by_label": label_counts(rows.loc[changed, "label"], False)}
                 vocabulary = ["0", "1"]
             elif task == "los":
-                rows = cohort[~died].assign(label=admissions.loc[cohort["id"][~died], "LOS_DAYS"].map(los_class).astype(str).to_numpy())
+                rows = cohort[~died].assign(
+                    label=admissions.loc[cohort["id"][~died], "LOS_DAYS"].map(los_class).astype(str).to_numpy())
                 extra["excluded"] = {"in_hospital_deaths": int(died.sum())}
                 vocabulary = ["0", "1", "2", "3"]
             else:
@@ -418,7 +426,8 @@ def main(mimic_dir: str | Path, out: str | Path, tasks: tuple[str, ...] = TASKS,
             summary[task] = write_task(tmp / task, rows, vocabulary, multilabel, extra)
             load_task(tmp / task, task)  # the output is what `finetune` reads, or this build fails
         write_json(tmp / "manifest.json", {**cohort_manifest, "tasks": {
-            t: {s: m["splits"][s]["rows"] for s in SPLITS} | {"num_labels": m["num_labels"]} for t, m in summary.items()}})
+            t: {s: m["splits"][s]["rows"] for s in SPLITS} | {"num_labels": m["num_labels"]}
+            for t, m in summary.items()}})
     return {"cohort": cohort_manifest, "tasks": summary}
 
 
@@ -429,19 +438,18 @@ def add_parser(subparsers) -> None:
         "PROCEDURES_ICD (.csv or .csv.gz): admission notes from discharge summaries, patient-level "
         "70/10/20 split. Writes OUT/<task>/{train,val,test}.csv, labels.txt, manifest.json.")
     p.add_argument("--mimic-dir", required=True, help="folder with MIMIC-III v1.4's tables (NOTEEVENTS.csv.gz, ...)")
-    p.add_argument("--out", required=True, help="tasks folder to create (written whole, or not at all)")
     p.add_argument("--tasks", default=",".join(TASKS), metavar="T[,T...]",
                    help=f"which tasks (default {','.join(TASKS)})")
     p.add_argument("--split-lists", metavar="DIR", help="fixed patient split: DIR/{train,val,test}.txt, one SUBJECT_ID "
                    "per line (or van Aken's mimic_{train,val,test}.csv); patients in no list are left out")
     p.add_argument("--seed", type=int, default=0, help="seed of the 70/10/20 patient split (default 0)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_out_args(p, "tasks folder to create (written whole, or not at all)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, progress: bool) -> None:
-    result = main(args.mimic_dir, args.out, parse_tasks(args.tasks), args.split_lists, args.seed, args.overwrite, progress)
+    result = main(args.mimic_dir, args.out, parse_tasks(args.tasks), args.split_lists, args.seed, args.overwrite,
+                  progress)
     counts = result["cohort"]["counts"]
     print(f"{args.out}: {counts['admission_notes']:,} admission notes of {counts['patients']:,} patients "
           f"(from {counts['discharge_summaries']:,} discharge summaries)")

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Iterator
 
 from clinpeft.errors import ClinpeftError
+from clinpeft.prepare.common import add_out_args
 
 # MIMIC-IV-Note v2.2 discharge.csv.gz / radiology.csv.gz: note_id, subject_id, hadm_id, note_type,
 # note_seq, charttime, storetime, text. These four are the ones the corpus needs.
@@ -78,16 +79,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--text-column", default="text", help="--input files: the column holding the note text")
     p.add_argument("--subject-column", default="subject_id",
                    help="--input files: the patient id column; if a file lacks it the test split is per note")
-    p.add_argument("--out", required=True, type=Path, help="corpus directory to create")
     p.add_argument("--note-types", default=None, metavar="T[,T...]",
                    help="keep only these note_type values, e.g. DS,RR to drop the AD/AR addenda "
                    "(default: every type, as the paper's 2,653,149 notes)")
     p.add_argument("--test-fraction", type=float, default=0.1, help="share of patients held out for test (default 0.1)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the split (default 0, pretrain's data.split_seed default)")
-    p.add_argument("--chunk-rows", type=int, default=CHUNK_ROWS, help=f"notes read at once (default {CHUNK_ROWS:,}); bounds memory")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--chunk-rows", type=int, default=CHUNK_ROWS,
+                   help=f"notes read at once (default {CHUNK_ROWS:,}); bounds memory")
+    add_out_args(p, "corpus directory to create", quiet_help="no progress bar", out_type=Path)
     p.set_defaults(run=run)
 
 
@@ -111,7 +111,8 @@ def run(args, progress: bool = True) -> dict:
 def parse_note_types(value: str) -> list[str]:
     types = [t.strip().upper() for t in value.split(",") if t.strip()]
     if not types:
-        raise ClinpeftError(f"--note-types {value!r} names no type; give e.g. DS,RR (MIMIC-IV-Note: {','.join(MIMIC_NOTE_TYPES)})")
+        raise ClinpeftError(f"--note-types {value!r} names no type; "
+                            f"give e.g. DS,RR (MIMIC-IV-Note: {','.join(MIMIC_NOTE_TYPES)})")
     return types
 
 
@@ -202,8 +203,10 @@ def check_source(source: Source) -> Source:
     if source.kind != "input":
         missing = [c for c in MIMIC_COLUMNS if c not in columns]
         if missing:
-            raise ClinpeftError(f"{path}: no column {', '.join(map(repr, missing))} (found {', '.join(columns) or 'none'}); "
-                                f"--{source.kind} takes MIMIC-IV-Note's {source.kind}.csv.gz ({', '.join(MIMIC_COLUMNS)}); "
+            raise ClinpeftError(f"{path}: no column {', '.join(map(repr, missing))} "
+                                f"(found {', '.join(columns) or 'none'}); "
+                                f"--{source.kind} takes MIMIC-IV-Note's {source.kind}.csv.gz "
+                                f"({', '.join(MIMIC_COLUMNS)}); "
                                 "for other tables use --input with --text-column")
         return source
     if source.text_column not in columns:
@@ -233,7 +236,8 @@ def read_chunks(source: Source, chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[
     fmt = file_format(source.path)
     if fmt == "txt":
         raw = source.path.read_bytes()
-        yield {"text": [raw.decode("utf-8")], "subject_id": [""], "note_id": [f"{source.path.name}:0"], "note_type": [""]}, len(raw)
+        yield {"text": [raw.decode("utf-8")], "subject_id": [""], "note_id": [f"{source.path.name}:0"],
+               "note_type": [""]}, len(raw)
         return
     columns = {"text": source.text_column, "subject_id": source.subject_column,
                "note_id": source.note_id_column, "note_type": source.note_type_column}
@@ -266,7 +270,8 @@ def read_chunks(source: Source, chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[
             yield chunk, disk.tell()
     except (pd.errors.ParserError, ValueError, EOFError, gzip.BadGzipFile, UnicodeDecodeError) as exc:
         raise ClinpeftError(f"{source.path}: cannot be read as {fmt.upper()} near note {first_row + 1} "
-                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); is the file complete?") from None
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                            "is the file complete?") from None
     finally:
         disk.close()
 
@@ -327,7 +332,8 @@ def prepare_notes(sources: list[Source], out: str | Path, note_types: list[str] 
 
     # --- check everything before any work
     if not sources:
-        raise ClinpeftError("prepare notes: no input; give --discharge and/or --radiology (MIMIC-IV-Note), or --input FILE ...")
+        raise ClinpeftError("prepare notes: no input; "
+                            "give --discharge and/or --radiology (MIMIC-IV-Note), or --input FILE ...")
     if not 0 < test_fraction < 1:
         raise ClinpeftError(f"--test-fraction must be between 0 and 1 (exclusive), got {test_fraction}")
     sources = [check_source(s) for s in sources]
@@ -340,7 +346,8 @@ def prepare_notes(sources: list[Source], out: str | Path, note_types: list[str] 
     by_patient = all(s.subject_column is not None for s in sources)
     split_by = "subject_id" if by_patient else "note"
 
-    counts = {"read": Counter(), "kept": Counter(), "empty": Counter(), "missing_subject_id": Counter(), "note_type": {}}
+    counts = {"read": Counter(), "kept": Counter(), "empty": Counter(), "missing_subject_id": Counter(),
+              "note_type": {}}
     patients = {"train": set(), "test": set()}  # distinct ids: bounded by patients, not notes
     notes = {"train": 0, "test": 0}
     chars = {"train": 0, "test": 0}
@@ -398,7 +405,8 @@ def prepare_notes(sources: list[Source], out: str | Path, note_types: list[str] 
 
         if notes["train"] == 0 or notes["test"] == 0:
             empty = "test" if notes["test"] == 0 else "train"
-            raise ClinpeftError(f"prepare notes: {notes['train'] + notes['test']} kept notes give an empty {empty} split "
+            raise ClinpeftError(f"prepare notes: {notes['train'] + notes['test']} kept notes "
+                                f"give an empty {empty} split "
                                 f"at --test-fraction {test_fraction}; add notes or change the fraction")
         files = []
         for source in sources:

@@ -24,9 +24,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from clinpeft.data.definitions import SPLITS
 from clinpeft.errors import ClinpeftError
+from clinpeft.prepare.common import add_out_args
 
-SPLITS = ("train", "val", "test")
 LABEL_COLUMNS = ("hadm_id", "label", "split")
 
 
@@ -53,7 +54,8 @@ def read_pmv_labels(path: str | Path) -> pd.DataFrame:
             raise ClinpeftError(f"{path} row {row}: hadm_id {hadm!r} is not an integer id")
         hadm = str(int(hadm))  # "0100001" and "100001" are one admission
         if hadm in first_row:
-            raise ClinpeftError(f"{path} row {row}: hadm_id {hadm} already at row {first_row[hadm]}; one label per admission")
+            raise ClinpeftError(f"{path} row {row}: hadm_id {hadm} already at row {first_row[hadm]}; "
+                                "one label per admission")
         first_row[hadm] = row
         if label not in ("0", "1"):
             raise ClinpeftError(f"{path} row {row}: label {label!r} is not 0 or 1 (1 = ventilated more than 7 days)")
@@ -79,7 +81,8 @@ def main(admission_notes: str | Path, labels: str | Path, out: str | Path, drop_
     if len(unknown) and not drop_unknown:
         first = unknown.iloc[0]
         raise ClinpeftError(f"{labels} row {first['row']}: hadm_id {first['hadm_id']} is not in {admission_notes} "
-                            f"({len(unknown)} of {len(pmv)} labels are not); build the MOR task from the same MIMIC-III, "
+                            f"({len(unknown)} of {len(pmv)} labels are not); "
+                            "build the MOR task from the same MIMIC-III, "
                             "or pass --drop-unknown to leave them out")
     pmv = pmv[pmv["hadm_id"].isin(texts.index)]
     rows = pd.DataFrame({"id": pmv["hadm_id"], "text": texts.loc[pmv["hadm_id"]].to_numpy(), "label": pmv["label"],
@@ -95,7 +98,8 @@ def main(admission_notes: str | Path, labels: str | Path, out: str | Path, drop_
                 raise ClinpeftError(f"{labels}: no admission in the {split} split; PMV needs train, val and test rows")
             part = part.assign(order=part["id"].astype(int)).sort_values("order")
             part[["id", "text", "label"]].to_csv(tmp / f"{split}.csv", index=False)
-            manifest["splits"][split] = {"rows": len(part), "labels": part["label"].value_counts().sort_index().to_dict()}
+            manifest["splits"][split] = {"rows": len(part),
+                                         "labels": part["label"].value_counts().sort_index().to_dict()}
         (tmp / "labels.txt").write_text("0\n1\n")
         write_json(tmp / "manifest.json", manifest)
         load_task(tmp, "pmv")  # what `finetune` reads, or this build fails
@@ -108,13 +112,12 @@ def add_parser(subparsers) -> None:
         description="Join a PMV label file (hadm_id,label,split; label 1 = ventilated > 7 days) to the admission "
         "notes of a MOR task directory built by `clinpeft prepare mimic3-tasks`. Writes OUT/{train,val,test}.csv, "
         "labels.txt and manifest.json.")
-    p.add_argument("--admission-notes", required=True, metavar="TASKS/mor", help="the MOR task directory (its notes are used)")
+    p.add_argument("--admission-notes", required=True, metavar="TASKS/mor",
+                   help="the MOR task directory (its notes are used)")
     p.add_argument("--labels", required=True, metavar="CSV", help="hadm_id,label,split (BEEP's PMV cohort)")
-    p.add_argument("--out", required=True, help="task directory to create, e.g. TASKS/pmv")
-    p.add_argument("--drop-unknown", action="store_true",
-                   help="leave out labels whose hadm_id is not in the admission notes (default: refuse), counted in manifest.json")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
-    p.add_argument("--quiet", action="store_true", help="no progress bars (this step is quick)")
+    p.add_argument("--drop-unknown", action="store_true", help="leave out labels whose hadm_id is not in the "
+                   "admission notes (default: refuse), counted in manifest.json")
+    add_out_args(p, "task directory to create, e.g. TASKS/pmv", quiet_help="no progress bars (this step is quick)")
     p.set_defaults(run=run)
 
 

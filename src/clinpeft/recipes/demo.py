@@ -20,17 +20,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from clinpeft.config import FinetuneConfig, PretrainConfig, load_config
-from clinpeft.modeling.methods import METHOD_NAMES
+from clinpeft.config import BUNDLED_CONFIGS, FinetuneConfig, PretrainConfig, load_config
 from clinpeft.data.definitions import TASKS
+from clinpeft.demo.llama import ensure_demo_base
 from clinpeft.demo.synthetic import write_demo_data
 from clinpeft.errors import ClinpeftError
-from clinpeft.demo.llama import ensure_demo_base
-from clinpeft.recipes import finetune, pretrain
-from clinpeft.reporting.tables import write_report
+from clinpeft.modeling.methods import METHOD_NAMES
+from clinpeft.reporting.report import write_report
 from clinpeft.rundir import atomic_run_dir
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "demo"
+CONFIGS = BUNDLED_CONFIGS / "demo"
 VARIANTS = ("lora", "clinical_frozen+downstream", "clinical_trainable+downstream")
 
 # --quick: less data (size "quick") and shorter training; same recipes otherwise.
@@ -43,7 +42,8 @@ def parse_methods(text: str) -> list[str]:
     methods = list(METHOD_NAMES) if text.strip() == "all" else [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHOD_NAMES]
     if unknown:
-        raise ClinpeftError(f"--methods: unknown method(s) {', '.join(unknown)}; use all or some of {', '.join(METHOD_NAMES)}")
+        raise ClinpeftError(f"--methods: unknown method(s) {', '.join(unknown)}; "
+                            f"use all or some of {', '.join(METHOD_NAMES)}")
     return ["lora"] + [m for m in dict.fromkeys(methods) if m != "lora"]
 
 
@@ -60,8 +60,10 @@ def demo_data(out: Path, quick: bool, seed: int) -> Path:
     return data
 
 
-def main(out: str | Path, quick: bool = False, seed: int = 0, progress: bool = True,
+def main(out: str | Path, *, quick: bool = False, seed: int = 0, progress: bool = True,
          methods: list[str] | tuple = ("lora",)) -> dict:
+    from clinpeft.recipes import finetune, pretrain  # torch: imported once the arguments are known to be good
+
     started = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -105,9 +107,11 @@ def main(out: str | Path, quick: bool = False, seed: int = 0, progress: bool = T
 
     step("5/5 report")
     written = write_report([out / "pretrain", out / "finetune"], out / "report")
-    for name in ("table2.md", "table3.md"):
-        print("\n" + written[name].read_text())
-    wall = time.time() - started
-    print(f"demo finished in {wall / 60:.1f} min; tables in {out / 'report'}")
-    print("Synthetic data: these numbers show the pipeline works, not how a model does on real notes.")
-    return {"wall_time_s": wall, "report": written}
+    return {"wall_time_s": time.time() - started, "report": written}
+
+
+def summary(result: dict, out: str | Path) -> list[str]:
+    """Table 2 and Table 3, the time taken, and what the numbers mean."""
+    tables = ["\n" + result["report"][name].read_text() for name in ("table2.md", "table3.md")]
+    return [*tables, f"demo finished in {result['wall_time_s'] / 60:.1f} min; tables in {Path(out) / 'report'}",
+            "Synthetic data: these numbers show the pipeline works, not how a model does on real notes."]

@@ -13,16 +13,21 @@ import time
 from pathlib import Path
 
 from clinpeft import __version__
+from clinpeft.config import ClassifierEvalSection
 from clinpeft.data.tasks import TaskData, read_split_csv, validate_split
-from clinpeft.evaluation.metrics import task_metrics
 from clinpeft.modeling.classifier import load_bundle, predict_logits
-from clinpeft.recipes.finetune import bootstrap_fields, write_predictions
 from clinpeft.rundir import atomic_run_dir, write_json
+from clinpeft.training.classification import split_metrics, write_predictions
 
 
-def main(run: str | Path, data: str | Path, out: str | Path, base: str | None = None, batch_size: int = 16,
-         overwrite: bool = False, progress: bool = True, bootstrap_resamples: int = 1000, bootstrap_seed: int = 0) -> dict:
+def main(run: str | Path, data: str | Path, out: str | Path, *, base: str | None = None, batch_size: int | None = None,
+         overwrite: bool = False, progress: bool = True, bootstrap_resamples: int = 1000,
+         bootstrap_seed: int = 0) -> dict:
+    """Score the notes of `data` with the classifier of finetune run `run`, into `out`. Returns metrics.json.
+
+    base: the base model's directory if it moved since training. batch_size: None = eval.batch_size's default."""
     started = time.time()
+    batch_size = ClassifierEvalSection().batch_size if batch_size is None else batch_size
     data = Path(data)
     frame = read_split_csv(data)
     clf, meta = load_bundle(run, base=base)
@@ -31,9 +36,8 @@ def main(run: str | Path, data: str | Path, out: str | Path, base: str | None = 
     task = TaskData(name=meta["task"], kind=kind, labels=list(meta["labels"]), splits={"eval": frame})
 
     logits = predict_logits(clf, frame["text"].tolist(), meta["max_seq_len"], batch_size, progress, "evaluate")
-    scores = task_metrics(meta["task_type"], task.targets("eval"), logits, task.labels)
-    if bootstrap_resamples:  # "auroc_ci": 95% bootstrap interval over these notes, as in finetune
-        scores.update(bootstrap_fields(task, "eval", logits, bootstrap_resamples, bootstrap_seed))
+    # AUROC as in finetune; "auroc_ci": its 95% bootstrap interval over these notes
+    scores = split_metrics(task, "eval", logits, bootstrap_resamples, bootstrap_seed)
     metrics = {
         "kind": "evaluation",
         "run": str(run),
@@ -50,3 +54,8 @@ def main(run: str | Path, data: str | Path, out: str | Path, base: str | None = 
         write_predictions(out_dir / "predictions.csv", task, "eval", logits)
         write_json(out_dir / "metrics.json", metrics)
     return metrics
+
+
+def summary(result: dict, out: str | Path) -> list[str]:
+    """What `clinpeft evaluate` prints: the task's AUROC on the scored notes."""
+    return [f"{out}: {result['task']} AUROC {result['eval']['auroc']:.4f} on {result['eval']['n_examples']} notes"]

@@ -38,6 +38,7 @@ from clinpeft.config import (
     Section,
     Variant,
     config_to_yaml,
+    find_recipe,
     format_override,
     load_config,
 )
@@ -150,11 +151,11 @@ class Cell:
 
 
 def resolve_recipe(path: str | None, grid_recipe: Path | None) -> Path | None:
-    """A recipe path as written in the grid: beside the grid recipe if it is there, else as given."""
+    """A recipe path as written in the grid: beside the grid recipe if it is there, else as given,
+    else among the bundled recipes (config.find_recipe)."""
     if path is None:
         return None
-    beside = grid_recipe.parent / path if grid_recipe is not None else None
-    return beside if beside is not None and beside.is_file() else Path(path)
+    return find_recipe(path, beside=grid_recipe.parent if grid_recipe is not None else None)
 
 
 def quoted(**values) -> list[str]:
@@ -226,17 +227,19 @@ def auroc_text(metrics: dict) -> str:
 # --------------------------------------------------------------------------- main
 
 
-def main(grid: ExperimentConfig, out: str | Path, recipe_path: str | Path | None = None, progress: bool = True) -> dict:
-    """Run every unfinished cell of `grid` into `out`, then the report. Returns the experiment.json state."""
+def main(grid: ExperimentConfig, out: str | Path, recipe_path: str | Path | None = None, *,
+         progress: bool = True) -> dict:
+    """Run every unfinished cell of `grid` into `out`, then the report. Returns the experiment.json state.
+    `recipe_path`: the grid's recipe, whose folder holds the recipes it names (resolved as load_config does)."""
     from tqdm.auto import tqdm
 
     from clinpeft.recipes import finetune, pretrain
     from clinpeft.recipes.demo import demo_data
-    from clinpeft.reporting.tables import write_report
+    from clinpeft.reporting.report import write_report
 
     started = time.time()
     out = Path(out)
-    grid_recipe = Path(recipe_path) if recipe_path else None
+    grid_recipe = find_recipe(recipe_path) if recipe_path else None
     if out.exists() and not out.is_dir():
         raise ClinpeftError(f"--out {out} is a file; give a directory (an existing experiment directory resumes it)")
 
@@ -328,3 +331,19 @@ def main(grid: ExperimentConfig, out: str | Path, recipe_path: str | Path | None
     state["wall_time_s"] = round(time.time() - started, 1)  # this invocation, report included
     write_state(out, state)
     return state
+
+
+def summary(state: dict, out: str | Path) -> list[str]:
+    """Table 3 (when some cell finished) and the counts of this invocation."""
+    table = ["\n" + Path(state["report"]["table3.md"]).read_text()] if "report" in state else []
+    return [*table, f"{out}: {state['n_ran']} cells run, {state['n_done_earlier']} done earlier, "
+            f"{state['n_failed']} failed ({state['wall_time_s'] / 60:.1f} min)"]
+
+
+def failures(state: dict, out: str | Path) -> list[str]:
+    """The failed cells and their errors, for stderr (none: [])."""
+    failed = [record for record in state["cells"] if record["status"] == "failed"]
+    if not failed:
+        return []
+    return [f"failed cells (errors in {out}/{STATE_FILE}); rerun the same command to retry them:",
+            *(f"  {record['cell']}: {record['error']}" for record in failed)]

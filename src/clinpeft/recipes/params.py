@@ -15,6 +15,7 @@ preset (`ARCHITECTURES`): the published LLaMA hyperparameters, for when no check
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from clinpeft.config import PretrainConfig
 from clinpeft.errors import ClinpeftError
 from clinpeft.modeling.adapters import add_pretraining_adapter
 from clinpeft.modeling.base import count_parameters, resolve_base
+from clinpeft.reporting.tables import format_params, format_percent
 
 # LLaMA (Touvron et al. 2023, Table 2) as transformers' LlamaConfig fields. 7B: 6,738,415,616 parameters.
 ARCHITECTURES = {
@@ -62,3 +64,17 @@ def count(model: str, config: PretrainConfig) -> dict:
         model_lm = add_pretraining_adapter(model_lm, section)
     trainable, total = count_parameters(model_lm)
     return {"trainable_params": trainable, "total_params": total, "percent": 100.0 * trainable / total}
+
+
+def main(model: str, config: PretrainConfig) -> dict:
+    """count(), with the model and the method it counted (for the summary line)."""
+    return {"model": model, "method": config.peft.method, **count(model, config)}
+
+
+def summary(result: dict, out: str | Path | None = None, *, as_json: bool = False) -> list[str]:
+    """One line: Table 2's digits, or (as_json) the counts as one JSON object."""
+    trainable, total = result["trainable_params"], result["total_params"]
+    if as_json:
+        return [json.dumps({"trainable_params": trainable, "total_params": total, "percent": result["percent"]})]
+    return [f"{result['model']} + {result['method']}: trainable params: {trainable:,} ({format_params(trainable)}) "
+            f"|| total params: {total:,} ({format_params(total)}) || trainable: {format_percent(result['percent'])}"]

@@ -31,7 +31,6 @@ from clinpeft.config import PretrainConfig, save_config
 from clinpeft.data.notes import cache_file, load_corpus
 from clinpeft.data.packing import count_predicted_tokens, tokenize_and_pack
 from clinpeft.modeling.adapters import add_pretraining_adapter, packing_fallback, write_adapter_meta
-from clinpeft.modeling.methods import lora_flavours
 from clinpeft.modeling.base import (
     base_fingerprint,
     count_parameters,
@@ -40,6 +39,7 @@ from clinpeft.modeling.base import (
     load_tokenizer,
     resolve_base,
 )
+from clinpeft.modeling.methods import lora_flavours
 from clinpeft.rundir import atomic_run_dir, write_json
 from clinpeft.training.common import silence_trainer, training_arguments
 from clinpeft.training.perplexity import split_perplexity
@@ -47,11 +47,19 @@ from clinpeft.training.perplexity import split_perplexity
 log = logging.getLogger(__name__)
 
 
-def main(config: PretrainConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> dict:
+def main(config: PretrainConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True) -> dict:
     """Run one pretraining job into `out` (created whole, or not at all). Returns run.json."""
     with atomic_run_dir(out, overwrite) as run_dir:
         save_config(config, run_dir)
         return run(config, run_dir, progress)
+
+
+def summary(result: dict, out: str | Path) -> list[str]:
+    """What `clinpeft pretrain` prints: trainable parameters and perplexities (the base model's, if measured)."""
+    return [f"{out}: {result['trainable_params']:,} trainable params ({result['trainable_percent']:.4f}%), "
+            f"train ppl {result['train_ppl']:.3f}, test ppl {result['test_ppl']:.3f}"
+            + (f" (base model {result['base_test_ppl']:.3f})" if result.get("base_test_ppl") else "")
+            + (f", val ppl {result['val_ppl']:.3f}" if result.get("val_ppl") is not None else "")]
 
 
 def tokenize_corpus(splits, tokenizer, config: PretrainConfig, progress: bool = True, packing: bool | None = None,
@@ -102,22 +110,6 @@ def save_clinical(model, method: str, run_dir: Path, base_path: Path, fingerprin
     return out_dir
 
 
-def load_clinical_lm(run_dir: str | Path, base: str | Path | None = None, dtype: str = "auto"):
-    """The causal LM a pretrain run produced (base + adapter, or the full model), for inference.
-
-    `base`: the base model's directory if it moved since training (adapters only).
-    """
-    from peft import PeftModel
-
-    from clinpeft.modeling.adapters import find_clinical_adapter
-
-    clinical = find_clinical_adapter(run_dir)
-    if clinical.method == "full":
-        return load_causal_lm(clinical.path, dtype).eval()
-    base_model = load_causal_lm(resolve_base(str(base or clinical.base_model), progress=False), dtype)
-    return PeftModel.from_pretrained(base_model, clinical.path).eval()
-
-
 def run(config: PretrainConfig, run_dir: Path, progress: bool = True) -> dict:
     from transformers import Trainer, default_data_collator, set_seed
 
@@ -149,11 +141,12 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True) -> dict:
               f"-> {' / '.join(str(len(blocks[n])) for n in names)} blocks of {config.data.max_seq_len} tokens")
 
     # --- the base model's perplexity on the same blocks: the row that adaptation must beat
+    batch_size = config.eval.batch_size
     base_ppl = {"base_train_ppl": None, "base_test_ppl": None}
     if config.eval.base_model:
         base_ppl = {
-            "base_train_ppl": split_perplexity(model, ppl_train_blocks, config.eval.batch_size, "base ppl (train)", progress),
-            "base_test_ppl": split_perplexity(model, test_blocks, config.eval.batch_size, "base ppl (test)", progress),
+            "base_train_ppl": split_perplexity(model, ppl_train_blocks, batch_size, "base ppl (train)", progress),
+            "base_test_ppl": split_perplexity(model, test_blocks, batch_size, "base ppl (test)", progress),
         }
 
     # --- the clinical adapter: the only trainable weights (full: every weight)
@@ -179,10 +172,10 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True) -> dict:
     tokens_seen = blocks_seen * config.data.max_seq_len
 
     # --- validate: token-weighted perplexity on each split
-    train_ppl = split_perplexity(model, ppl_train_blocks, config.eval.batch_size, "ppl (train)", progress)
-    test_ppl = split_perplexity(model, test_blocks, config.eval.batch_size, "ppl (test)", progress)
+    train_ppl = split_perplexity(model, ppl_train_blocks, batch_size, "ppl (train)", progress)
+    test_ppl = split_perplexity(model, test_blocks, batch_size, "ppl (test)", progress)
     # the split a sweep may select on, so the test perplexity stays untouched by model selection
-    val_ppl = split_perplexity(model, val_blocks, config.eval.batch_size, "ppl (val)", progress) if val_blocks is not None else None
+    val_ppl = None if val_blocks is None else split_perplexity(model, val_blocks, batch_size, "ppl (val)", progress)
 
     # --- save: adapter in PEFT layout (full: the whole model + tokenizer) + what it was trained on
     save_clinical(model, method, run_dir, base_path, fingerprint)

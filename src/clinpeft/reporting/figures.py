@@ -3,11 +3,12 @@
     roc_<task>.png      one ROC curve per Table 3 row on the task's test notes
     macro_auroc.png     macro AUROC of each row with its 95% bootstrap interval as error bars
 
-The figures only draw what `report_stats` computed; they hold no note text.
+The figures only draw what stats.py computed; they hold no note text.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -16,6 +17,65 @@ matplotlib.use("Agg")  # no display: report runs on servers and in CI
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from sklearn.metrics import auc  # noqa: E402
+
+from clinpeft.reporting.runs import Row  # noqa: E402
+from clinpeft.reporting.stats import Table3Stats, task_file_stem  # noqa: E402
+
+
+def write_plots(out: Path, stats: Table3Stats, rows: list[Row], tasks: list[str],
+                macro: dict[str, float | None]) -> dict[str, Path]:
+    """roc_<task>.png for every task with predictions; macro_auroc.png when some run has predictions.
+    `macro`: row name -> macro AUROC in % (as in Table 3). Returns {file name: path}."""
+    written = {}
+    for task in tasks:
+        curves, kind = _roc_curves(stats, rows, task)
+        if not curves:
+            continue
+        title = f"{task.upper()}: ROC curves on the test notes"
+        if kind == "multilabel":
+            title += "\nmicro-averaged over labels (Table 3 reports the macro over labels)"
+        elif kind == "multiclass":
+            title += "\nmicro-averaged one-vs-rest over classes (Table 3 reports the macro)"
+        name = f"roc_{task_file_stem(task)}.png"
+        written[name] = roc_figure(out / name, title, curves)
+    if not any(cell.preds is not None for cell in stats.cells.values()):
+        return written  # only recorded numbers, nothing resampled: the table says it all
+    bars = _macro_bars(stats, rows, macro)
+    if bars:
+        written["macro_auroc.png"] = macro_bar_figure(out / "macro_auroc.png",
+                                                      "Macro AUROC over tasks, test split", bars)
+    return written
+
+
+def _roc_curves(stats: Table3Stats, rows: list[Row], task: str) -> tuple[list[tuple], str | None]:
+    """([(legend text, fpr, tpr)] of the rows with a ROC curve for `task`, the task type of the last one)."""
+    curves, kind = [], None
+    for row in rows:
+        cell = stats.cells.get((row.name, task))
+        if cell is None or cell.roc is None:
+            continue
+        kind, (fpr, tpr) = cell.preds.task_type, cell.roc
+        table = "" if cell.auroc is None else f"{100 * cell.auroc:.1f}"
+        if kind == "binary":
+            label = f"{row.name} (AUROC {table})"
+        else:  # the micro-averaged curve's area is not the macro AUROC of Table 3: show both
+            label = f"{row.name} (curve area {100 * float(auc(fpr, tpr)):.1f}; Table 3: {table})"
+        curves.append((label, fpr, tpr))
+    return curves, kind
+
+
+def _macro_bars(stats: Table3Stats, rows: list[Row], macro: dict[str, float | None]) -> list[tuple]:
+    """[(row name, macro AUROC in %, interval low, interval high)] of the rows with a macro average."""
+    bars = []
+    for row in rows:
+        value = macro.get(row.name)
+        if value is None or not math.isfinite(value):
+            continue
+        ci = stats.macro_ci.get(row.name)
+        low, high = (100 * ci[0], 100 * ci[1]) if ci else (None, None)
+        bars.append((row.name, value, low, high))
+    return bars
 
 
 def roc_figure(path: Path, title: str, curves: list[tuple[str, np.ndarray, np.ndarray]]) -> Path:

@@ -1,15 +1,15 @@
-"""Statistics, plots and per-label lists of `clinpeft report`, from each run's predictions.csv.
+"""Statistics and per-label lists of `clinpeft report`, from each run's predictions.csv.
 
-Table 3 itself comes from metrics.json (report.py). This module reads the test predictions that
+Table 3 itself comes from metrics.json (tables.py). This module reads the test predictions that
 every `clinpeft finetune` run writes (predictions.csv: id, label, p_<label> per label of
 labels.txt) and adds:
 
-- the 95% bootstrap interval of every cell and of each row's macro average (statistics.py:
+- the 95% bootstrap interval of every cell and of each row's macro average (evaluation/bootstrap.py:
   notes sorted by id, one random stream per task, so a cell's interval equals the one in its
   metrics.json up to the rounding of predictions.csv);
 - with `--compare ROW`, the paired bootstrap p-value of each cell against the same task of ROW
   (both rows resampled on the same notes; refused when the two runs' test notes differ);
-- roc_<task>.png, macro_auroc.png (plots.py) and labels_<task>.md (best and worst labels of the
+- each cell's ROC points, drawn by figures.py, and labels_<task>.md (best and worst labels of the
   multilabel tasks).
 
 A run without predictions.csv keeps the interval recorded in its metrics.json, if any, and gets
@@ -24,25 +24,26 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_curve
+from tqdm.auto import tqdm
 
 from clinpeft.data.tasks import read_labels, split_multilabel
 from clinpeft.errors import ClinpeftError
-from clinpeft.reporting.tables import _number, _test_dict
-from clinpeft.evaluation.bootstrap import Bootstrap, PairedTest, bootstrap_auroc, macro_values, paired_p_value, paired_test, \
-    percentile_interval
+from clinpeft.evaluation.bootstrap import (
+    Bootstrap,
+    PairedTest,
+    bootstrap_auroc,
+    macro_values,
+    paired_p_value,
+    paired_test,
+    percentile_interval,
+)
+from clinpeft.reporting.runs import Row, recorded_auroc, recorded_ci, recorded_test
 
 PREDICTIONS_FILE = "predictions.csv"
 LABELS_FILE = "labels.txt"
 SIGNIFICANCE = 0.05  # cells with p below this get a mark in the comparison table
 N_BEST_WORST = 5  # labels listed at each end in labels_<task>.md
-
-
-@dataclass
-class Row:
-    """One Table 3 row: its printed name and its runs by task (lower-case task name)."""
-
-    name: str
-    runs: dict[str, dict]
 
 
 # --------------------------------------------------------------------------- predictions
@@ -164,8 +165,6 @@ def resolve_row(wanted: str, names: list[str]) -> str:
 def roc_points(preds: Predictions) -> tuple[np.ndarray, np.ndarray] | None:
     """The ROC curve drawn for a run: binary on P(class 1); multiclass and multilabel micro-averaged
     (every (note, label) pair one point; multiclass one-vs-rest). None without both classes."""
-    from sklearn.metrics import roc_curve
-
     if preds.task_type == "binary":
         y, score = preds.y == 1, preds.probs[:, -1]
     else:
@@ -177,21 +176,6 @@ def roc_points(preds: Predictions) -> tuple[np.ndarray, np.ndarray] | None:
     return fpr, tpr
 
 
-def _recorded_ci(run: dict) -> tuple[float, float] | None:
-    ci = _test_dict(run).get("auroc_ci")
-    if isinstance(ci, (list, tuple)) and len(ci) == 2:
-        try:
-            lo, hi = float(ci[0]), float(ci[1])
-        except (TypeError, ValueError):
-            return None
-        return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) else None
-    return None
-
-
-def _auroc(run: dict) -> float | None:
-    return _number(_test_dict(run).get("auroc"))
-
-
 def table3_statistics(rows: list[Row], tasks: list[str], *, n_resamples: int = 1000, seed: int = 0,
                       compare: str | None = None, progress: bool = False) -> Table3Stats:
     """Intervals of every cell and macro average, and the paired p-values against `compare`.
@@ -200,30 +184,28 @@ def table3_statistics(rows: list[Row], tasks: list[str], *, n_resamples: int = 1
     name as recorded in metrics.json), else the "auroc_ci" recorded in metrics.json, else none.
     Macro interval of a row: percentile interval of the mean over the row's tasks of their
     resample-b AUROCs (each task resampled independently); only when every task of the row has
-    predictions. Paired p-values: statistics.paired_p_value on the two rows' resamples of the same
+    predictions. Paired p-values: bootstrap.paired_p_value on the two rows' resamples of the same
     notes; the macro's on the resampled macro averages, when both rows have predictions for the
     same tasks.
     """
-    from tqdm.auto import tqdm
-
     stats = Table3Stats(n_resamples=n_resamples, seed=seed)
     reference = resolve_row(compare, [r.name for r in rows]) if compare is not None else None  # fail before work
     no_predictions: list[str] = []
     work = [(row, task) for row in rows for task in tasks if task in row.runs]
     for row, task in tqdm(work, desc="bootstrap", unit="cell", disable=not progress or n_resamples == 0):
         run = row.runs[task]
-        cell = Cell(auroc=_auroc(run))
+        cell = Cell(auroc=recorded_auroc(run))
         preds = read_predictions(run) if n_resamples else None
         if preds is not None:
             cell.preds = preds
             cell.boot = bootstrap_auroc(preds.task_type, preds.y, preds.probs, ids=preds.ids, n_resamples=n_resamples,
                                         seed=seed, stream=str(run.get("task", task)),
-                                        multi_class=str(_test_dict(run).get("multi_class", "ovo")))
+                                        multi_class=str(recorded_test(run).get("multi_class", "ovo")))
             cell.ci, cell.source = cell.boot.interval(), PREDICTIONS_FILE
             cell.roc = roc_points(preds)
             preds.probs = None  # (notes x labels) float64: ~100 MB for a DIAG run on MIMIC-III; not needed again
-        elif _recorded_ci(run) is not None:
-            cell.ci, cell.source = _recorded_ci(run), "metrics.json"
+        elif recorded_ci(run) is not None:
+            cell.ci, cell.source = recorded_ci(run), "metrics.json"
             no_predictions.append(str(run["_dir"]))
         else:
             no_predictions.append(str(run["_dir"]))
@@ -318,10 +300,11 @@ def reading_notes(stats: Table3Stats, rows: list[Row], tasks: list[str]) -> list
     if widths:
         lines.append(
             f"[lo, hi]: 95% percentile bootstrap interval of the test AUROC ({stats.n_resamples} resamples of the "
-            f"test notes with replacement, seed {stats.seed}; clinpeft/statistics.py). Median interval width here: "
+            f"test notes with replacement, seed {stats.seed}; clinpeft/evaluation/bootstrap.py). "
+            "Median interval width here: "
             f"{'; '.join(widths)}. Two rows whose AUROCs differ by less than about half that width are not "
-            "distinguishable on this test set (e.g. a 1-point difference on ~700 notes is noise). Overlapping intervals "
-            "are not a test; the paired p-values of `clinpeft report --compare ROW` are."
+            "distinguishable on this test set (e.g. a 1-point difference on ~700 notes is noise). "
+            "Overlapping intervals are not a test; the paired p-values of `clinpeft report --compare ROW` are."
         )
     if stats.macro_ci:
         lines.append("Macro avg interval: each task resampled independently, the mean of the tasks' resampled "
@@ -342,58 +325,12 @@ def comparison_notes(stats: Table3Stats, rows: list[Row], tasks: list[str]) -> l
     ]
 
 
-# --------------------------------------------------------------------------- plots and label lists
+# --------------------------------------------------------------------------- label lists
 
 
-def _file_task(task: str) -> str:
+def task_file_stem(task: str) -> str:
+    """A task as it appears in file names (roc_<stem>.png, labels_<stem>.md): lower-case, safe characters."""
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in task.lower())
-
-
-def write_plots(out: Path, stats: Table3Stats, rows: list[Row], tasks: list[str],
-                macro: dict[str, float | None]) -> dict[str, Path]:
-    """roc_<task>.png for every task with predictions; macro_auroc.png when some run has predictions.
-    `macro`: row name -> macro AUROC in % (as in Table 3). Returns {file name: path}."""
-    from sklearn.metrics import auc
-
-    from clinpeft.reporting.figures import macro_bar_figure, roc_figure
-
-    written = {}
-    for task in tasks:
-        curves, kind = [], None
-        for row in rows:
-            cell = stats.cells.get((row.name, task))
-            if cell is None or cell.roc is None:
-                continue
-            kind, (fpr, tpr) = cell.preds.task_type, cell.roc
-            table = "" if cell.auroc is None else f"{100 * cell.auroc:.1f}"
-            if kind == "binary":
-                label = f"{row.name} (AUROC {table})"
-            else:
-                label = f"{row.name} (curve area {100 * float(auc(fpr, tpr)):.1f}; Table 3: {table})"
-            curves.append((label, fpr, tpr))
-        if not curves:
-            continue
-        title = f"{task.upper()}: ROC curves on the test notes"
-        if kind == "multilabel":
-            title += "\nmicro-averaged over labels (Table 3 reports the macro over labels)"
-        elif kind == "multiclass":
-            title += "\nmicro-averaged one-vs-rest over classes (Table 3 reports the macro)"
-        name = f"roc_{_file_task(task)}.png"
-        written[name] = roc_figure(out / name, title, curves)
-    bars = []
-    if not any(cell.preds is not None for cell in stats.cells.values()):
-        return written  # only recorded numbers, nothing resampled: the table says it all
-    for row in rows:
-        value = macro.get(row.name)
-        if value is None or not math.isfinite(value):
-            continue
-        ci = stats.macro_ci.get(row.name)
-        low, high = (100 * ci[0], 100 * ci[1]) if ci else (None, None)
-        bars.append((row.name, value, low, high))
-    if bars:
-        written["macro_auroc.png"] = macro_bar_figure(out / "macro_auroc.png",
-                                                      "Macro AUROC over tasks, test split", bars)
-    return written
 
 
 def label_lists(stats: Table3Stats, rows: list[Row], task: str, n: int = N_BEST_WORST) -> str | None:
@@ -405,7 +342,7 @@ def label_lists(stats: Table3Stats, rows: list[Row], task: str, n: int = N_BEST_
         run = row.runs.get(task)
         if run is None or run.get("task_type") != "multilabel":
             continue
-        test = _test_dict(run)
+        test = recorded_test(run)
         per_label, support = test.get("per_label_auroc") or {}, test.get("per_label_support") or {}
         if not per_label:
             continue
@@ -442,7 +379,7 @@ def write_label_lists(out: Path, stats: Table3Stats, rows: list[Row], tasks: lis
     for task in tasks:
         text = label_lists(stats, rows, task)
         if text:
-            name = f"labels_{_file_task(task)}.md"
+            name = f"labels_{task_file_stem(task)}.md"
             (out / name).write_text(text, encoding="utf-8")
             written[name] = out / name
     return written

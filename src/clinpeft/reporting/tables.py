@@ -1,37 +1,37 @@
 """Paper-style tables from finished run directories alone (Gema et al. 2023, Tables 2 and 3).
 
-    clinpeft report runs/ --out report/     # -> report/table2.{md,csv}, report/table3.{md,csv}
-
 Table 2 (domain-adaptive pretraining) is built from every `run.json` (kind "pretrain"), Table 3
-(downstream AUROC) from every `metrics.json` (kind "finetune") found under the given paths.
-The AUROCs are not recomputed: the tables format what the runs recorded, so a report can be rebuilt
-anywhere the run directories are copied. Missing optional keys give blank cells. What needs the
-test predictions (each cell's 95% bootstrap interval, the macro average's, `--compare` p-values,
-ROC plots, best/worst labels) is computed from each run's predictions.csv by report_stats.py.
-
-The .md files are for reading (rounded like the paper, with footnotes defining every number);
-the .csv files hold the unrounded numbers and exact parameter counts for reuse.
+(downstream AUROC) from every `metrics.json` (kind "finetune") that runs.py found. The AUROCs are
+not recomputed: the tables format what the runs recorded, so a report can be rebuilt anywhere the
+run directories are copied. Missing optional keys give blank cells. What needs the test predictions
+(each cell's 95% bootstrap interval, the macro average's, `--compare` p-values) comes from stats.py;
+report.py writes the files.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
 from collections import defaultdict
-from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 
 from clinpeft.data.definitions import TABLE3_TASK_ORDER
 from clinpeft.errors import ClinpeftError
-from clinpeft.modeling import methods
 from clinpeft.evaluation.metrics import macro_average
-
-PRETRAIN_FILE = "run.json"
-FINETUNE_FILE = "metrics.json"
+from clinpeft.modeling import methods
+from clinpeft.reporting.runs import (
+    Row,
+    base_name,
+    integer,
+    number,
+    recorded_auroc,
+    recorded_ci,
+    recorded_test,
+    required_text,
+    table3_base,
+)
+from clinpeft.reporting.stats import Table3Stats, comparison_notes, comparison_table, format_interval
 
 BASE_ROW = "(none: base model)"
 TABLE2_COLUMNS = ["Base model", "PEFT", "Trainable params", "Trainable %", "Train ppl", "Test ppl", "Time (h:m:s)"]
@@ -43,118 +43,6 @@ TABLE2_RAW_COLUMNS = [
 TASKS_ORDER = TABLE3_TASK_ORDER
 MACRO = "Macro avg"
 INCOMPLETE_MARK = "*"
-
-
-# --------------------------------------------------------------------------- finding runs
-
-
-def find_runs(paths: Iterable[str | Path]) -> tuple[list[dict], list[dict]]:
-    """Each path is a run dir or any folder above run dirs (searched recursively for run.json /
-    metrics.json). Returns (pretrain_runs, finetune_runs), each dict the parsed JSON plus "_dir"
-    (a Path). A path that does not exist, or holds no runs -> ClinpeftError naming it. A corrupt
-    JSON -> ClinpeftError naming the file.
-
-    A run.json counts as a pretraining run when its "kind" is "pretrain" (or absent); a
-    metrics.json as a fine-tuning run when its "kind" is "finetune" (or absent). Hidden folders
-    (e.g. the `.name.tmp-*` folders of runs still being written) are not searched. A run reached
-    through two of the paths is read once. Runs are sorted by directory.
-    """
-    pretrain: dict[Path, dict] = {}
-    finetune: dict[Path, dict] = {}
-    paths = list(paths)
-    if not paths:
-        raise ClinpeftError("no run directories given; pass the --out folder of a pretrain or finetune run")
-    for path in map(Path, paths):
-        if not path.exists():
-            raise ClinpeftError(f"{path} does not exist; pass a run directory or a folder above run directories")
-        n_found = 0
-        for file in _run_files(path):
-            record = _read_json_object(file)
-            kind = record.get("kind")
-            if file.name == PRETRAIN_FILE and kind in (None, "pretrain"):
-                found = pretrain
-            elif file.name == FINETUNE_FILE and kind in (None, "finetune"):
-                found = finetune
-            else:
-                continue
-            n_found += 1
-            record["_dir"] = file.parent
-            found.setdefault(file.resolve(), record)
-        if n_found == 0:
-            raise ClinpeftError(
-                f"{path} holds no {PRETRAIN_FILE} (pretraining) or {FINETUNE_FILE} (fine-tuning) run; "
-                "pass the --out folder of a finished run, or a folder above such folders"
-            )
-    by_dir = lambda run: str(run["_dir"])  # noqa: E731
-    return sorted(pretrain.values(), key=by_dir), sorted(finetune.values(), key=by_dir)
-
-
-def _run_files(path: Path) -> list[Path]:
-    """run.json / metrics.json files at or below `path`, skipping hidden subfolders."""
-    if path.is_file():
-        if path.name in (PRETRAIN_FILE, FINETUNE_FILE):
-            return [path]
-        raise ClinpeftError(f"{path} is a file; pass a run directory (holding {PRETRAIN_FILE} or {FINETUNE_FILE})")
-    files = []
-    for root, dirs, names in os.walk(path):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        files += [Path(root) / name for name in sorted(names) if name in (PRETRAIN_FILE, FINETUNE_FILE)]
-    return files
-
-
-def _read_json_object(file: Path) -> dict:
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ClinpeftError(
-            f"{file}: not valid JSON ({exc.msg} at line {exc.lineno}); re-run that step or remove its directory"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ClinpeftError(f"{file}: cannot be read ({exc}); check its permissions or remove its directory") from None
-    if not isinstance(data, dict):
-        raise ClinpeftError(f"{file}: expected a JSON object, got {type(data).__name__}; re-run that step")
-    return data
-
-
-# --------------------------------------------------------------------------- reading values
-
-
-def _number(value) -> float | None:
-    """A finite-or-infinite float from a JSON value; None for missing, null, NaN, bools, text."""
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(number) else number
-
-
-def _integer(value) -> int | None:
-    number = _number(value)
-    return int(round(number)) if number is not None and math.isfinite(number) else None
-
-
-def _base_name(run: dict) -> str:
-    """Display name of a run's base model: "base_model_name", else the last part of "base_model"."""
-    name = run.get("base_model_name")
-    if isinstance(name, str) and name.strip():
-        return name.strip()
-    path = run.get("base_model")
-    if isinstance(path, str) and path.strip():
-        return Path(path.strip().rstrip("/")).name or path.strip()
-    return "(unknown base model)"
-
-
-def _table3_base(run: dict) -> str:
-    """The base model as Table 3 groups rows: runs whose classifier pools the mean of the note's
-    tokens (model.pooling=mean) form their own block, "LLaMA (mean pooling)", beside the
-    last-token rows of the same base."""
-    return _base_name(run) + (" (mean pooling)" if run.get("pooling") == "mean" else "")
-
-
-def _rel_close(a: float, b: float, rel: float = 5e-3) -> bool:
-    return abs(a - b) <= rel * max(abs(a), abs(b))
 
 
 # --------------------------------------------------------------------------- formatting cells
@@ -226,7 +114,7 @@ def _table2_records(pretrain_runs: list[dict]) -> tuple[list[dict], list[str]]:
     """One raw record per Table 2 row (TABLE2_RAW_COLUMNS), plus notes for the footnotes."""
     by_base: dict[str, list[dict]] = defaultdict(list)
     for run in pretrain_runs:
-        by_base[_base_name(run)].append(run)
+        by_base[base_name(run)].append(run)
 
     records, notes = [], []
     for base in sorted(by_base, key=str.lower):
@@ -235,8 +123,8 @@ def _table2_records(pretrain_runs: list[dict]) -> tuple[list[dict], list[str]]:
         if base_row:
             records.append(base_row)
         for run in runs:
-            trainable, total = _integer(run.get("trainable_params")), _integer(run.get("total_params"))
-            percent = _number(run.get("trainable_percent"))
+            trainable, total = integer(run.get("trainable_params")), integer(run.get("total_params"))
+            percent = number(run.get("trainable_percent"))
             if percent is None and trainable is not None and total:
                 percent = 100.0 * trainable / total
             records.append({
@@ -246,9 +134,9 @@ def _table2_records(pretrain_runs: list[dict]) -> tuple[list[dict], list[str]]:
                 "Trainable params": trainable,
                 "Total params": total,
                 "Trainable %": percent,
-                "Train ppl": _number(run.get("train_ppl")),
-                "Test ppl": _number(run.get("test_ppl")),
-                "Train time (s)": _number(run.get("train_time_s")),
+                "Train ppl": number(run.get("train_ppl")),
+                "Test ppl": number(run.get("test_ppl")),
+                "Train time (s)": number(run.get("train_time_s")),
                 "Run dir": str(run.get("_dir", "")),
             })
     return records, notes
@@ -258,14 +146,14 @@ def _base_model_row(base: str, runs: list[dict], notes: list[str]) -> dict | Non
     """The "(none: base model)" row: base-model perplexities recorded by the first run that has
     them. If runs disagree (different splits?), a note says so."""
     keys = ("base_train_ppl", "base_test_ppl")
-    recorded = [r for r in runs if any(_number(r.get(key)) is not None for key in keys)]
+    recorded = [r for r in runs if any(number(r.get(key)) is not None for key in keys)]
     if not recorded:
         return None
     first = recorded[0]
-    train, test = _number(first.get("base_train_ppl")), _number(first.get("base_test_ppl"))
+    train, test = number(first.get("base_train_ppl")), number(first.get("base_test_ppl"))
     for other in recorded[1:]:
         for key, value in zip(keys, (train, test)):
-            theirs = _number(other.get(key))
+            theirs = number(other.get(key))
             if value is not None and theirs is not None and not _rel_close(value, theirs):
                 notes.append(
                     f"{base}: {key} differs between runs ({value:.3f} in {first['_dir']}, {theirs:.3f} in "
@@ -279,7 +167,14 @@ def _base_model_row(base: str, runs: list[dict], notes: list[str]) -> dict | Non
     }
 
 
-def _table2_frames(pretrain_runs) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+def _rel_close(a: float, b: float, rel: float = 5e-3) -> bool:
+    """Equal within 0.5% (relative): the same split's perplexity, up to run-to-run numerics."""
+    return abs(a - b) <= rel * max(abs(a), abs(b))
+
+
+def table2_frames(pretrain_runs) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """(raw, shown, notes) of Table 2: table2.csv's unrounded frame, table2.md's formatted one, the notes
+    for the footnotes; see `table2`."""
     records, notes = _table2_records(list(pretrain_runs))
     raw = pd.DataFrame(records, columns=TABLE2_RAW_COLUMNS)
     for col in ("Trainable params", "Total params"):
@@ -313,13 +208,14 @@ def table2(pretrain_runs, *, formatted: bool = True) -> pd.DataFrame:
     counts, time in seconds, the run directory), as written to table2.csv. Notes for the
     footnotes are in `df.attrs["notes"]`.
     """
-    raw, shown, notes = _table2_frames(pretrain_runs)
+    raw, shown, notes = table2_frames(pretrain_runs)
     df = shown if formatted else raw
     df.attrs["notes"] = notes
     return df
 
 
-def _table2_footnotes(raw: pd.DataFrame, notes: list[str]) -> list[str]:
+def table2_footnotes(raw: pd.DataFrame, notes: list[str]) -> list[str]:
+    """table2.md's footnotes: what each number means, then the `notes` of table2_frames."""
     lines = [
         "Perplexity (ppl) = exp(total negative log-likelihood in nats / number of predicted tokens) over the whole "
         "split: token-weighted, not a mean of per-batch perplexities. Train ppl on the pretraining split, Test ppl "
@@ -341,24 +237,14 @@ def _table2_footnotes(raw: pd.DataFrame, notes: list[str]) -> list[str]:
 # --------------------------------------------------------------------------- Table 3
 
 
-def _required_text(run: dict, key: str) -> str:
-    value = run.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise ClinpeftError(
-            f"{Path(run['_dir']) / FINETUNE_FILE}: no \"{key}\"; it was not written by `clinpeft finetune`, "
-            f"add \"{key}\" or remove the directory"
-        )
-    return value.strip()
-
-
 def _table3_cells(finetune_runs: list[dict]) -> dict[tuple, dict[str, dict]]:
     """{(base, variant, row override or None): {task: run}}; a second run for a cell is an error."""
     cells: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for run in finetune_runs:
-        task = _required_text(run, "task").lower()
-        variant = _required_text(run, "variant")
+        task = required_text(run, "task").lower()
+        variant = required_text(run, "variant")
         row = run.get("row") if isinstance(run.get("row"), str) and run["row"].strip() else None
-        key = (_table3_base(run), variant, row.strip() if row else None)
+        key = (table3_base(run), variant, row.strip() if row else None)
         if task in cells[key]:
             other = cells[key][task]["_dir"]
             raise ClinpeftError(
@@ -383,47 +269,47 @@ def _row_name(base: str, variant: str, row: str | None, base_has_head: bool) -> 
 
 
 def _test_auroc_percent(run: dict) -> float | None:
-    auroc = _number(_test_dict(run).get("auroc"))
+    auroc = recorded_auroc(run)
     return None if auroc is None else 100.0 * auroc
 
 
-def table3_layout(finetune_runs, tasks_order=TASKS_ORDER) -> tuple[list[str], list]:
+def table3_layout(finetune_runs, tasks_order=TASKS_ORDER) -> tuple[list[str], list[Row]]:
     """(tasks, rows) of Table 3: the task columns (lower-case, in tasks_order then others sorted) and
-    the rows in table order, each a report_stats.Row(name, {task: run}); see `table3`."""
-    from clinpeft.reporting.stats import Row
-
+    the rows in table order, each a runs.Row(name, {task: run}); see `table3`."""
     cells = _table3_cells(list(finetune_runs))
     order = [t.lower() for t in tasks_order]
     present = {task for by_task in cells.values() for task in by_task}
     tasks = [t for t in order if t in present] + sorted(present - set(order))
     # the encoder baselines first, as in the paper (BlueBERT, UmlsBERT, ... above LLaMA)
-    encoder_bases = {k[0] for k, by_task in cells.items() if any(r.get("model_kind") == "encoder" for r in by_task.values())}
-    keys = sorted(cells, key=lambda k: (k[0] not in encoder_bases, k[0].lower(), k[0], methods.variant_rank(k[1]), k[2] or ""))
+    encoder_bases = {base for (base, _, _), by_task in cells.items()
+                     if any(r.get("model_kind") == "encoder" for r in by_task.values())}
+    keys = sorted(cells, key=lambda k: (k[0] not in encoder_bases, k[0].lower(), k[0], methods.variant_rank(k[1]),
+                                        k[2] or ""))
     bases_with_head = {k[0] for k in keys if k[1] == "head" and k[2] is None}
     rows = [Row(_row_name(base, variant, row, base in bases_with_head), cells[(base, variant, row)])
             for base, variant, row in keys]
     return tasks, rows
 
 
-def _cell_interval(run: dict, name: str, task: str, stats) -> tuple[float, float] | None:
+def _cell_interval(run: dict, name: str, task: str, stats: Table3Stats | None) -> tuple[float, float] | None:
     """A cell's 95% interval (fractions): from the report's bootstrap when given, else metrics.json."""
     if stats is not None:
         cell = stats.cells.get((name, task))
         return cell.ci if cell is not None else None
-    from clinpeft.reporting.stats import _recorded_ci
-
-    return _recorded_ci(run)
+    return recorded_ci(run)
 
 
 def _with_interval(text: str, ci, mark: str = "") -> str:
-    """Cell text with its interval: "78.40 [76.1, 80.5]" (interval in %, see report_stats.format_interval), the mark after it."""
-    from clinpeft.reporting.stats import format_interval
-
+    """Cell text with its interval, "78.40 [76.1, 80.5]" (in %, see stats.format_interval), then the mark."""
     interval = format_interval(ci)
     return f"{text} {interval}{mark}" if text and interval else text + mark
 
 
-def _table3_frames(finetune_runs, tasks_order=TASKS_ORDER, stats=None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+def table3_frames(finetune_runs, tasks_order=TASKS_ORDER,
+                  stats: Table3Stats | None = None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """(raw, shown, notes) of Table 3: table3.csv's unrounded frame, table3.md's formatted one, the notes
+    for the footnotes. With `stats`, cells carry the report's intervals (and raw the `--compare` columns);
+    without, the intervals recorded in metrics.json."""
     runs = list(finetune_runs)
     tasks, rows = table3_layout(runs, tasks_order)
     columns = [t.upper() for t in tasks]
@@ -431,7 +317,7 @@ def _table3_frames(finetune_runs, tasks_order=TASKS_ORDER, stats=None) -> tuple[
     for row in rows:
         name, values, intervals = row.name, {}, {}
         some_run = next(iter(row.runs.values()))
-        base, variant = _base_name(some_run), str(some_run.get("variant", "")).strip()
+        base, variant = base_name(some_run), str(some_run.get("variant", "")).strip()
         for task in tasks:
             run = row.runs.get(task)
             values[task] = _test_auroc_percent(run) if run else None
@@ -451,20 +337,37 @@ def _table3_frames(finetune_runs, tasks_order=TASKS_ORDER, stats=None) -> tuple[
         shown_rows.append([name, *(_with_interval(format_auroc(values[t]), intervals[t]) for t in tasks),
                            _with_interval(format_auroc(macro), intervals[MACRO], mark)])
 
+    raw = _table3_raw(raw_rows, columns, any_ci)
+    if stats is not None and stats.compare_row is not None:
+        _add_comparison_columns(raw, stats, tasks)
+    shown = pd.DataFrame(shown_rows, columns=["Model", *columns, MACRO])
+    notes = _table3_notes(runs, tasks, incomplete, no_auroc)
+    return raw, shown, notes
+
+
+def _table3_raw(raw_rows: list[list], columns: list[str], any_ci: bool) -> pd.DataFrame:
+    """table3.csv's frame: AUROCs in %, each followed by its interval bounds when some cell has one."""
     bound_columns = [f"{c} {k}" for c in [*columns, MACRO] for k in ("lo", "hi")]
     raw = pd.DataFrame(raw_rows, columns=["Model", "Base model", "Variant", *columns, MACRO, "Tasks averaged",
                                           *bound_columns])
     for col in [*columns, MACRO, *bound_columns]:
         raw[col] = raw[col].astype("float64")
     raw["Tasks averaged"] = raw["Tasks averaged"].astype("Int64")
-    if any_ci:  # each AUROC column followed by its interval bounds, in %
-        raw = raw[["Model", "Base model", "Variant", *[x for c in [*columns, MACRO] for x in (c, f"{c} lo", f"{c} hi")],
-                   "Tasks averaged"]]
-    else:
-        raw = raw.drop(columns=bound_columns)
-    shown = pd.DataFrame(shown_rows, columns=["Model", *columns, MACRO])
-    notes = _table3_notes(runs, tasks, incomplete, no_auroc)
-    return raw, shown, notes
+    if not any_ci:
+        return raw.drop(columns=bound_columns)
+    with_bounds = [x for c in [*columns, MACRO] for x in (c, f"{c} lo", f"{c} hi")]
+    return raw[["Model", "Base model", "Variant", *with_bounds, "Tasks averaged"]]
+
+
+def _add_comparison_columns(raw: pd.DataFrame, stats: Table3Stats, tasks: list[str]) -> None:
+    """table3.csv's `--compare` columns: "Compared with", then per task and the macro "<col> diff" (points)
+    and "<col> p"."""
+    raw["Compared with"] = stats.compare_row
+    for key, column in [*((t, t.upper()) for t in tasks), ("macro", MACRO)]:
+        tests = [stats.paired.get((name, key)) for name in raw["Model"]]
+        raw[f"{column} diff"] = [100 * t.diff if t else None for t in tests]
+        raw[f"{column} p"] = [t.p_value if t else None for t in tests]
+        raw[[f"{column} diff", f"{column} p"]] = raw[[f"{column} diff", f"{column} p"]].astype("float64")
 
 
 _TASK_TYPE_DEFINITIONS = {
@@ -474,11 +377,6 @@ _TASK_TYPE_DEFINITIONS = {
                   "in the test split",
 }
 _MULTI_CLASS_NAMES = {"ovo": "one-vs-one (as van Aken et al.)", "ovr": "one-vs-rest"}
-
-
-def _test_dict(run: dict) -> dict:
-    test = run.get("test")
-    return test if isinstance(test, dict) else {}
 
 
 def _table3_notes(runs: list[dict], tasks: list[str], incomplete: list, no_auroc: list[str]) -> list[str]:
@@ -495,7 +393,7 @@ def _table3_notes(runs: list[dict], tasks: list[str], incomplete: list, no_auroc
             continue
         text = _TASK_TYPE_DEFINITIONS[types[0]]
         if types[0] == "multiclass":
-            modes = sorted({str(_test_dict(r).get("multi_class", "ovo")) for r in task_runs})
+            modes = sorted({str(recorded_test(r).get("multi_class", "ovo")) for r in task_runs})
             text = text.format(mode=" / ".join(_MULTI_CLASS_NAMES.get(m, m) for m in modes))
         if types[0] == "multilabel":
             text += _skipped_labels_text(task_runs)
@@ -515,8 +413,8 @@ def _skipped_labels_text(task_runs: list[dict]) -> str:
     """'; 1222 labels evaluated, 12 skipped (one class only)' when runs recorded the counts."""
     counts = set()
     for run in task_runs:
-        test = _test_dict(run)
-        evaluated, skipped = _integer(test.get("n_labels_evaluated")), _integer(test.get("n_labels_skipped"))
+        test = recorded_test(run)
+        evaluated, skipped = integer(test.get("n_labels_evaluated")), integer(test.get("n_labels_skipped"))
         if evaluated is not None or skipped is not None:
             counts.add((evaluated, skipped))
     if not counts:
@@ -549,13 +447,14 @@ def table3(finetune_runs, tasks_order=TASKS_ORDER, *, formatted: bool = True) ->
     formatted=False returns unrounded numbers (AUROC x 100) plus "Base model", "Variant" and
     "Tasks averaged", as written to table3.csv.
     """
-    raw, shown, notes = _table3_frames(finetune_runs, tasks_order)
+    raw, shown, notes = table3_frames(finetune_runs, tasks_order)
     df = shown if formatted else raw
     df.attrs["notes"] = notes
     return df
 
 
-def _table3_footnotes(notes: list[str]) -> list[str]:
+def table3_footnotes(notes: list[str]) -> list[str]:
+    """table3.md's footnotes on the recorded AUROCs, around the `notes` of table3_frames."""
     return [
         "Cells: AUROC on the test split x 100, 2 decimals; blank = no run for that task.",
         *notes,
@@ -564,7 +463,7 @@ def _table3_footnotes(notes: list[str]) -> list[str]:
     ]
 
 
-# --------------------------------------------------------------------------- Markdown and files
+# --------------------------------------------------------------------------- Markdown
 
 
 _NUMERIC_CELL = re.compile(r"^[-+]?(\d[\d,]*(\.\d+)?|\.\d+|inf)([KMBT%*]|:\d\d)*$")
@@ -596,78 +495,17 @@ def format_markdown(df: pd.DataFrame) -> str:
     return "\n".join([line(header), rule, *(line(r) for r in rows)]) + "\n"
 
 
-def _write_markdown(path: Path, title: str, table: pd.DataFrame, footnotes: list[str], extra: str = "") -> Path:
-    text = f"# {title}\n\n{format_markdown(table)}\n" + "".join(f"- {note}\n" for note in footnotes) + extra
-    path.write_text(text, encoding="utf-8")
-    return path
+def markdown_document(title: str, table: pd.DataFrame, footnotes: list[str], extra: str = "") -> str:
+    """A report page: "# title", the table, its footnotes as a list, then `extra` (more sections)."""
+    return f"# {title}\n\n{format_markdown(table)}\n" + _bullets(footnotes) + extra
 
 
-def write_report(paths: Iterable[str | Path], out_dir: str | Path, *, compare: str | None = None,
-                 n_resamples: int = 1000, seed: int = 0, progress: bool = False) -> dict[str, Path]:
-    """Writes table2.md/table2.csv (if pretraining runs) and table3.md/table3.csv (if fine-tuning
-    runs) into out_dir (created); returns {file name: path} of the files written.
-
-    The .md files have a title line, the table (GitHub markdown) and footnotes defining the
-    numbers (token-weighted perplexity; test AUROC in %; the macro average; skipped labels of
-    multilabel tasks when recorded). The CSVs hold raw numbers, not formatted strings.
-
-    Table 3 cells carry their 95% bootstrap interval ("78.40 [76.1, 80.5]"; CSV columns "<task> lo",
-    "<task> hi" in %), computed from each run's predictions.csv with `n_resamples` and `seed`
-    (0 resamples: only intervals recorded in metrics.json). With `compare` (a row name as printed,
-    or a unique part of one), table3.md gets a second table: each cell's difference to that row
-    and its paired bootstrap p-value (CSV: "<task> diff", "<task> p", "Compared with"). Also
-    written: roc_<task>.png, macro_auroc.png (linked from table3.md) and labels_<task>.md (best and
-    worst labels of multilabel tasks). See report_stats.py.
-    """
-    pretrain_runs, finetune_runs = find_runs(paths)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ClinpeftError(f"--out {out} is a file; choose a directory for the report")
-    if compare is not None and not finetune_runs:
-        raise ClinpeftError("--compare needs fine-tuning runs (metrics.json); the given paths hold only pretraining runs")
-    if compare is not None and n_resamples <= 0:
-        raise ClinpeftError("--compare needs resamples for its p-values; drop --bootstrap-resamples 0 (default 1000)")
-    out.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
-    if pretrain_runs:
-        raw, shown, notes = _table2_frames(pretrain_runs)
-        title = "Table 2: domain-adaptive pretraining on clinical notes"
-        written["table2.md"] = _write_markdown(out / "table2.md", title, shown, _table2_footnotes(raw, notes))
-        raw.to_csv(out / "table2.csv", index=False)
-        written["table2.csv"] = out / "table2.csv"
-    if finetune_runs:
-        written.update(_write_table3(out, finetune_runs, compare, n_resamples, seed, progress))
-    return written
+def comparison_section(stats: Table3Stats, rows: list[Row], tasks: list[str]) -> str:
+    """table3.md's "## Paired comparison with ROW" section: differences, p-values and their footnotes."""
+    table = comparison_table(stats, rows, tasks, MACRO)
+    return (f"\n## Paired comparison with {stats.compare_row}\n\n{format_markdown(table)}\n"
+            + _bullets(comparison_notes(stats, rows, tasks)))
 
 
-def _write_table3(out: Path, finetune_runs: list[dict], compare: str | None, n_resamples: int, seed: int,
-                  progress: bool) -> dict[str, Path]:
-    """table3.md/.csv with intervals (and the comparison with `compare`), plots, label lists."""
-    from clinpeft.reporting import stats as report_stats
-
-    tasks, rows = table3_layout(finetune_runs)
-    stats = report_stats.table3_statistics(rows, tasks, n_resamples=n_resamples, seed=seed, compare=compare,
-                                           progress=progress)
-    raw, shown, notes = _table3_frames(finetune_runs, stats=stats)
-    figures = report_stats.write_plots(out, stats, rows, tasks, dict(zip(raw["Model"], raw[MACRO])))
-    figures.update(report_stats.write_label_lists(out, stats, rows, tasks))
-    footnotes = _table3_footnotes(notes) + report_stats.reading_notes(stats, rows, tasks)
-    links = [f"[{name[4:-4].upper()} ROC curves]({name})" for name in figures if name.startswith("roc_")]
-    links += ["[macro AUROC with intervals](macro_auroc.png)"] if "macro_auroc.png" in figures else []
-    links += [f"[{name[7:-3].upper()} best and worst labels]({name})" for name in figures if name.startswith("labels_")]
-    extra = f"\nFigures and details: {' · '.join(links)}.\n" if links else ""
-    if stats.compare_row is not None:
-        table = report_stats.comparison_table(stats, rows, tasks, MACRO)
-        extra += (f"\n## Paired comparison with {stats.compare_row}\n\n{format_markdown(table)}\n"
-                  + "".join(f"- {note}\n" for note in report_stats.comparison_notes(stats, rows, tasks)))
-        raw["Compared with"] = stats.compare_row
-        for key, column in [*((t, t.upper()) for t in tasks), ("macro", MACRO)]:
-            tests = [stats.paired.get((name, key)) for name in raw["Model"]]
-            raw[f"{column} diff"] = [100 * t.diff if t else None for t in tests]
-            raw[f"{column} p"] = [t.p_value if t else None for t in tests]
-            raw[[f"{column} diff", f"{column} p"]] = raw[[f"{column} diff", f"{column} p"]].astype("float64")
-    title = "Table 3: downstream clinical outcome prediction, test AUROC (%)"
-    written = {"table3.md": _write_markdown(out / "table3.md", title, shown, footnotes, extra)}
-    raw.to_csv(out / "table3.csv", index=False)
-    written["table3.csv"] = out / "table3.csv"
-    return {**written, **figures}
+def _bullets(lines: list[str]) -> str:
+    return "".join(f"- {line}\n" for line in lines)

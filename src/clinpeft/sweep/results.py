@@ -37,7 +37,8 @@ def trials_frame(sweep, study) -> pd.DataFrame:
     rows = []
     for t in study.get_trials(deepcopy=False):
         attrs = t.user_attrs
-        duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
+        ended = t.datetime_complete and t.datetime_start
+        duration = (t.datetime_complete - t.datetime_start).total_seconds() if ended else None
         rows.append({
             "number": t.number,
             "state": trial_state(t),
@@ -149,11 +150,13 @@ def wrap(text: str, width: int) -> list[str]:
 
 def summary_md(sweep, frame: pd.DataFrame, best, imp: dict | None, imp_note: str | None) -> str:
     states = frame["state"].value_counts().to_dict()
+    mean = f", mean over {len(sweep.tasks)} tasks" if len(sweep.tasks) > 1 else ""
     lines = [f"# Sweep {sweep.study_name}", "",
              f"- recipe: `{sweep.recipe}` ({sweep.step}); objective **{sweep.objective}** ({sweep.direction}d, "
-             + ("validation AUROC of the best epoch" + (f", mean over {len(sweep.tasks)} tasks" if len(sweep.tasks) > 1 else "")
-                if sweep.step == "finetune" else "validation perplexity") + ")",
-             f"- sampler: {sweep.sampler} (seed {sweep.seed}), pruner: {sweep.pruner}; trials requested: {sweep.trials}",
+             + ("validation AUROC of the best epoch" + mean if sweep.step == "finetune" else "validation perplexity")
+             + ")",
+             f"- sampler: {sweep.sampler} (seed {sweep.seed}), pruner: {sweep.pruner}; "
+             f"trials requested: {sweep.trials}",
              "- trials: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())),
              "- search space: " + "; ".join(f"`{p.describe()}`" for p in sweep.params), ""]
     if best is None:
@@ -171,10 +174,12 @@ def summary_md(sweep, frame: pd.DataFrame, best, imp: dict | None, imp_note: str
     if imp:
         fixed = [p.key for p in sweep.params if p.key not in imp]
         lines += ["Parameter importances (PED-ANOVA): " + ", ".join(f"`{k}` {v:.2f}" for k, v in imp.items())
-                  + (f"; not varied by the completed trials: {', '.join(f'`{k}`' for k in fixed)}" if fixed else ""), ""]
+                  + (f"; not varied by the completed trials: {', '.join(f'`{k}`' for k in fixed)}" if fixed else ""),
+                  ""]
     else:
         lines += [f"Parameter importances: {imp_note}.", ""]
-    lines += ["Files: `trials.csv`, `history.png`, `importances.png`, `best.yaml`, one run directory per trial under `trials/`.", ""]
+    lines += ["Files: `trials.csv`, `history.png`, `importances.png`, `best.yaml`, "
+              "one run directory per trial under `trials/`.", ""]
     return "\n".join(lines)
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from clinpeft.config import TrainSection
 
 
 def precision_flags(setting: str) -> dict:
     """TrainingArguments bf16/fp16 flags. auto: bf16 on GPUs that support it, fp32 elsewhere."""
+    import torch  # here, not at the top: the CLI sets progress bars before any model work
+
     if setting == "auto":
         setting = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
     return {"bf16": setting == "bf16", "fp16": setting == "fp16"}
@@ -23,11 +23,14 @@ def training_arguments(train: TrainSection, output_dir: Path, progress: bool = T
     warmup_ratio=0.06 warms up over 6% of *optimiser* steps (the published code passed the ratio
     as a step count and counted the schedule in micro-batches).
     """
+    import torch
     from transformers import TrainingArguments
 
     if train.gradient_checkpointing:
         # non-reentrant checkpointing needs no input grads, so it works under frozen embeddings
-        name = "activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ else "gradient_checkpointing"
+        # transformers renamed the flag; use whichever this version has
+        fields = TrainingArguments.__dataclass_fields__
+        name = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
         extra.update({name: True, f"{name}_kwargs": {"use_reentrant": False}})
     return TrainingArguments(
         output_dir=str(output_dir),

@@ -33,14 +33,17 @@ def token_nll(model, blocks, batch_size: int, desc: str = "perplexity", progress
             labels = torch.tensor(rows["labels"], device=device)
             # attention_mask=None + position ids: each packed note attends only to itself. Unpacked
             # rows (one note each, right-padded) have no position ids: see pretrain.tokenize_corpus.
-            extra = {"position_ids": torch.tensor(rows["position_ids"], device=device)} if "position_ids" in rows else {}
+            extra = {}
+            if "position_ids" in rows:
+                extra["position_ids"] = torch.tensor(rows["position_ids"], device=device)
             logits = model(input_ids=input_ids, use_cache=False, **extra).logits
             # prompt / p-tuning return logits for their virtual tokens first: keep the row's own
             logits = logits[:, -input_ids.size(1):]
             shift_logits = logits[:, :-1].float()
             shift_labels = labels[:, 1:]
             nll = torch.nn.functional.cross_entropy(
-                shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+                shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
+                ignore_index=IGNORE_INDEX, reduction="sum",
             )
             total[0] += nll.double()
             total[1] += (shift_labels != IGNORE_INDEX).sum()
