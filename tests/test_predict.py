@@ -125,3 +125,24 @@ def test_import_clinpeft_does_not_import_torch():
 
     code = "import sys, clinpeft; assert callable(clinpeft.load); print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_encoder_baseline_with_chunks_predicts_as_it_evaluates(tiny_bert, synthetic_tasks, tmp_path):
+    """A BERT run: every window carries [CLS] ... [SEP]; predict gives the run's own test probabilities."""
+    from clinpeft.data.long_notes import LongNotes, encode_notes
+    from clinpeft.modeling.base import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_bert)
+    encoded = encode_notes(tokenizer, ["chest pain " * 40], LongNotes(24, mode="chunks", chunk_stride=4))
+    assert len(encoded.windows) > 1
+    assert all(w[0] == tokenizer.cls_token_id and w[-1] == tokenizer.sep_token_id for w in encoded.windows)
+    run = tmp_path / "bert"
+    config = load_config(FinetuneConfig, None, [
+        f"model.base={tiny_bert}", f"task.path={synthetic_tasks['mor']}", "task.max_seq_len=32", "variant=full",
+        "task.long_notes=chunks", "task.chunk_stride=4", "task.max_chunks=3", "train.batch_size=8",
+        "train.grad_accum=1", "train.epochs=1", "eval.bootstrap_resamples=0"])
+    finetune.main(config, run, progress=False)
+    result = predict.main(run, synthetic_tasks["mor"] / "test.csv", tmp_path / "p", progress=False)
+    scored = pd.read_csv(tmp_path / "p" / "predictions.csv")
+    own = pd.read_csv(run / "predictions.csv")
+    np.testing.assert_allclose(scored[list(result["columns"])].to_numpy(), own.iloc[:, 2:].to_numpy(), atol=1e-5)

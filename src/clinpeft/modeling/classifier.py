@@ -4,7 +4,8 @@ Built by `build_classifier` for training, saved by `save_bundle`, rebuilt by `lo
 without the training process. A bundle (inside a finetune run directory):
 
     bundle.json          base model path + fingerprint, variant, adapters, task, labels, max_seq_len,
-                         pooling (absent in older bundles: last)
+                         pooling (absent in older bundles: last), long_notes (data/long_notes.py; absent in
+                         older bundles: truncate on the right)
     adapters/<name>/     adapter_config.json + adapter_model.safetensors ("clinical", "downstream")
     head.safetensors     the classification head
     model/               variant `full` only, instead of adapters/ and head.safetensors: the whole
@@ -167,11 +168,6 @@ def _load_full_bundle(run_dir: Path, meta: dict, dtype: str) -> Classifier:
     pooling = meta.get("pooling", "last")
     apply_pooling(model, meta["head"], pooling)
     return Classifier(model, tokenizer, meta["head"], [], meta["base_fingerprint"], pooling)
-
-
-def encode(tokenizer, texts: list[str], max_seq_len: int) -> list[list[int]]:
-    """Token ids, cut to max_seq_len from the end (the admission note's first sections matter most)."""
-    return tokenizer(list(texts), truncation=True, max_length=max_seq_len)["input_ids"]
 
 
 def pad_batch(tokenizer, rows: list[list[int]]) -> dict[str, torch.Tensor]:
