@@ -33,6 +33,10 @@ the two steps of the paper:
       clinical_adapter=runs/clinical-lora task.path=demo-out/data/tasks/mor --out runs/mor
   clinpeft report runs --out runs/report
 
+use a trained run: score new notes, or export a standalone Hugging Face model
+  clinpeft predict runs/mor --notes new_notes.csv --out scored/mor
+  clinpeft export runs/mor --out exported/mor --dtype bf16
+
 the paper's Table 3 grid (variants x tasks + BERT baselines), resumable:
   clinpeft experiment configs/demo/table3.yaml --out t3
 
