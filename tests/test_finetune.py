@@ -98,7 +98,10 @@ def test_finetune_writes_metrics_predictions_and_bundle(task, tiny_llama, clinic
                                                         clinical_adapter=clinical_run, **{"train.epochs": 2}))
     metrics = finetune.main(config, out, progress=False)
     aurocs = f"val AUROC {metrics['val']['auroc']:.4f}, test AUROC {metrics['test']['auroc']:.4f}"
-    assert finetune.summary(metrics, out) == [f"{out}: {task} clinical_trainable+downstream: {aurocs}"]
+    first, cut = finetune.summary(metrics, out)  # synthetic notes run past 96 tokens: all of them are cut
+    assert first == f"{out}: {task} clinical_trainable+downstream: {aurocs}"
+    assert cut.startswith("note: notes longer than task.max_seq_len=96 were cut (truncate): train ")
+    assert metrics["truncation"]["test"]["notes_cut"] == metrics["truncation"]["test"]["n_notes"]
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["test"]["auroc"] == pytest.approx(metrics["test"]["auroc"])
     assert saved["task_type"] == {"mor": "binary", "los": "multiclass", "diag": "multilabel"}[task]
@@ -134,7 +137,7 @@ def test_evaluate_reloads_the_bundle_and_reproduces_test_predictions(tiny_llama,
     assert main(["evaluate", str(run), "--data", str(synthetic_tasks["diag"] / "test.csv"), "--out", str(out),
                  "--quiet"]) == 0
     again = json.loads((out / "metrics.json").read_text())
-    [line] = evaluate.summary(again, out)
+    line, *_ = evaluate.summary(again, out)  # then the note on cut notes
     assert line == f"{out}: diag AUROC {again['eval']['auroc']:.4f} on {again['eval']['n_examples']} notes"
     assert line in capsys.readouterr().out  # the line the CLI prints
     assert again["eval"]["auroc"] == pytest.approx(metrics["test"]["auroc"], abs=1e-6)

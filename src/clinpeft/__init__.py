@@ -6,3 +6,12 @@ Two steps, each a small adapter on a frozen general LLM (Gema et al. 2023):
 """
 
 __version__ = "0.1.0"
+
+
+def load(run_dir, base=None, device=None, batch_size=16):
+    """A trained `clinpeft finetune` run, for notebooks: `clinpeft.load("runs/mor").predict(["note", ...])`
+    returns probabilities (numpy, one row per note, one column per label: `.labels`). torch is imported
+    here, on first use, not by `import clinpeft`."""
+    from clinpeft.inference import load as load_run
+
+    return load_run(run_dir, base=base, device=device, batch_size=batch_size)

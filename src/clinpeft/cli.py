@@ -33,6 +33,10 @@ the two steps of the paper:
       clinical_adapter=runs/clinical-lora task.path=demo-out/data/tasks/mor --out runs/mor
   clinpeft report runs --out runs/report
 
+use a trained run: score new notes, or export a standalone Hugging Face model
+  clinpeft predict runs/mor --notes new_notes.csv --out scored/mor
+  clinpeft export runs/mor --out exported/mor --dtype bf16
+
 the paper's Table 3 grid (variants x tasks + BERT baselines), resumable:
   clinpeft experiment configs/demo/table3.yaml --out t3
 
@@ -244,6 +248,56 @@ def run_evaluate(args: argparse.Namespace, progress: bool) -> int:
     return 0
 
 
+def add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="score unlabelled notes with a saved fine-tuning run",
+                       description="Write OUT/predictions.csv (id, one probability column per label, the "
+                       "prediction) and OUT/labels.json (column -> label) for the notes of a CSV, CSV.GZ or JSONL.")
+    p.add_argument("run", help="a `clinpeft finetune` run directory")
+    p.add_argument("--notes", required=True, help="CSV, CSV.GZ or JSONL of notes (a label column is ignored)")
+    p.add_argument("--text-column", default="text", help="column holding the note text (default: text)")
+    p.add_argument("--id-column", default="id", help="column of note ids (default: id; absent: row numbers 1, 2, ...)")
+    p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (default: 16)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cuda if available, else cpu)")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="multilabel: labels with probability >= this are predicted (default: 0.5)")
+    p.add_argument("--base", help="base model path, if it moved since training")
+    add_out_args(p)
+    p.set_defaults(handler=run_predict)
+
+
+def run_predict(args: argparse.Namespace, progress: bool) -> int:
+    from clinpeft.recipes import predict
+
+    hf_progress_bars(progress)
+    result = predict.main(args.run, args.notes, args.out, text_column=args.text_column, id_column=args.id_column,
+                          batch_size=args.batch_size, device=args.device, threshold=args.threshold, base=args.base,
+                          overwrite=args.overwrite, progress=progress)
+    print_lines(predict.summary(result, args.out))
+    return 0
+
+
+def add_export(sub) -> None:
+    p = sub.add_parser("export", help="merge a run's LoRAs into a standalone Hugging Face model",
+                       description="Merge the clinical and downstream LoRA of a finetune run (or the clinical LoRA "
+                       "of a pretrain run) into the base weights and write a model directory that transformers "
+                       "alone loads (safetensors, config with id2label, tokenizer).")
+    p.add_argument("run", help="a `clinpeft finetune` (or `clinpeft pretrain`) run directory")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="weights' dtype (default: fp32)")
+    p.add_argument("--base", help="base model path, if it moved since training")
+    add_out_args(p)
+    p.set_defaults(handler=run_export)
+
+
+def run_export(args: argparse.Namespace, progress: bool) -> int:
+    from clinpeft.recipes import export
+
+    hf_progress_bars(progress)
+    result = export.main(args.run, args.out, dtype=args.dtype, base=args.base, overwrite=args.overwrite,
+                         progress=progress)
+    print_lines(export.summary(result, args.out))
+    return 0
+
+
 def add_report(sub) -> None:
     p = sub.add_parser("report", help="paper-style Table 2 / Table 3 from run directories",
                        description="Collect every run under the given directories and write table2.md/.csv "
@@ -340,8 +394,8 @@ def run_prepare(args: argparse.Namespace, progress: bool) -> int:
     return 0
 
 
-COMMANDS = (add_demo, add_pretrain, add_params, add_finetune, add_experiment, add_evaluate, add_report, add_sweep,
-            add_recipes, add_prepare)  # in the order `clinpeft --help` lists them
+COMMANDS = (add_demo, add_pretrain, add_params, add_finetune, add_experiment, add_evaluate, add_predict, add_export,
+            add_report, add_sweep, add_recipes, add_prepare)  # in the order `clinpeft --help` lists them
 
 
 # --------------------------------------------------------------------------- entry point

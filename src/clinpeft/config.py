@@ -177,8 +177,21 @@ class TaskSection(Section):
     path: str = ""  # required
     name: str | None = None  # default: the directory name (los, mor, pmv, diag, proc)
     kind: Literal["auto", "single_label", "multilabel"] = "auto"  # auto: multilabel if a label has a comma
-    max_seq_len: int = Field(512, ge=8)  # tokens; longer notes are truncated
+    max_seq_len: int = Field(512, ge=8)  # tokens per window the model reads (special tokens included)
     max_examples: int | None = None  # per split, for quick trials
+    # notes longer than max_seq_len (data/long_notes.py), the same in training, evaluate and predict:
+    # truncate = one window (the paper's); chunks = windows over the whole note, logits pooled per note
+    long_notes: Literal["truncate", "chunks"] = "truncate"
+    truncate_side: Literal["right", "left"] = "right"  # which end is cut: right = the note's end, left = its start
+    chunk_stride: int = Field(64, ge=0)  # tokens shared by consecutive windows (chunks); < max_seq_len
+    chunk_pooling: Literal["max", "mean"] = "max"  # how the windows' logits make the note's (chunks)
+    max_chunks: int = Field(16, ge=1)  # windows per note at most (chunks): cost cap, truncate_side says what is cut
+
+    @model_validator(mode="after")
+    def _stride_below_window(self) -> "TaskSection":
+        if self.long_notes == "chunks" and self.chunk_stride >= self.max_seq_len:
+            raise ValueError(f"task.chunk_stride={self.chunk_stride} must be below task.max_seq_len={self.max_seq_len}")
+        return self
 
 
 class DownstreamLoraSection(LoraSection):

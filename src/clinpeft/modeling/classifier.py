@@ -4,7 +4,8 @@ Built by `build_classifier` for training, saved by `save_bundle`, rebuilt by `lo
 without the training process. A bundle (inside a finetune run directory):
 
     bundle.json          base model path + fingerprint, variant, adapters, task, labels, max_seq_len,
-                         pooling (absent in older bundles: last)
+                         pooling (absent in older bundles: last), long_notes (data/long_notes.py; absent in
+                         older bundles: truncate on the right)
     adapters/<name>/     adapter_config.json + adapter_model.safetensors ("clinical", "downstream")
     head.safetensors     the classification head
     model/               variant `full` only, instead of adapters/ and head.safetensors: the whole
@@ -27,6 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from clinpeft.data.long_notes import EncodedNotes, LongNotes, encode_notes
 from clinpeft.errors import ClinpeftError
 from clinpeft.modeling.adapters import (
     ClinicalAdapter,
@@ -44,7 +46,7 @@ from clinpeft.modeling.base import (
     load_sequence_classifier,
     load_tokenizer,
 )
-from clinpeft.modeling.pooling import apply_pooling, check_pooling
+from clinpeft.modeling.pooling import apply_pooling, check_pooling, pool_windows
 from clinpeft.rundir import read_json, write_json
 
 FULL_MODEL_DIR = "model"  # variant full: the whole fine-tuned classifier, in a bundle
@@ -168,29 +170,35 @@ def _load_full_bundle(run_dir: Path, meta: dict, dtype: str) -> Classifier:
     return Classifier(model, tokenizer, meta["head"], [], meta["base_fingerprint"], pooling)
 
 
-def encode(tokenizer, texts: list[str], max_seq_len: int) -> list[list[int]]:
-    """Token ids, cut to max_seq_len from the end (the admission note's first sections matter most)."""
-    return tokenizer(list(texts), truncation=True, max_length=max_seq_len)["input_ids"]
-
-
 def pad_batch(tokenizer, rows: list[list[int]]) -> dict[str, torch.Tensor]:
     return tokenizer.pad({"input_ids": rows}, return_tensors="pt")
 
 
-@torch.no_grad()
 def predict_logits(clf: Classifier, texts: list[str], max_seq_len: int, batch_size: int = 16,
-                   progress: bool = True, desc: str = "predict") -> np.ndarray:
-    """Logits (n_notes, n_labels) in input order. Notes are batched by length to waste little padding."""
+                   progress: bool = True, desc: str = "predict", long_notes: LongNotes | None = None) -> np.ndarray:
+    """Logits (n_notes, n_labels) in input order. long_notes: None = truncate on the right at max_seq_len."""
+    long_notes = long_notes or LongNotes(max_seq_len)
+    return score_notes(clf, encode_notes(clf.tokenizer, texts, long_notes), long_notes, batch_size, progress, desc)
+
+
+@torch.no_grad()
+def score_notes(clf: Classifier, encoded: EncodedNotes, long_notes: LongNotes, batch_size: int = 16,
+                progress: bool = True, desc: str = "predict") -> np.ndarray:
+    """Logits (n_notes, n_labels) of notes already cut into windows: every window scored, in batches of
+    `batch_size` windows sorted by length (little padding), then pooled per note (task.chunk_pooling)."""
     model = clf.model
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    ids = encode(clf.tokenizer, texts, max_seq_len)
-    order = np.argsort([len(x) for x in ids], kind="stable")
-    out = np.zeros((len(ids), model.config.num_labels), dtype=np.float32)
+    windows = encoded.windows
+    order = np.argsort([len(x) for x in windows], kind="stable")
+    out = torch.zeros((len(windows), model.config.num_labels), dtype=torch.float32)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
         index = order[start : start + batch_size]
-        batch = {k: v.to(device) for k, v in pad_batch(clf.tokenizer, [ids[i] for i in index]).items()}
-        out[index] = model(**batch).logits.float().cpu().numpy()
+        batch = {k: v.to(device) for k, v in pad_batch(clf.tokenizer, [windows[i] for i in index]).items()}
+        out[torch.as_tensor(index)] = model(**batch).logits.float().cpu()
     model.train(was_training)
-    return out
+    if len(windows) == encoded.n_notes:  # one window per note: nothing to pool
+        return out.numpy()
+    pooled = pool_windows(out, torch.as_tensor(encoded.note_index), encoded.n_notes, long_notes.chunk_pooling)
+    return pooled.numpy()

@@ -72,3 +72,22 @@ def masked_mean_over_seq(logits: torch.Tensor, mask: torch.Tensor | None) -> tor
     mask = torch.nn.functional.pad(mask.to(logits.device, torch.float32), (seq - mask.shape[1], 0))  # virtual tokens: 0
     pooled = (logits.float() * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1.0)
     return pooled.to(logits.dtype)[:, None, :].expand(batch, seq, logits.shape[-1])
+
+
+WINDOW_POOLINGS = ("max", "mean")
+
+
+def pool_windows(logits: torch.Tensor, note_index: torch.Tensor, n_notes: int, how: str) -> torch.Tensor:
+    """(windows, labels) logits -> (n_notes, labels): each note's windows pooled by `how` (task.chunk_pooling).
+
+    max: the largest logit of each output over the note's windows (a finding anywhere in the note counts);
+    mean: their average. A note with one window keeps its logits unchanged either way. Differentiable
+    (training takes the loss on the pooled logits)."""
+    index = note_index.to(logits.device)[:, None].expand_as(logits)
+    if how == "max":
+        out = torch.full((n_notes, logits.shape[1]), float("-inf"), device=logits.device, dtype=logits.dtype)
+        return out.scatter_reduce(0, index, logits, reduce="amax", include_self=True)
+    if how == "mean":
+        out = torch.zeros((n_notes, logits.shape[1]), device=logits.device, dtype=logits.dtype)
+        return out.scatter_reduce(0, index, logits, reduce="mean", include_self=False)
+    raise ClinpeftError(f"task.chunk_pooling={how}: choose one of {', '.join(WINDOW_POOLINGS)}")

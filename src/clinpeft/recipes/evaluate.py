@@ -14,10 +14,11 @@ from pathlib import Path
 
 from clinpeft import __version__
 from clinpeft.config import ClassifierEvalSection
+from clinpeft.data.long_notes import LongNotes, encode_notes
 from clinpeft.data.tasks import TaskData, read_split_csv, validate_split
-from clinpeft.modeling.classifier import load_bundle, predict_logits
+from clinpeft.modeling.classifier import load_bundle, score_notes
 from clinpeft.rundir import atomic_run_dir, write_json
-from clinpeft.training.classification import split_metrics, write_predictions
+from clinpeft.training.classification import split_metrics, truncation_lines, write_predictions
 
 
 def main(run: str | Path, data: str | Path, out: str | Path, *, base: str | None = None, batch_size: int | None = None,
@@ -35,7 +36,9 @@ def main(run: str | Path, data: str | Path, out: str | Path, *, base: str | None
     validate_split(frame, data, kind, set(meta["labels"]))
     task = TaskData(name=meta["task"], kind=kind, labels=list(meta["labels"]), splits={"eval": frame})
 
-    logits = predict_logits(clf, frame["text"].tolist(), meta["max_seq_len"], batch_size, progress, "evaluate")
+    long_notes = LongNotes.from_bundle(meta)  # as trained (older bundles: truncate on the right)
+    encoded = encode_notes(clf.tokenizer, frame["text"].tolist(), long_notes)
+    logits = score_notes(clf, encoded, long_notes, batch_size, progress, "evaluate")
     # AUROC as in finetune; "auroc_ci": its 95% bootstrap interval over these notes
     scores = split_metrics(task, "eval", logits, bootstrap_resamples, bootstrap_seed)
     metrics = {
@@ -46,6 +49,8 @@ def main(run: str | Path, data: str | Path, out: str | Path, *, base: str | None
         "task_type": meta["task_type"],
         "variant": meta["variant"],
         "pooling": clf.pooling,  # as trained (bundle.json; older bundles: last)
+        "long_notes": long_notes.to_json(),
+        "truncation": {"eval": encoded.truncation()},
         "eval": scores,
         "wall_time_s": time.time() - started,
         "clinpeft_version": __version__,
@@ -58,4 +63,5 @@ def main(run: str | Path, data: str | Path, out: str | Path, *, base: str | None
 
 def summary(result: dict, out: str | Path) -> list[str]:
     """What `clinpeft evaluate` prints: the task's AUROC on the scored notes."""
-    return [f"{out}: {result['task']} AUROC {result['eval']['auroc']:.4f} on {result['eval']['n_examples']} notes"]
+    return ([f"{out}: {result['task']} AUROC {result['eval']['auroc']:.4f} on {result['eval']['n_examples']} notes"]
+            + truncation_lines(result["truncation"], result["long_notes"]))

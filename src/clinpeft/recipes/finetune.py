@@ -37,15 +37,16 @@ import numpy as np
 
 from clinpeft import __version__
 from clinpeft.config import FinetuneConfig, save_config
+from clinpeft.data.long_notes import LongNotes, encode_notes
 from clinpeft.data.tasks import TaskData, load_task
 from clinpeft.errors import ClinpeftError
 from clinpeft.modeling import methods
 from clinpeft.modeling.adapters import ClinicalAdapter, check_variant, find_clinical_adapter, full_model_variant
 from clinpeft.modeling.base import count_parameters, device_summary, is_encoder, resolve_base
-from clinpeft.modeling.classifier import Classifier, build_classifier, predict_logits, save_bundle
+from clinpeft.modeling.classifier import Classifier, build_classifier, save_bundle, score_notes
 from clinpeft.modeling.pooling import check_pooling
 from clinpeft.rundir import atomic_run_dir, write_json
-from clinpeft.training.classification import make_trainer, split_metrics, write_predictions
+from clinpeft.training.classification import make_trainer, split_metrics, truncation_lines, write_predictions
 
 
 def main(config: FinetuneConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True,
@@ -63,8 +64,9 @@ def main(config: FinetuneConfig, out: str | Path, *, overwrite: bool = False, pr
 
 def summary(result: dict, out: str | Path) -> list[str]:
     """What `clinpeft finetune` prints: the task, the variant and its val and test AUROC."""
-    return [f"{out}: {result['task']} {result['variant']}: val AUROC {result['val']['auroc']:.4f}, "
-            f"test AUROC {result['test']['auroc']:.4f}"]
+    lines = [f"{out}: {result['task']} {result['variant']}: val AUROC {result['val']['auroc']:.4f}, "
+             f"test AUROC {result['test']['auroc']:.4f}"]
+    return lines + truncation_lines(result.get("truncation", {}), result.get("long_notes", {}))
 
 
 def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None, run_dir: Path,
@@ -83,6 +85,8 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
     clf = build_classifier(base_path, task.task_type, task.num_labels, variant, clinical, config.lora,
                            config.model.dtype, config.model.attn_implementation, config.model.pooling)
     trainable, total = count_parameters(clf.model)
+    train_cut = encode_notes(clf.tokenizer, task.splits["train"]["text"].tolist(),
+                             LongNotes.from_task(config.task)).truncation()
 
     # --- fit, selecting the epoch by validation AUROC
     trainer, keep_best = make_trainer(clf, task, config, run_dir, progress, callbacks)
@@ -92,8 +96,8 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
     keep_best.restore(clf.model)
 
     # --- test: AUROC of the kept epoch on val and test ("auroc_ci": 95% bootstrap interval over the notes)
-    _, val_metrics = score_split(clf, task, "val", config, progress)
-    test_logits, test_metrics = score_split(clf, task, "test", config, progress)
+    _, val_metrics, val_cut = score_split(clf, task, "val", config, progress)
+    test_logits, test_metrics, test_cut = score_split(clf, task, "test", config, progress)
 
     # --- save: the bundle, predictions, metrics
     save_bundle(clf, run_dir, {
@@ -103,6 +107,7 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
         "task_type": task.task_type,
         "labels": task.labels,
         "max_seq_len": config.task.max_seq_len,
+        "long_notes": LongNotes.from_task(config.task).to_json(),  # evaluate / predict cut notes the same way
         "padding_side": clf.tokenizer.padding_side,
         "clinical_adapter": clinical_dir,
     })
@@ -123,6 +128,8 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
         "clinical_method": clinical_method,
         "lora_flavours": methods.lora_flavours(config.lora) if methods.variant(variant).downstream_lora else [],
         **table3_row(variant, clinical_method, base_name if encoder else None),
+        "long_notes": LongNotes.from_task(config.task).to_json(),
+        "truncation": {"train": train_cut, "val": val_cut, "test": test_cut},
         "val": val_metrics,
         "test": test_metrics,
         "best_epoch": keep_best.best_epoch,
@@ -187,11 +194,13 @@ def check_encoder_length(base_path: Path, max_seq_len: int) -> None:
 
 
 def score_split(clf: Classifier, task: TaskData, split: str, config: FinetuneConfig,
-                progress: bool) -> tuple[np.ndarray, dict]:
-    """The split's logits (notes in file order) and its metrics.json entry."""
-    logits = predict_logits(clf, task.splits[split]["text"].tolist(), config.task.max_seq_len,
-                            config.eval.batch_size, progress, split)
-    return logits, split_metrics(task, split, logits, config.eval.bootstrap_resamples, config.eval.bootstrap_seed)
+                progress: bool) -> tuple[np.ndarray, dict, dict]:
+    """The split's logits (notes in file order), its metrics.json entry and its `truncation` entry."""
+    long_notes = LongNotes.from_task(config.task)
+    encoded = encode_notes(clf.tokenizer, task.splits[split]["text"].tolist(), long_notes)
+    logits = score_notes(clf, encoded, long_notes, config.eval.batch_size, progress, split)
+    metrics = split_metrics(task, split, logits, config.eval.bootstrap_resamples, config.eval.bootstrap_seed)
+    return logits, metrics, encoded.truncation()
 
 
 def table3_row(variant: str, clinical_method: str | None, encoder_name: str | None = None) -> dict:

@@ -12,10 +12,12 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from clinpeft.config import FinetuneConfig
+from clinpeft.data.long_notes import LongNotes, encode_notes
 from clinpeft.data.tasks import TaskData
 from clinpeft.evaluation.bootstrap import bootstrap_fields
 from clinpeft.evaluation.metrics import probabilities, task_metrics
-from clinpeft.modeling.classifier import Classifier, encode, pad_batch
+from clinpeft.modeling.classifier import Classifier, pad_batch
+from clinpeft.modeling.pooling import pool_windows
 from clinpeft.training.common import silence_trainer, training_arguments
 
 
@@ -26,24 +28,28 @@ def class_weights(targets: np.ndarray, num_labels: int) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def to_dataset(task: TaskData, split: str, tokenizer, max_seq_len: int):
-    """A split as a datasets.Dataset of token ids (cut to max_seq_len) and label targets."""
+def to_dataset(task: TaskData, split: str, tokenizer, long_notes: LongNotes):
+    """A split as a datasets.Dataset: per note its windows of token ids (data/long_notes.py; truncate:
+    one window) and its label targets."""
     from datasets import Dataset
 
     frame = task.splits[split]
-    return Dataset.from_dict({"input_ids": encode(tokenizer, frame["text"].tolist(), max_seq_len),
-                              "labels": task.targets(split).tolist()})
+    encoded = encode_notes(tokenizer, frame["text"].tolist(), long_notes)
+    return Dataset.from_dict({"windows": encoded.windows_of(), "labels": task.targets(split).tolist()})
 
 
 class PadCollator:
-    """Dynamic padding to the longest note in the batch; labels as a tensor."""
+    """The batch's notes' windows, flattened and padded to the longest; `note_index` maps each window to
+    its note in the batch; labels (one row per note) as a tensor."""
 
     def __init__(self, tokenizer, multilabel: bool):
         self.tokenizer = tokenizer
         self.label_dtype = torch.float32 if multilabel else torch.long
 
     def __call__(self, rows):
-        batch = pad_batch(self.tokenizer, [r["input_ids"] for r in rows])
+        windows = [w for r in rows for w in r["windows"]]
+        batch = pad_batch(self.tokenizer, windows)
+        batch["note_index"] = torch.tensor([i for i, r in enumerate(rows) for _ in r["windows"]])
         batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=self.label_dtype)
         return batch
 
@@ -51,14 +57,22 @@ class PadCollator:
 class TaskLossTrainer(Trainer):
     """HF Trainer with the task's loss: class-weighted cross-entropy (single-label) or BCE on logits (multilabel)."""
 
-    def __init__(self, *args, multilabel: bool, label_weights: torch.Tensor | None = None, **kwargs):
+    def __init__(self, *args, multilabel: bool, label_weights: torch.Tensor | None = None,
+                 chunk_pooling: str = "max", **kwargs):
         super().__init__(*args, **kwargs)
-        self.multilabel, self.label_weights = multilabel, label_weights
+        self.multilabel, self.label_weights, self.chunk_pooling = multilabel, label_weights, chunk_pooling
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
+        note_index = inputs.pop("note_index")
         outputs = model(**inputs)
-        logits = outputs.logits.float()
+        # Chunks: the loss is taken on each note's pooled logits, not per window. The label belongs to
+        # the note, not to each window: a death mentioned in one window says nothing of the others, so
+        # a per-window loss would teach the model that windows without the evidence carry the label
+        # (label noise growing with note length) and would weight long notes by their window count.
+        # Pooled, training optimises exactly what evaluate/predict score. Truncate: one window per note.
+        logits = pool_windows(outputs.logits.float(), note_index, len(labels), self.chunk_pooling)
+        outputs = {"logits": logits}  # the Trainer's evaluation reads per-note logits
         if self.multilabel:
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
         else:
@@ -99,18 +113,20 @@ def make_trainer(clf: Classifier, task: TaskData, config: FinetuneConfig, run_di
                  callbacks: list | tuple = ()) -> tuple[TaskLossTrainer, KeepBest]:
     """HF Trainer with the task's loss, validation AUROC each epoch and the best epoch restored."""
     multilabel = task.task_type == "multilabel"
+    long_notes = LongNotes.from_task(config.task)
     keep_best = KeepBest()
     trainer = TaskLossTrainer(
         model=clf.model,
         args=training_arguments(config.train, run_dir / ".trainer", progress, eval_strategy="epoch",
                                 per_device_eval_batch_size=config.eval.batch_size, label_names=["labels"]),
-        train_dataset=to_dataset(task, "train", clf.tokenizer, config.task.max_seq_len),
-        eval_dataset=to_dataset(task, "val", clf.tokenizer, config.task.max_seq_len),
+        train_dataset=to_dataset(task, "train", clf.tokenizer, long_notes),
+        eval_dataset=to_dataset(task, "val", clf.tokenizer, long_notes),
         data_collator=PadCollator(clf.tokenizer, multilabel),
         compute_metrics=partial(validation_auroc, task),
         callbacks=[keep_best, *callbacks],  # keep_best first: it records the epoch before a sweep may prune
         multilabel=multilabel,
         label_weights=None if multilabel else class_weights(task.targets("train"), task.num_labels),
+        chunk_pooling=long_notes.chunk_pooling,
     )
     return silence_trainer(trainer, progress), keep_best
 
@@ -135,3 +151,17 @@ def write_predictions(path: Path, task: TaskData, split: str, logits: np.ndarray
     columns = {"id": frame["id"], "label": frame["label"]}
     columns.update({f"p_{label}": probs[:, i] for i, label in enumerate(task.labels)})
     pd.DataFrame(columns).to_csv(path, index=False, float_format="%.7g")
+
+
+def truncation_lines(truncation: dict, long_notes: dict) -> list[str]:
+    """One line when more than 5% of a split's notes were cut (the model never saw part of them)."""
+    cut = {split: t for split, t in truncation.items() if t["n_notes"] and t["notes_cut"] / t["n_notes"] > 0.05}
+    if not cut:
+        return []
+    parts = ", ".join(f"{split} {t['notes_cut']}/{t['n_notes']} ({100 * t['notes_cut'] / t['n_notes']:.0f}%, "
+                      f"{100 * t['tokens_seen_share']:.0f}% of tokens seen)" for split, t in cut.items())
+    how = long_notes.get("mode", "truncate")
+    fix = ("raise task.max_chunks or task.max_seq_len" if how == "chunks"
+           else "task.long_notes=chunks reads whole notes, or raise task.max_seq_len")
+    return [f"note: notes longer than task.max_seq_len={long_notes.get('max_seq_len')} were cut ({how}): {parts}; "
+            f"{fix}"]

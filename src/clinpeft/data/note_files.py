@@ -1,0 +1,123 @@
+"""Unlabelled notes to score (`clinpeft predict`): CSV, CSV.GZ or JSONL(.GZ), read in chunks.
+
+`check_note_file` reads the whole file once before any scoring (bytes, columns, empty texts), so a
+bad file stops the command with one line naming the line or row, before anything is written;
+`read_note_chunks` then streams it, `chunk_rows` notes at a time (memory holds one chunk).
+
+Rows are numbered as a spreadsheet shows them for CSV (header = row 1, first note = row 2) and by
+line for JSONL (first note = line 1). Without an id column, a note's id is its position (1, 2, ...).
+A `label` column, if any, is ignored.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from clinpeft.errors import ClinpeftError
+
+FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
+
+
+@dataclass
+class NoteFile:
+    path: Path
+    fmt: str  # csv | jsonl
+    text_column: str
+    id_column: str | None  # None: the file has no such column, ids are positions
+    n_notes: int
+
+
+def note_format(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    fmt = FORMATS.get(suffixes[-1] if suffixes else "")
+    if fmt is None:
+        raise ClinpeftError(f"{path}: unknown format; give a .csv, .csv.gz, .jsonl or .jsonl.gz file")
+    return fmt
+
+
+def check_utf8(path: Path) -> None:
+    """One pass over the bytes: the first line that is not UTF-8, named by number (no text shown)."""
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise ClinpeftError(
+                        f"{path} line {number}: not UTF-8 (byte 0x{line[exc.start]:02x} at byte {exc.start + 1} of "
+                        "the line); re-save the file as UTF-8, e.g. iconv -f latin1 -t utf-8 IN > OUT") from None
+    except (OSError, EOFError) as exc:
+        raise ClinpeftError(f"{path}: cannot be read ({exc}); is it a complete, uncompressed or gzip file?") from None
+
+
+def _chunks(path: Path, fmt: str, chunk_rows: int, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
+    try:
+        if fmt == "csv":
+            yield from pd.read_csv(path, dtype=str, keep_default_na=False, chunksize=chunk_rows, usecols=columns,
+                                   encoding="utf-8")
+        else:
+            for frame in pd.read_json(path, lines=True, dtype=False, chunksize=chunk_rows, encoding="utf-8"):
+                yield frame
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise ClinpeftError(f"{path}: not a readable {fmt.upper()} file ({str(exc).splitlines()[0]})") from None
+
+
+def _row_name(fmt: str, index: int) -> str:
+    return f"row {index + 2}" if fmt == "csv" else f"line {index + 1}"
+
+
+def check_note_file(path: str | Path, text_column: str = "text", id_column: str = "id",
+                    chunk_rows: int = 10_000) -> NoteFile:
+    """Validate a notes file before scoring: exists, UTF-8, has the text column, no empty text. One line each."""
+    path = Path(path)
+    if not path.is_file():
+        raise ClinpeftError(f"{path}: no such file; give the CSV/JSONL of notes to score with --notes")
+    fmt = note_format(path)
+    check_utf8(path)
+    n_notes, has_id, seen_ids = 0, None, set()
+    for frame in _chunks(path, fmt, chunk_rows):
+        if has_id is None:
+            if text_column not in frame.columns:
+                found = ", ".join(map(str, frame.columns))
+                raise ClinpeftError(f"{path}: no column {text_column!r} (columns: {found}); "
+                                    "name the text column with --text-column")
+            has_id = id_column in frame.columns
+        texts = frame[text_column]
+        empty = texts.isna() | (texts.astype(str).str.strip() == "")
+        if empty.any():
+            first = int(empty.to_numpy().argmax())
+            raise ClinpeftError(f"{path} {_row_name(fmt, n_notes + first)}: empty text in column {text_column!r}; "
+                                "remove the row or fill it in")
+        if has_id:
+            ids = frame[id_column].astype(str).str.strip()
+            for i, value in enumerate(ids):
+                if value in ("", "nan") or value in seen_ids:
+                    what = "empty id" if value in ("", "nan") else f"id {value!r} appears more than once"
+                    raise ClinpeftError(f"{path} {_row_name(fmt, n_notes + i)}: {what} in column {id_column!r}; "
+                                        "ids must be unique (or pass --id-column of another column)")
+                seen_ids.add(value)
+        n_notes += len(frame)
+    if not n_notes:
+        raise ClinpeftError(f"{path}: no notes")
+    return NoteFile(path, fmt, text_column, id_column if has_id else None, n_notes)
+
+
+def read_note_chunks(notes: NoteFile, chunk_rows: int = 1024) -> Iterator[tuple[list[str], list[str]]]:
+    """(ids, texts) of `chunk_rows` notes at a time, in file order."""
+    start = 0
+    for frame in _chunks(notes.path, notes.fmt, chunk_rows):
+        texts = frame[notes.text_column].astype(str).tolist()
+        if notes.id_column:
+            ids = frame[notes.id_column].astype(str).str.strip().tolist()
+        else:
+            ids = [str(start + i + 1) for i in range(len(frame))]
+        start += len(frame)
+        yield ids, texts
