@@ -256,6 +256,16 @@ def add_report(sub) -> None:
     p.add_argument("--bootstrap-resamples", type=int, default=1000, metavar="N",
                    help="resamples of the test notes for the 95%% intervals and p-values (default 1000; 0: none)")
     p.add_argument("--bootstrap-seed", type=int, default=0, metavar="SEED", help="seed of the resampling (default 0)")
+    p.add_argument("--subgroups", default="", metavar="COLS",
+                   help="comma-separated task CSV columns (e.g. gender,age_group): AUROC, AUPRC and calibration per "
+                        "group with intervals and the largest gap, in subgroups.md")
+    p.add_argument("--specificity", type=float, default=0.9,
+                   help="operating point of binary tasks: threshold reaching this specificity on validation, "
+                        "applied to test (default 0.9)")
+    p.add_argument("--min-positives", type=int, default=5, metavar="N",
+                   help="flag classes with fewer test examples than this (default 5)")
+    p.add_argument("--html", action="store_true", help="also write index.html: every table, plot and a model card "
+                   "per run in one self-contained page")
     add_quiet_arg(p)
     p.set_defaults(handler=run_report)
 
@@ -264,7 +274,8 @@ def run_report(args: argparse.Namespace, progress: bool) -> int:
     from clinpeft.recipes import report
 
     written = report.main(args.runs, args.out, compare=args.compare, n_resamples=args.bootstrap_resamples,
-                          seed=args.bootstrap_seed, progress=progress)
+                          seed=args.bootstrap_seed, progress=progress, subgroups=args.subgroups,
+                          min_positives=args.min_positives, specificity=args.specificity, html=args.html)
     print_lines(report.summary(written, args.out))
     return 0
 
