@@ -147,3 +147,32 @@ def test_index_html_is_self_contained_with_every_section(report):
     assert page.count("src='data:image/png;base64,") == len(list(report["out"].glob("*.png")))
     assert {p.name.split("_")[0] for p in report["out"].glob("*.png")} >= {"roc", "pr", "reliability"}
     assert "Intended use." in page and "Limitations." in page and "Trainable parameters" in page
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium binary on PATH (Debian: apt-get install -y chromium)")
+def test_index_html_renders_in_headless_chromium(report, tmp_path):
+    """The page loads in a real browser with no console error or failed load, and every image has a size."""
+    import subprocess
+
+    page = report["out"] / "index.html"
+    result = subprocess.run(
+        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-extensions", "--no-first-run",
+         f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+         "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    body = re.search(r"<body([^>]*)>", result.stdout)
+    assert body, result.stdout[:500]
+    images = re.search(r'data-images="(\d+):(\d+)"', body.group(1))
+    errors = re.search(r'data-errors="([^"]*)"', body.group(1))
+    n_png = len(list(report["out"].glob("*.png")))
+    assert images and int(images.group(1)) == n_png and int(images.group(2)) == 0  # all rendered, none broken
+    assert errors is not None and errors.group(1) == ""
+    console = [line for line in result.stderr.splitlines() if "CONSOLE" in line or "Refused to" in line]
+    assert not console, console
