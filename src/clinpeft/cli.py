@@ -244,6 +244,30 @@ def run_evaluate(args: argparse.Namespace, progress: bool) -> int:
     return 0
 
 
+def add_explain(sub) -> None:
+    p = sub.add_parser("explain", help="which sentences drove a fine-tuned run's predictions (HTML page)",
+                       description="Sentence occlusion on a CSV of notes (id,text[,label]): OUT/index.html with each "
+                       "note highlighted (red pushes the predicted label up, blue down) and the top sentences per "
+                       "label; OUT/attributions.json.")
+    p.add_argument("run", help="a `clinpeft finetune` run directory")
+    p.add_argument("--notes", required=True, help="CSV with id,text (label optional), e.g. a task's test.csv")
+    p.add_argument("--max-notes", type=int, default=20, metavar="N", help="explain the first N notes (default 20)")
+    p.add_argument("--base", help="base model path, if it moved since training")
+    p.add_argument("--batch-size", type=int, default=16)
+    add_out_args(p)
+    p.set_defaults(handler=run_explain)
+
+
+def run_explain(args: argparse.Namespace, progress: bool) -> int:
+    from clinpeft.recipes import explain
+
+    hf_progress_bars(progress)
+    result = explain.main(args.run, args.notes, args.out, max_notes=args.max_notes, base=args.base,
+                          batch_size=args.batch_size, overwrite=args.overwrite, progress=progress)
+    print_lines(explain.summary(result, args.out))
+    return 0
+
+
 def add_report(sub) -> None:
     p = sub.add_parser("report", help="paper-style Table 2 / Table 3 from run directories",
                        description="Collect every run under the given directories and write table2.md/.csv "
@@ -351,8 +375,8 @@ def run_prepare(args: argparse.Namespace, progress: bool) -> int:
     return 0
 
 
-COMMANDS = (add_demo, add_pretrain, add_params, add_finetune, add_experiment, add_evaluate, add_report, add_sweep,
-            add_recipes, add_prepare)  # in the order `clinpeft --help` lists them
+COMMANDS = (add_demo, add_pretrain, add_params, add_finetune, add_experiment, add_evaluate, add_explain, add_report,
+            add_sweep, add_recipes, add_prepare)  # in the order `clinpeft --help` lists them
 
 
 # --------------------------------------------------------------------------- entry point
