@@ -176,3 +176,16 @@ def test_index_html_renders_in_headless_chromium(report, tmp_path):
     assert errors is not None and errors.group(1) == ""
     console = [line for line in result.stderr.splitlines() if "CONSOLE" in line or "Refused to" in line]
     assert not console, console
+
+
+def test_old_predictions_files_still_read_and_get_a_predicted_column(tmp_path):
+    """A predictions.csv from before this version (no predicted column, p_<label> names, no header map)."""
+    from clinpeft.reporting.stats import read_predictions
+
+    run = tmp_path / "old"
+    run.mkdir()
+    (run / "labels.txt").write_text("<=3\n3-7\n")
+    pd.DataFrame({"id": ["a", "b"], "label": ["<=3", "3-7"], "p_<=3": [0.8, 0.3], "p_3-7": [0.2, 0.7]}).to_csv(
+        run / "predictions.csv", index=False)
+    preds = read_predictions({"_dir": run, "task_type": "binary"})
+    assert list(preds.predicted) == ["<=3", "3-7"] and preds.probs.tolist() == [[0.8, 0.2], [0.3, 0.7]]

@@ -27,7 +27,7 @@ import pandas as pd
 from sklearn.metrics import precision_recall_curve, roc_curve
 from tqdm.auto import tqdm
 
-from clinpeft.data.predictions import read_probability_columns
+from clinpeft.data.predictions import predicted_cells, read_probability_columns
 from clinpeft.data.tasks import extra_columns, read_labels, split_multilabel
 from clinpeft.errors import ClinpeftError
 from clinpeft.evaluation.bootstrap import (
@@ -71,6 +71,7 @@ class Predictions:
     labels: list[str]
     task_type: str
     groups: dict[str, np.ndarray] = field(default_factory=dict)  # subgroup columns carried from the task CSV
+    predicted: np.ndarray | None = None  # the `predicted` column; computed (argmax / >= 0.5) for older files
 
 
 def read_predictions(run: dict, file: str = PREDICTIONS_FILE) -> Predictions | None:
@@ -118,7 +119,9 @@ def read_predictions(run: dict, file: str = PREDICTIONS_FILE) -> Predictions | N
             raise ClinpeftError(f"{path}: label(s) {', '.join(map(repr, unknown[:5]))} not in {LABELS_FILE}")
         y = frame["label"].map(index).to_numpy(dtype=np.int64)
     groups = {name: frame[name].to_numpy(dtype=str) for name in extra_columns(frame) if name not in columns}
-    return Predictions(frame["id"].to_numpy(dtype=str), y, probs, labels, task_type, groups)
+    predicted = (frame["predicted"].to_numpy(dtype=str) if "predicted" in frame.columns
+                 else np.asarray(predicted_cells(task_type, probs, labels), dtype=str))
+    return Predictions(frame["id"].to_numpy(dtype=str), y, probs, labels, task_type, groups, predicted)
 
 
 def _same_notes(a: Predictions, b: Predictions, dir_a, dir_b) -> None:
