@@ -85,16 +85,18 @@ def average_precision_weighted(positive: np.ndarray, scores: np.ndarray, weights
     NaN where the positives weigh 0. Computed for every column at once from sums over score groups.
     """
     positive = np.asarray(positive, dtype=bool)
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
-    s = np.asarray(scores, dtype=np.float64)[order]
-    group = np.concatenate([[0], np.cumsum(s[1:] != s[:-1])])  # distinct score rank, highest first
-    n_groups = int(group[-1]) + 1
-    w = np.asarray(weights, dtype=np.float64)[order]
-    rows = group + n_groups * (~positive[order])  # positives in rows [0, G), negatives in [G, 2G)
-    matrix = scipy.sparse.csr_matrix((np.ones(len(rows)), (rows, np.arange(len(rows)))),
-                                     shape=(2 * n_groups, len(rows)))
+    s = np.asarray(scores, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    if not positive.any():
+        return np.full(w.shape[1], np.nan)
+    u = np.unique(s[positive])  # ascending distinct positive scores: only they end a recall step
+    g = len(u)
+    # positive at u_k -> row (g-1-k): rows in decreasing score; a negative -> row g + (number of u above it),
+    # so negatives tied with u_k count as called at threshold u_k (as scikit-learn); below every u: row 2g
+    rows = np.where(positive, g - 1 - np.searchsorted(u, s), g + g - np.searchsorted(u, s, side="right"))
+    matrix = scipy.sparse.csr_matrix((np.ones(len(s)), (rows, np.arange(len(s)))), shape=(2 * g + 1, len(s)))
     sums = matrix @ w
-    tp_k, fp_k = sums[:n_groups], sums[n_groups:]
+    tp_k, fp_k = sums[:g], sums[g:2 * g]
     tp, fp = np.cumsum(tp_k, axis=0), np.cumsum(fp_k, axis=0)
     total = tp[-1]
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -171,11 +173,18 @@ def reliability(task_type: str, y_true, probs, n_bins: int = N_BINS) -> list[dic
     return bins
 
 
-def _ece_weighted(conf: np.ndarray, outcome: np.ndarray, weights: np.ndarray, n_bins: int) -> np.ndarray:
+def _ece_weighted(conf: np.ndarray, outcome: np.ndarray, note: np.ndarray, weights: np.ndarray,
+                  n_bins: int) -> np.ndarray:
+    """(B,) ECE with pair p = (conf[p], outcome[p]) of note note[p] weighted by weights[note[p], b]. The pairs are
+    summed per (bin, note) first, so a multilabel task costs (bins x notes) @ (notes x B), not pairs x B."""
     which = np.minimum((conf * n_bins).astype(np.int64), n_bins - 1)
-    onehot = scipy.sparse.csr_matrix((np.ones(len(which)), (which, np.arange(len(which)))), shape=(n_bins, len(which)))
-    count = onehot @ weights
-    gap = np.abs(onehot @ (weights * conf[:, None]) - onehot @ (weights * outcome[:, None]))
+    n = weights.shape[0]
+
+    def per_bin(values):
+        return scipy.sparse.csr_matrix((values, (which, note)), shape=(n_bins, n)) @ weights
+
+    count = per_bin(np.ones(len(conf)))
+    gap = np.abs(per_bin(conf) - per_bin(outcome))
     return gap.sum(axis=0) / count.sum(axis=0)
 
 
@@ -188,8 +197,8 @@ def ece(task_type: str, y_true, probs, n_bins: int = N_BINS) -> float:
     (note, label) pair's P(label) against its 0/1 truth (N = notes x labels).
     """
     y, p = _arrays(task_type, y_true, probs)
-    conf, outcome, _ = _confidence_pairs(task_type, y, p)
-    return float(_ece_weighted(conf, outcome, np.ones((len(conf), 1)), n_bins)[0])
+    conf, outcome, note = _confidence_pairs(task_type, y, p)
+    return float(_ece_weighted(conf, outcome, note, np.ones((len(y), 1)), n_bins)[0])
 
 
 # --------------------------------------------------------------------------- operating point
@@ -301,7 +310,7 @@ def bootstrap_clinical(task_type: str, y_true, probs, *, ids, n_resamples: int, 
     per_note = err.sum(axis=1) if task_type == "multiclass" else err.mean(axis=1)
     brier_b = (counts.T @ per_note) / counts.sum(axis=0)
     conf, outcome, note = _confidence_pairs(task_type, y, p)
-    ece_b = _ece_weighted(conf, outcome, counts[note], N_BINS)
+    ece_b = _ece_weighted(conf, outcome, note, counts, N_BINS)
     out = {"auprc_ci": list(percentile_interval(auprc_b)), "brier_ci": list(percentile_interval(brier_b)),
            "ece_ci": list(percentile_interval(ece_b))}
     if task_type == "binary" and threshold is not None:
