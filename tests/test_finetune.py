@@ -98,10 +98,11 @@ def test_finetune_writes_metrics_predictions_and_bundle(task, tiny_llama, clinic
                                                         clinical_adapter=clinical_run, **{"train.epochs": 2}))
     metrics = finetune.main(config, out, progress=False)
     aurocs = f"val AUROC {metrics['val']['auroc']:.4f}, test AUROC {metrics['test']['auroc']:.4f}"
-    first, cut = finetune.summary(metrics, out)  # synthetic notes run past 96 tokens: all of them are cut
+    first, cut, *warnings = finetune.summary(metrics, out)  # synthetic notes run past 96 tokens: all are cut
     assert first == f"{out}: {task} clinical_trainable+downstream: {aurocs}"
     assert cut.startswith("note: notes longer than task.max_seq_len=96 were cut (truncate): train ")
     assert metrics["truncation"]["test"]["notes_cut"] == metrics["truncation"]["test"]["n_notes"]
+    assert all(line.startswith("warning: ") for line in warnings)  # classes absent / under min_positives
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["test"]["auroc"] == pytest.approx(metrics["test"]["auroc"])
     assert saved["task_type"] == {"mor": "binary", "los": "multiclass", "diag": "multilabel"}[task]
@@ -113,8 +114,21 @@ def test_finetune_writes_metrics_predictions_and_bundle(task, tiny_llama, clinic
     predictions = pd.read_csv(out / "predictions.csv", dtype={"id": str, "label": str}, keep_default_na=False)
     test = pd.read_csv(synthetic_tasks[task] / "test.csv", dtype=str, keep_default_na=False)
     assert list(predictions["id"]) == list(test["id"])
-    assert list(predictions.columns) == ["id", "label"] + [f"p_{label}" for label in labels]
-    probs = predictions[[f"p_{label}" for label in labels]].to_numpy()
+    header = json.loads((out / "predictions_columns.json").read_text())
+    assert list(header.values()) == labels  # spreadsheet-safe column -> label
+    assert list(predictions.columns)[:3 + len(labels)] == ["id", "label", "predicted", *header]
+    probs = predictions[list(header)].to_numpy()
+    if task != "diag":  # argmax class
+        assert list(predictions["predicted"].astype(str)) == [labels[j] for j in probs.argmax(axis=1)]
+    clinical = saved["test"]["clinical"]
+    assert {"auprc", "prevalence", "brier", "ece", "auprc_ci", "brier_ci", "ece_ci"} <= set(clinical)
+    assert 0.0 <= clinical["auprc"] <= 1.0 and clinical["auprc_ci"][0] <= clinical["auprc_ci"][1]
+    assert saved["test"]["class_support"]["min_positives"] == 5
+    if task == "mor":
+        op = saved["test"]["operating_point"]
+        assert op["target_specificity"] == 0.9 and op["val"]["specificity"] >= 0.9
+    if task == "los":
+        assert set(clinical) >= {"auroc_ovo", "auroc_ovr"}
     if task == "diag":
         assert saved["test"]["n_labels_evaluated"] + saved["test"]["n_labels_skipped"] == len(labels)
     else:
@@ -143,7 +157,7 @@ def test_evaluate_reloads_the_bundle_and_reproduces_test_predictions(tiny_llama,
     assert again["eval"]["auroc"] == pytest.approx(metrics["test"]["auroc"], abs=1e-6)
     original = pd.read_csv(run / "predictions.csv")
     rescored = pd.read_csv(out / "predictions.csv")
-    np.testing.assert_allclose(rescored.iloc[:, 2:].to_numpy(), original.iloc[:, 2:].to_numpy(), atol=1e-5)
+    np.testing.assert_allclose(rescored.iloc[:, 3:].to_numpy(), original.iloc[:, 3:].to_numpy(), atol=1e-5)
 
 
 def test_frozen_clinical_adapter_is_saved_unchanged(tiny_llama, clinical_run, synthetic_tasks, tmp_path):

@@ -5,6 +5,7 @@ each on rows of `mimic3_tables.SCENARIOS` built to trip it,
 plus one per validation error (one line, exit 2, nothing written).
 """
 
+import json
 import shutil
 
 import pandas as pd
@@ -406,3 +407,48 @@ def test_generator_is_deterministic(tmp_path):
     b = write_mimic3_tables(tmp_path / "b", n_patients=3, seed=4)
     assert all(a.paths[t].read_bytes() == b.paths[t].read_bytes() for t in a.paths)
     assert a.admissions == b.admissions
+
+
+# --------------------------------------------------------------------------------------------
+# Subgroup columns
+# --------------------------------------------------------------------------------------------
+
+
+def test_subgroup_columns_from_patients_and_admissions(built):
+    """gender / age_group from PATIENTS (age at admission; shifted 90+ DOBs -> "90+"), ethnicity / insurance from
+    ADMISSIONS, exactly the generator's; training still loads the task (extra columns ignored)."""
+    truth = built["truth"]
+    for task in ("mor", "los"):
+        got = rows(built["tasks"] / task)
+        assert list(got.columns[:3]) == ["text", "label", "gender"]
+        for hadm in got.index:
+            expected = truth.admissions[hadm]
+            assert tuple(got.loc[hadm, ["gender", "age_group", "ethnicity", "insurance"]]) == (
+                expected.gender, expected.age_group, expected.ethnicity, expected.insurance), (task, hadm)
+        assert load_task(built["tasks"] / task).splits["test"].columns[:3].tolist() == ["id", "text", "label"]
+    groups = {a.age_group for a in truth.admissions.values()}
+    assert "90+" in groups and len(groups) >= 3  # the shifted ages of patients over 89 land in 90+
+    manifest = json.loads((built["tasks"] / "manifest.json").read_text())
+    assert manifest["subgroup_columns"]["columns"] == ["gender", "age_group", "ethnicity", "insurance"]
+
+
+def test_no_patients_table_no_gender_or_age_and_manifest_says_so(tmp_path):
+    write_mimic3_tables(tmp_path / "mimic", n_patients=8, seed=1, patients=False)
+    assert main(["prepare", "mimic3-tasks", "--mimic-dir", str(tmp_path / "mimic"), "--out", str(tmp_path / "tasks"),
+                 "--tasks", "mor", "--quiet"]) == 0
+    header = pd.read_csv(tmp_path / "tasks" / "mor" / "train.csv", nrows=0).columns.tolist()
+    assert header == ["id", "text", "label", "ethnicity", "insurance"]
+    note = json.loads((tmp_path / "tasks" / "manifest.json").read_text())["subgroup_columns"]
+    assert note["why_missing"] == {"gender": "no PATIENTS table in --mimic-dir",
+                                   "age_group": "no PATIENTS table in --mimic-dir"}
+
+
+def test_age_group_rule():
+    from datetime import datetime
+
+    from clinpeft.data.definitions import age_at, age_group
+
+    assert age_group(age_at(datetime(2150, 3, 1), datetime(1850, 3, 1))) == "90+"  # MIMIC's shift
+    assert age_at(datetime(2150, 2, 28), datetime(2100, 3, 1)) == 49
+    assert [age_group(a) for a in (17, 18, 44, 45, 64, 65, 89, 90)] == [
+        "0-17", "18-44", "18-44", "45-64", "45-64", "65-89", "65-89", "90+"]

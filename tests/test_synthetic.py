@@ -171,7 +171,8 @@ def test_task_files_have_van_aken_shape(quick):
         assert vocab and len(vocab) == len(set(vocab))
         for split in SPLITS:
             frame = read_split(task_dir, split)
-            assert tuple(frame.columns) == S.TASK_COLUMNS, (task, split)
+            assert tuple(frame.columns) == S.TASK_COLUMNS + S.SUBGROUP_COLUMNS, (task, split)
+            assert set(frame["gender"]) <= {"F", "M"} and set(frame["age_group"]) <= {"18-44", "45-64", "65-89", "90+"}
             assert frame["id"].str.fullmatch(r"\d+").all()
             for text in frame["text"]:
                 blocks = text.split("\n\n")

@@ -298,6 +298,30 @@ def run_export(args: argparse.Namespace, progress: bool) -> int:
     return 0
 
 
+def add_explain(sub) -> None:
+    p = sub.add_parser("explain", help="which sentences drove a fine-tuned run's predictions (HTML page)",
+                       description="Sentence occlusion on a CSV of notes (id,text[,label]): OUT/index.html with each "
+                       "note highlighted (red pushes the predicted label up, blue down) and the top sentences per "
+                       "label; OUT/attributions.json.")
+    p.add_argument("run", help="a `clinpeft finetune` run directory")
+    p.add_argument("--notes", required=True, help="CSV with id,text (label optional), e.g. a task's test.csv")
+    p.add_argument("--max-notes", type=int, default=20, metavar="N", help="explain the first N notes (default 20)")
+    p.add_argument("--base", help="base model path, if it moved since training")
+    p.add_argument("--batch-size", type=int, default=16)
+    add_out_args(p)
+    p.set_defaults(handler=run_explain)
+
+
+def run_explain(args: argparse.Namespace, progress: bool) -> int:
+    from clinpeft.recipes import explain
+
+    hf_progress_bars(progress)
+    result = explain.main(args.run, args.notes, args.out, max_notes=args.max_notes, base=args.base,
+                          batch_size=args.batch_size, overwrite=args.overwrite, progress=progress)
+    print_lines(explain.summary(result, args.out))
+    return 0
+
+
 def add_report(sub) -> None:
     p = sub.add_parser("report", help="paper-style Table 2 / Table 3 from run directories",
                        description="Collect every run under the given directories and write table2.md/.csv "
@@ -310,6 +334,16 @@ def add_report(sub) -> None:
     p.add_argument("--bootstrap-resamples", type=int, default=1000, metavar="N",
                    help="resamples of the test notes for the 95%% intervals and p-values (default 1000; 0: none)")
     p.add_argument("--bootstrap-seed", type=int, default=0, metavar="SEED", help="seed of the resampling (default 0)")
+    p.add_argument("--subgroups", default="", metavar="COLS",
+                   help="comma-separated task CSV columns (e.g. gender,age_group): AUROC, AUPRC and calibration per "
+                        "group with intervals and the largest gap, in subgroups.md")
+    p.add_argument("--specificity", type=float, default=0.9,
+                   help="operating point of binary tasks: threshold reaching this specificity on validation, "
+                        "applied to test (default 0.9)")
+    p.add_argument("--min-positives", type=int, default=5, metavar="N",
+                   help="flag classes with fewer test examples than this (default 5)")
+    p.add_argument("--html", action="store_true", help="also write index.html: every table, plot and a model card "
+                   "per run in one self-contained page")
     add_quiet_arg(p)
     p.set_defaults(handler=run_report)
 
@@ -318,7 +352,8 @@ def run_report(args: argparse.Namespace, progress: bool) -> int:
     from clinpeft.recipes import report
 
     written = report.main(args.runs, args.out, compare=args.compare, n_resamples=args.bootstrap_resamples,
-                          seed=args.bootstrap_seed, progress=progress)
+                          seed=args.bootstrap_seed, progress=progress, subgroups=args.subgroups,
+                          min_positives=args.min_positives, specificity=args.specificity, html=args.html)
     print_lines(report.summary(written, args.out))
     return 0
 
@@ -394,8 +429,8 @@ def run_prepare(args: argparse.Namespace, progress: bool) -> int:
     return 0
 
 
-COMMANDS = (add_demo, add_pretrain, add_params, add_finetune, add_experiment, add_evaluate, add_predict, add_export,
-            add_report, add_sweep, add_recipes, add_prepare)  # in the order `clinpeft --help` lists them
+COMMANDS = (add_demo, add_pretrain, add_params, add_finetune, add_experiment, add_evaluate, add_predict,
+            add_export, add_explain, add_report, add_sweep, add_recipes, add_prepare)  # `clinpeft --help` order
 
 
 # --------------------------------------------------------------------------- entry point

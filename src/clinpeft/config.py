@@ -207,6 +207,12 @@ class ClassifierEvalSection(Section):
     # test notes (0 = no interval) and the seed that makes it reproducible
     bootstrap_resamples: int = Field(1000, ge=0)
     bootstrap_seed: int = 0
+    # a class (or label) with fewer positive examples than this in a split is flagged in metrics.json, on the
+    # console and in Table 3: its AUROC/AUPRC rests on a handful of notes (count of notes)
+    min_positives: int = Field(5, ge=1)
+    # operating point of binary tasks: the threshold reaching this specificity on validation, applied to test
+    # (fraction of negatives called negative)
+    specificity: float = Field(0.9, gt=0.0, lt=1.0)
 
 
 class FinetuneConfig(Section):

@@ -47,3 +47,23 @@ def cut_proc_code(code: str) -> str:
 def los_class(days: float) -> int:
     """van Aken's LOS classes: 0 <=3 days, 1 (3,7], 2 (7,14], 3 >14."""
     return int(sum(days > edge for edge in LOS_EDGES_DAYS))
+
+
+#: Age groups of the `age_group` subgroup column (years at admission, lower bounds); MIMIC-III shifts the
+#: dates of birth of patients older than 89 so their computed age is about 300: they fall in "90+".
+AGE_GROUPS = ((0, "0-17"), (18, "18-44"), (45, "45-64"), (65, "65-89"), (90, "90+"))
+
+
+def age_group(age_years: int) -> str:
+    """The age group label of an age in whole years at admission (>= 90, including MIMIC's shifted ~300: 90+)."""
+    label = AGE_GROUPS[0][1]
+    for lower, name in AGE_GROUPS:
+        if age_years >= lower:
+            label = name
+    return label
+
+
+def age_at(admit, dob) -> int:
+    """Whole years between a date of birth and an admission, by calendar (no timedelta: MIMIC's shifted
+    dates of birth are ~300 years back, beyond pandas' timedelta range)."""
+    return int(admit.year - dob.year - ((admit.month, admit.day) < (dob.month, dob.day)))

@@ -71,10 +71,19 @@ def read_split_csv(path: Path) -> pd.DataFrame:
         raise ClinpeftError(
             f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(frame.columns)}; expected id,text,label"
         )
-    frame = frame[list(COLUMNS)].copy()
+    # id, text, label first; other columns (subgroups such as gender, age_group) are carried, unused by training
+    frame = frame[[*COLUMNS, *extra_columns(frame)]].copy()
     # " 1" and "1" are the same label and the same id: a stray space must not make a new class
     frame["id"], frame["label"] = frame["id"].str.strip(), frame["label"].str.strip()
     return frame
+
+
+def extra_columns(frame: pd.DataFrame) -> list[str]:
+    """The columns of a task CSV beyond id,text,label (e.g. gender, age_group, ethnicity, insurance): finetune
+    ignores them for training and copies them into predictions.csv, where `report --subgroups` reads them.
+    Names that predictions.csv uses itself (predicted, p_*) and pandas' unnamed columns are left out."""
+    return [str(c) for c in frame.columns if c not in COLUMNS and c != "predicted"
+            and not str(c).startswith(("p_", "Unnamed:"))]
 
 
 def read_labels(path: Path) -> list[str]:
@@ -184,3 +193,41 @@ def load_task(path: str | Path, name: str | None = None, kind: str = "auto",
         frames = {split: frame.head(max_examples) for split, frame in frames.items()}
     frames = {split: frame.reset_index(drop=True) for split, frame in frames.items()}
     return TaskData(name=name or task_dir.name, kind=kind, labels=labels, splits=frames)
+
+
+def data_provenance(path: str | Path, frames: dict[str, pd.DataFrame] | None = None) -> dict:
+    """What a model card says about a task's data: {"path", "files": {name: sha256}, "rows": {split: n},
+    "patients": {split: n} (from the prepare manifest, when present), "cohort": the manifest's rules and
+    drop counts (when present), "subgroup_columns": extra columns of the CSVs}. Missing files are skipped."""
+    import hashlib
+    import json
+
+    task_dir = Path(path)
+    out: dict = {"path": str(task_dir), "files": {}, "rows": {}}
+    for name in [*(f"{s}.csv" for s in SPLITS), "labels.txt", "manifest.json"]:
+        file = task_dir / name
+        if file.is_file():
+            digest = hashlib.sha256()
+            with open(file, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            out["files"][name] = digest.hexdigest()
+    for split in SPLITS:
+        if frames is not None and split in frames:
+            out["rows"][split] = int(len(frames[split]))
+        elif (task_dir / f"{split}.csv").is_file():
+            out["rows"][split] = int(len(pd.read_csv(task_dir / f"{split}.csv", dtype=str, usecols=[0])))
+    if frames:
+        out["subgroup_columns"] = extra_columns(next(iter(frames.values())))
+    manifest = task_dir / "manifest.json"
+    if manifest.is_file():
+        try:
+            record = json.loads(manifest.read_text(encoding="utf-8"))
+        except ValueError:
+            record = {}
+        splits = record.get("splits") if isinstance(record.get("splits"), dict) else {}
+        patients = {s: v.get("patients") for s, v in splits.items() if isinstance(v, dict) and "patients" in v}
+        if patients:
+            out["patients"] = patients
+        out["cohort"] = {k: v for k, v in record.items() if k not in ("splits",)}
+    return out

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from clinpeft.data import definitions
@@ -38,7 +39,10 @@ TABLES = ("NOTEEVENTS", "ADMISSIONS", "DIAGNOSES_ICD", "PROCEDURES_ICD")
 NOTE_COLUMNS = ("ROW_ID", "SUBJECT_ID", "HADM_ID", "CHARTDATE", "CHARTTIME", "STORETIME", "CATEGORY", "DESCRIPTION",
                 "CGID", "ISERROR", "TEXT")
 ADMISSION_COLUMNS = ("ROW_ID", "SUBJECT_ID", "HADM_ID", "ADMITTIME", "DISCHTIME", "DEATHTIME", "ADMISSION_TYPE",
-                     "ADMISSION_LOCATION", "DISCHARGE_LOCATION", "INSURANCE", "HOSPITAL_EXPIRE_FLAG")
+                     "ADMISSION_LOCATION", "DISCHARGE_LOCATION", "INSURANCE", "ETHNICITY", "HOSPITAL_EXPIRE_FLAG")
+PATIENT_COLUMNS = ("ROW_ID", "SUBJECT_ID", "GENDER", "DOB", "DOD", "EXPIRE_FLAG")
+INSURANCES = ("Medicare", "Private", "Medicaid", "Government", "Self Pay")
+ETHNICITIES = ("WHITE", "BLACK/AFRICAN AMERICAN", "HISPANIC OR LATINO", "ASIAN", "UNKNOWN/NOT SPECIFIED")
 CODE_COLUMNS = ("ROW_ID", "SUBJECT_ID", "HADM_ID", "SEQ_NUM", "ICD9_CODE")
 
 #: How MIMIC-III discharge summaries head van Aken's eight sections (matched case-insensitively by
@@ -67,6 +71,10 @@ class ExpectedAdmission:
     proc: tuple[str, ...] = ()
     death_phrases: tuple[str, ...] = ()  # written in the note, must be gone from the MOR text
     pmv: str | None = None  # "1" ventilated > 7 days, "0" ventilated less; None: not ventilated (not in PMV)
+    gender: str = "F"  # subgroup columns (PATIENTS.GENDER; age group at admission; ADMISSIONS)
+    age_group: str = "45-64"
+    ethnicity: str = "WHITE"
+    insurance: str = "Medicare"
 
     @property
     def text(self) -> str:
@@ -118,13 +126,26 @@ class Mimic3Truth:
 class _Tables:
     def __init__(self):
         self.notes, self.admissions, self.diagnoses, self.procedures = [], [], [], []
+        self.patients: dict[int, tuple[str, str]] = {}  # subject -> (GENDER, DOB)
+
+    def patient(self, subject: int, gender: str, admit: datetime, age: int) -> str:
+        """Registers a patient aged `age` at `admit` (born on admit's day and month); MIMIC's shift: > 89 -> 300
+        years back. Returns the age group `prepare` must derive. The first registration of a subject wins."""
+        years = 300 if age > 89 else age
+        if subject not in self.patients:
+            self.patients[subject] = (gender, f"{admit.year - years:04d}-{admit.month:02d}-{min(admit.day, 28):02d} "
+                                              "00:00:00")
+        gender, dob = self.patients[subject]
+        born = datetime(int(dob[:4]), int(dob[5:7]), int(dob[8:10]))
+        return definitions.age_group(definitions.age_at(admit, born))
 
     def admission(self, subject: int, hadm: int, admit: datetime, los_days: float, died: bool = False,
-                  admission_type: str = "EMERGENCY", dx: tuple[str, ...] = (), procs: tuple[str, ...] = ()) -> datetime:
+                  admission_type: str = "EMERGENCY", dx: tuple[str, ...] = (), procs: tuple[str, ...] = (),
+                  insurance: str = "Medicare", ethnicity: str = "WHITE") -> datetime:
         disch = admit + timedelta(days=los_days)
         self.admissions.append((len(self.admissions) + 1, subject, hadm, _ts(admit), _ts(disch),
                                 _ts(disch) if died else "", admission_type, "EMERGENCY ROOM ADMIT",
-                                "DEAD/EXPIRED" if died else "HOME", "Medicare", int(died)))
+                                "DEAD/EXPIRED" if died else "HOME", insurance, ethnicity, int(died)))
         for table, codes in ((self.diagnoses, dx), (self.procedures, procs)):
             for seq, code in enumerate(codes, 1):
                 table.append((len(table) + 1, subject, hadm, seq, code))
@@ -135,10 +156,16 @@ class _Tables:
         self.notes.append((len(self.notes) + 1, subject, hadm, chartdate.strftime("%Y-%m-%d"), "", "", category,
                            description, "", "", text))
 
-    def write(self, out_dir: Path, gzip: bool) -> dict[str, Path]:
+    def write(self, out_dir: Path, gzip: bool, patients: bool = True) -> dict[str, Path]:
         out_dir.mkdir(parents=True, exist_ok=True)
         suffix = ".csv.gz" if gzip else ".csv"
-        frames = {
+        for row in self.admissions:  # scenario patients not registered: female, 50 at their admission
+            admit = datetime.strptime(row[3], "%Y-%m-%d %H:%M:%S")
+            self.patient(row[1], "F", admit, 50)
+        frames = {} if not patients else {"PATIENTS": pd.DataFrame(
+            [(i + 1, s, g, dob, "", 0) for i, (s, (g, dob)) in enumerate(sorted(self.patients.items()))],
+            columns=list(PATIENT_COLUMNS))}
+        frames |= {
             "NOTEEVENTS": pd.DataFrame(self.notes, columns=list(NOTE_COLUMNS)),
             "ADMISSIONS": pd.DataFrame(self.admissions, columns=list(ADMISSION_COLUMNS)),
             "DIAGNOSES_ICD": pd.DataFrame(self.diagnoses, columns=list(CODE_COLUMNS)),
@@ -368,8 +395,11 @@ def _write_scenarios(tables: _Tables, truth: Mimic3Truth, start: datetime) -> No
 # --------------------------------------------------------------------------------------------
 
 
-def write_mimic3_tables(out_dir: str | Path, n_patients: int = 30, seed: int = 0, gzip: bool = True) -> Mimic3Truth:
-    """Write NOTEEVENTS, ADMISSIONS, DIAGNOSES_ICD, PROCEDURES_ICD (`.csv.gz`, or `.csv` if not gzip) into out_dir.
+def write_mimic3_tables(out_dir: str | Path, n_patients: int = 30, seed: int = 0, gzip: bool = True,
+                        patients: bool = True) -> Mimic3Truth:
+    """Write NOTEEVENTS, ADMISSIONS, DIAGNOSES_ICD, PROCEDURES_ICD (`.csv.gz`, or `.csv` if not gzip) into out_dir,
+    and PATIENTS (GENDER, DOB; ages over 89 shifted 300 years back as MIMIC does) unless `patients` is False.
+    ADMISSIONS carries INSURANCE and ETHNICITY; the truth records each admission's subgroup values.
 
     n_patients bulk patients (1-2 admissions each) plus the SCENARIOS; returns the ground truth.
     Same seed, same bytes.
@@ -386,7 +416,11 @@ def write_mimic3_tables(out_dir: str | Path, n_patients: int = 30, seed: int = 0
                                                          minutes=int(rng.integers(0, 1440)))
         admit = first_admit[adm.patient] + timedelta(days=400 * (hadm % 10))  # a later admission, a year or so on
         los_days = _away_from_edges(round(adm.los_days * 24 * 60) / (24 * 60))  # whole minutes, as MIMIC stores them
-        disch = tables.admission(subject, hadm, admit, los_days, adm.died, dx=tuple(adm.dx), procs=tuple(adm.procs))
+        demo_rng = np.random.default_rng(hadm)  # own stream: the other tables' bytes do not move
+        insurance, ethnicity = INSURANCES[demo_rng.integers(len(INSURANCES))], ETHNICITIES[demo_rng.integers(5)]
+        group = tables.patient(subject, adm.sex, admit, adm.age)
+        disch = tables.admission(subject, hadm, admit, los_days, adm.died, dx=tuple(adm.dx), procs=tuple(adm.procs),
+                                 insurance=insurance, ethnicity=ethnicity)
         bodies = _bodies(rng, adm)
         sections = tuple(_flat(bodies[h]) for h in NOTE_HEADINGS)
         kept = any(sections[:3])
@@ -395,7 +429,8 @@ def write_mimic3_tables(out_dir: str | Path, n_patients: int = 30, seed: int = 0
             los_class=None if adm.died else definitions.los_class(los_days),
             diag=tuple(syn.dedupe(definitions.cut_dx_code(c) for c in adm.dx)),
             proc=tuple(syn.dedupe(definitions.cut_proc_code(c) for c in adm.procs)),
-            pmv=str(int(adm.vent_days > definitions.PMV_DAYS)) if adm.vent else None)
+            pmv=str(int(adm.vent_days > definitions.PMV_DAYS)) if adm.vent else None,
+            gender=tables.patients[subject][0], age_group=group, ethnicity=ethnicity, insurance=insurance)
         tables.note(subject, hadm, disch, discharge_summary(bodies, sex=adm.sex, service=adm.reason.service))
         if rng.random() < 0.5:  # other note categories, which the builder must skip
             tables.note(subject, hadm, admit + timedelta(days=1), f"CHEST (PORTABLE AP)\n\nIMPRESSION: {_DEID}",
@@ -403,5 +438,5 @@ def write_mimic3_tables(out_dir: str | Path, n_patients: int = 30, seed: int = 0
         if rng.random() < 0.2:  # outpatient note without HADM_ID
             tables.note(subject, None, admit - timedelta(days=30), "ECG: sinus rhythm", "ECG", "Report")
     _write_scenarios(tables, truth, start + timedelta(days=25 * 365))
-    truth.paths = tables.write(Path(out_dir), gzip)
+    truth.paths = tables.write(Path(out_dir), gzip, patients)
     return truth

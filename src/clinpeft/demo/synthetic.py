@@ -71,6 +71,7 @@ from clinpeft.data.definitions import (
     PMV_DAYS,
     SPLIT_FRACTIONS,
     TASKS,
+    age_group,
     cut_dx_code,
     cut_proc_code,
     los_class,
@@ -83,6 +84,7 @@ SIZES = {  # patients per preset: quick for tests and a <2 min demo, default for
 MIN_TASK_PATIENTS = 50  # below this the val split is too small to hold every class
 
 CORPUS_COLUMNS = ("note_id", "subject_id", "hadm_id", "note_type", "note_seq", "charttime", "storetime", "text")
+SUBGROUP_COLUMNS = ("gender", "age_group")  # extra task CSV columns: `clinpeft report --subgroups gender,age_group`
 TASK_COLUMNS = ("id", "text", "label")
 
 # Independent random streams, so that e.g. changing the note wording never moves the split.
@@ -897,13 +899,13 @@ def write_tasks(out_dir: str | Path, n_patients: int = 600, seed: int = 0,
     out_dir = Path(out_dir)
     dirs = {}
     for task in tasks:
-        rows = [(a.hadm_id, t, lab[task], s) for a, t, lab, s in zip(admissions, texts, labels, splits)
-                if lab[task] is not None]
-        frame = pd.DataFrame(rows, columns=[*TASK_COLUMNS, "split"])
+        rows = [(a.hadm_id, t, lab[task], a.sex, age_group(a.age), s)
+                for a, t, lab, s in zip(admissions, texts, labels, splits) if lab[task] is not None]
+        frame = pd.DataFrame(rows, columns=[*TASK_COLUMNS, *SUBGROUP_COLUMNS, "split"])
         task_dir = out_dir / task
         task_dir.mkdir(parents=True, exist_ok=True)
         for split in ("train", "val", "test"):
-            write_csv(frame.loc[frame["split"] == split, list(TASK_COLUMNS)], task_dir / f"{split}.csv")
+            write_csv(frame.loc[frame["split"] == split, [*TASK_COLUMNS, *SUBGROUP_COLUMNS]], task_dir / f"{split}.csv")
         vocab = _label_vocab(task, frame["label"])
         (task_dir / "labels.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
         dirs[task] = task_dir

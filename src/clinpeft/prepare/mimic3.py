@@ -32,6 +32,12 @@ per split, and why admissions were left out). The rules, as in van Aken's
 6. Split by patient (SUBJECT_ID), the same for every task: 70/10/20 (round(0.7 n) patients to
    train, round(0.1 n) to val, the rest to test) after a seeded permutation of the sorted subject
    ids; or given as subject-id lists (`read_split_lists`). Rows are sorted by id.
+7. Subgroup columns (extra CSV columns, ignored by training, carried into predictions.csv for
+   `clinpeft report --subgroups`): `gender` (PATIENTS.GENDER) and `age_group` (age in whole years
+   at ADMITTIME from PATIENTS.DOB, `definitions.AGE_GROUPS`; MIMIC shifts DOBs of patients over 89
+   so they compute to ~300: "90+") when a PATIENTS table is in --mimic-dir; `ethnicity`
+   (ADMISSIONS.ETHNICITY) and `insurance` (ADMISSIONS.INSURANCE) when ADMISSIONS has them. Missing
+   values are "UNKNOWN". The manifest's `subgroup_columns` lists what was written and why not.
 
 NOTEEVENTS (about 4 GB in MIMIC-III) is streamed in chunks of `CHUNK_ROWS` with only the needed
 columns, keeping discharge summaries (about 60k of its 2.1M notes); the other tables are small.
@@ -55,6 +61,8 @@ from clinpeft.data.definitions import (
     MIMIC3_TASKS,
     SPLIT_FRACTIONS,
     SPLITS,
+    age_at,
+    age_group,
     cut_dx_code,
     cut_proc_code,
     los_class,
@@ -69,6 +77,9 @@ REQUIRED_COLUMNS = {
     "DIAGNOSES_ICD": ("SUBJECT_ID", "HADM_ID", "ICD9_CODE"),
     "PROCEDURES_ICD": ("SUBJECT_ID", "HADM_ID", "ICD9_CODE"),
 }
+SUBGROUP_COLUMNS = ("gender", "age_group", "ethnicity", "insurance")
+PATIENT_COLUMNS = ("SUBJECT_ID", "GENDER", "DOB")
+OPTIONAL_ADMISSION_COLUMNS = {"ETHNICITY": "ethnicity", "INSURANCE": "insurance"}
 TABLES_FOR_TASK = {"mor": (), "los": (), "diag": ("DIAGNOSES_ICD",), "proc": ("PROCEDURES_ICD",)}
 CHUNK_ROWS = 20_000  # NOTEEVENTS rows per chunk: ~40 MB of text, bounded memory on the 4 GB file
 LOS_DECIMALS = 1  # van Aken's los.py rounds the stay to 0.1 day before classing: 3.04 days is class 0
@@ -245,6 +256,34 @@ def read_admissions(path: Path) -> pd.DataFrame:
     })
 
 
+def read_subgroups(admissions_path: Path, patients_path: Path | None, admissions: pd.DataFrame) -> pd.DataFrame:
+    """Per HADM_ID (index): gender and age_group from PATIENTS (when given), ethnicity and insurance from
+    ADMISSIONS (when it has the columns); missing values -> "UNKNOWN". Columns absent when their source is."""
+    header = pd.read_csv(admissions_path, nrows=0).columns
+    wanted = [c for c in OPTIONAL_ADMISSION_COLUMNS if c in header]
+    raw = pd.read_csv(admissions_path, usecols=["HADM_ID", "ADMITTIME", *wanted], dtype=str, keep_default_na=False)
+    out = pd.DataFrame(index=_ints(raw["HADM_ID"], admissions_path, "HADM_ID").to_numpy())
+    if patients_path is not None:
+        check_columns(patients_path, PATIENT_COLUMNS)
+        patients = pd.read_csv(patients_path, usecols=list(PATIENT_COLUMNS), dtype=str, keep_default_na=False)
+        patients.index = _ints(patients["SUBJECT_ID"], patients_path, "SUBJECT_ID").to_numpy()
+        patients = patients[~patients.index.duplicated()]
+        dob = pd.to_datetime(patients["DOB"].str.strip(), format="ISO8601", errors="coerce")
+        admit = pd.to_datetime(raw["ADMITTIME"].str.strip(), format="ISO8601", errors="coerce").to_numpy()
+        subject = admissions.loc[out.index, "SUBJECT_ID"].to_numpy()
+        gender = patients["GENDER"].str.strip().str.upper().replace("", "UNKNOWN")
+        out["gender"] = [gender.get(s, "UNKNOWN") for s in subject]
+        groups = []
+        for s, a in zip(subject, admit):
+            born = dob.get(s)
+            groups.append("UNKNOWN" if born is None or pd.isna(born) or pd.isna(a)
+                          else age_group(age_at(pd.Timestamp(a), born)))
+        out["age_group"] = groups
+    for column in wanted:
+        out[OPTIONAL_ADMISSION_COLUMNS[column]] = raw[column].str.strip().replace("", "UNKNOWN").to_numpy()
+    return out
+
+
 def read_codes(path: Path, cut) -> dict[int, str]:
     """{HADM_ID: "c1,c2,..."}: codes read as strings, cut, deduplicated in file (coding) order; empty codes skipped."""
     raw = pd.read_csv(path, usecols=["HADM_ID", "ICD9_CODE"], dtype=str, keep_default_na=False)
@@ -328,7 +367,8 @@ def write_task(task_dir: Path, rows: pd.DataFrame, vocabulary: list[str], multil
         if part.empty:
             raise ClinpeftError(f"task {task_dir.name}: no admission in the {split} split; too few patients "
                                 "(or split lists that leave it empty) for a 70/10/20 split")
-        part[["id", "text", "label"]].to_csv(task_dir / f"{split}.csv", index=False)
+        subgroups = [c for c in SUBGROUP_COLUMNS if c in part.columns]
+        part[["id", "text", "label", *subgroups]].to_csv(task_dir / f"{split}.csv", index=False)
         manifest["splits"][split] = {"rows": len(part), "patients": int(part["subject"].nunique()),
                                      "labels": label_counts(part["label"], multilabel)}
     (task_dir / "labels.txt").write_text("\n".join(vocabulary) + "\n")
@@ -384,6 +424,15 @@ def main(mimic_dir: str | Path, out: str | Path, tasks: tuple[str, ...] = TASKS,
     cohort = pd.DataFrame({"id": texts.index[kept], "text": [admission_note(s) for s, k in zip(sections, kept) if k]})
     del texts, sections
     cohort["subject"] = admissions.loc[cohort["id"], "SUBJECT_ID"].to_numpy()
+    patients_path = next((mimic_dir / f"PATIENTS{x}" for x in (".csv", ".csv.gz")
+                          if (mimic_dir / f"PATIENTS{x}").is_file()), None)
+    subgroups = read_subgroups(paths["ADMISSIONS"], patients_path, admissions)
+    for column in subgroups.columns:
+        cohort[column] = subgroups.loc[cohort["id"], column].to_numpy()
+    subgroup_note = {"columns": list(subgroups.columns),
+                     "why_missing": {c: ("no PATIENTS table in --mimic-dir" if c in ("gender", "age_group")
+                                         else f"ADMISSIONS has no {c.upper()} column")
+                                     for c in SUBGROUP_COLUMNS if c not in subgroups.columns}}
 
     # --- the patient split, shared by every task
     if split_of is None:
@@ -397,6 +446,7 @@ def main(mimic_dir: str | Path, out: str | Path, tasks: tuple[str, ...] = TASKS,
     cohort_manifest = {"counts": dict(sorted(counts.items())), "seed": seed,
                        "split": f"lists in {split_lists}" if split_lists else f"by patient, 70/10/20, seed {seed}",
                        "inputs": {name: {"file": str(p), "bytes": p.stat().st_size} for name, p in paths.items()},
+                       "subgroup_columns": subgroup_note,
                        "clinpeft_version": __version__}
     died = admissions.loc[cohort["id"], "DIED"].to_numpy()
     summary = {}

@@ -106,7 +106,8 @@ def main(out: str | Path, *, quick: bool = False, seed: int = 0, progress: bool 
             print(f"{variant:>30} {task:>4}: test AUROC {result['test']['auroc']:.3f}")
 
     step("5/5 report")
-    written = write_report([out / "pretrain", out / "finetune"], out / "report")
+    written = write_report([out / "pretrain", out / "finetune"], out / "report", html=True,
+                           subgroups=["gender", "age_group"])
     return {"wall_time_s": time.time() - started, "report": written}
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from clinpeft import __version__
 from clinpeft.config import ClassifierEvalSection
 from clinpeft.data.long_notes import LongNotes, encode_notes
-from clinpeft.data.tasks import TaskData, read_split_csv, validate_split
+from clinpeft.data.tasks import TaskData, extra_columns, read_split_csv, validate_split
 from clinpeft.modeling.classifier import load_bundle, score_notes
 from clinpeft.rundir import atomic_run_dir, write_json
 from clinpeft.training.classification import split_metrics, truncation_lines, write_predictions
@@ -56,7 +56,7 @@ def main(run: str | Path, data: str | Path, out: str | Path, *, base: str | None
         "clinpeft_version": __version__,
     }
     with atomic_run_dir(out, overwrite) as out_dir:
-        write_predictions(out_dir / "predictions.csv", task, "eval", logits)
+        write_predictions(out_dir / "predictions.csv", task, "eval", logits, extra_columns(frame))
         write_json(out_dir / "metrics.json", metrics)
     return metrics
 

@@ -13,7 +13,8 @@ into OUT/<model>/pretrain/. Every cell is an ordinary `clinpeft finetune` run di
     OUT/<model>/<variant>/<task>/      one finetune run (metrics.json, predictions, the bundle)
     OUT/<model>/<variant>/<task>.failed.json   the error of a cell that failed (removed once it succeeds)
     OUT/experiment.yaml, experiment.json       the resolved grid, and the state of every cell
-    OUT/report/                        table3.md/.csv (and table2 for the pretraining runs), via `report`
+    OUT/report/                        table3.md/.csv (and table2 for the pretraining runs), clinical.md,
+                                       index.html (report.html: true), via `report`
 
 Resumable: a run directory appears only when complete (atomic_run_dir), so a cell whose
 metrics.json exists is finished and is skipped on rerun; an interrupted cell left nothing and
@@ -107,6 +108,10 @@ class GridReport(Section):
     compare: str | None = None  # a Table 3 row (as printed): paired bootstrap p-value of every cell against it
     bootstrap_resamples: int = Field(1000, ge=0)  # of the test notes, for the 95% intervals (0: none)
     bootstrap_seed: int = 0
+    html: bool = True  # OUT/report/index.html: every table, plot and a model card per run in one page
+    subgroups: list[str] = []  # task CSV columns (e.g. [gender, age_group]) to break the metrics down by
+    specificity: float = Field(0.9, gt=0.0, lt=1.0)  # operating point of binary tasks, fixed on validation
+    min_positives: int = Field(5, ge=1)  # flag classes with fewer test examples than this (count of notes)
 
 
 class ExperimentConfig(Section):
@@ -326,7 +331,9 @@ def main(grid: ExperimentConfig, out: str | Path, recipe_path: str | Path | None
     if len(failed) < len(records):
         options = grid.report
         written = write_report([out], out / "report", compare=options.compare, n_resamples=options.bootstrap_resamples,
-                               seed=options.bootstrap_seed, progress=progress)
+                               seed=options.bootstrap_seed, progress=progress, subgroups=options.subgroups,
+                               specificity=options.specificity, min_positives=options.min_positives,
+                               html=options.html)
         state["report"] = {name: str(path) for name, path in written.items()}
     state["wall_time_s"] = round(time.time() - started, 1)  # this invocation, report included
     write_state(out, state)

@@ -38,11 +38,13 @@ import numpy as np
 from clinpeft import __version__
 from clinpeft.config import FinetuneConfig, save_config
 from clinpeft.data.long_notes import LongNotes, encode_notes
-from clinpeft.data.tasks import TaskData, load_task
+from clinpeft.data.tasks import TaskData, data_provenance, extra_columns, load_task
 from clinpeft.errors import ClinpeftError
+from clinpeft.evaluation.clinical import operating_point
+from clinpeft.evaluation.metrics import probabilities
 from clinpeft.modeling import methods
 from clinpeft.modeling.adapters import ClinicalAdapter, check_variant, find_clinical_adapter, full_model_variant
-from clinpeft.modeling.base import count_parameters, device_summary, is_encoder, resolve_base
+from clinpeft.modeling.base import base_fingerprint, count_parameters, device_summary, is_encoder, resolve_base
 from clinpeft.modeling.classifier import Classifier, build_classifier, save_bundle, score_notes
 from clinpeft.modeling.pooling import check_pooling
 from clinpeft.rundir import atomic_run_dir, write_json
@@ -66,7 +68,24 @@ def summary(result: dict, out: str | Path) -> list[str]:
     """What `clinpeft finetune` prints: the task, the variant and its val and test AUROC."""
     lines = [f"{out}: {result['task']} {result['variant']}: val AUROC {result['val']['auroc']:.4f}, "
              f"test AUROC {result['test']['auroc']:.4f}"]
-    return lines + truncation_lines(result.get("truncation", {}), result.get("long_notes", {}))
+    cut = truncation_lines(result.get("truncation", {}), result.get("long_notes", {}))
+    return lines + cut + support_warnings(result)
+
+
+def support_warnings(result: dict) -> list[str]:
+    """Console lines for classes absent from a split or with fewer than min_positives examples (metrics.json's
+    class_support): the aggregate AUROC leaves them out or rests on a handful of notes."""
+    lines = []
+    for split in ("val", "test"):
+        support = (result.get(split) or {}).get("class_support") or {}
+        if support.get("absent"):
+            lines.append(f"warning: {split}: class(es) {', '.join(support['absent'])} absent; "
+                         "left out of the macro AUROC")
+        if support.get("few"):
+            lines.append(f"warning: {split}: {len(support['few'])} class(es)/label(s) with fewer than "
+                         f"{support['min_positives']} examples ({', '.join(support['few'][:10])}); "
+                         "their AUROC is noise")
+    return lines
 
 
 def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None, run_dir: Path,
@@ -87,6 +106,7 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
     trainable, total = count_parameters(clf.model)
     train_cut = encode_notes(clf.tokenizer, task.splits["train"]["text"].tolist(),
                              LongNotes.from_task(config.task)).truncation()
+    fingerprint = base_fingerprint(clf.model)  # before training: identifies the base model's weights
 
     # --- fit, selecting the epoch by validation AUROC
     trainer, keep_best = make_trainer(clf, task, config, run_dir, progress, callbacks)
@@ -96,8 +116,10 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
     keep_best.restore(clf.model)
 
     # --- test: AUROC of the kept epoch on val and test ("auroc_ci": 95% bootstrap interval over the notes)
-    _, val_metrics, val_cut = score_split(clf, task, "val", config, progress)
+    val_logits, val_metrics, val_cut = score_split(clf, task, "val", config, progress)
     test_logits, test_metrics, test_cut = score_split(clf, task, "test", config, progress)
+    if task.task_type == "binary":  # threshold at eval.specificity on val, applied to test
+        test_metrics["operating_point"] = binary_operating_point(task, val_logits, test_logits, config)
 
     # --- save: the bundle, predictions, metrics
     save_bundle(clf, run_dir, {
@@ -112,7 +134,9 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
         "clinical_adapter": clinical_dir,
     })
     (run_dir / "labels.txt").write_text("\n".join(task.labels) + "\n")
-    write_predictions(run_dir / "predictions.csv", task, "test", test_logits)
+    extras = extra_columns(task.splits["test"])
+    write_predictions(run_dir / "predictions.csv", task, "test", test_logits, extras)
+    write_predictions(run_dir / "predictions_val.csv", task, "val", val_logits, extras)
     shutil.rmtree(run_dir / ".trainer", ignore_errors=True)
 
     metrics = {
@@ -122,6 +146,8 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
         "variant": variant,  # differs from config.variant only on a full clinical model (see variant_base)
         "base_model": str(base_path),
         "base_model_name": base_name,
+        "base_fingerprint": fingerprint,
+        "data": data_provenance(config.task.path, task.splits),  # file hashes, rows, cohort rules: the model card
         "model_kind": "encoder" if encoder else "decoder",
         "pooling": "cls" if encoder else config.model.pooling,  # what the head read: last / mean token(s), [CLS]
         "clinical_adapter": clinical_dir,
@@ -199,8 +225,20 @@ def score_split(clf: Classifier, task: TaskData, split: str, config: FinetuneCon
     long_notes = LongNotes.from_task(config.task)
     encoded = encode_notes(clf.tokenizer, task.splits[split]["text"].tolist(), long_notes)
     logits = score_notes(clf, encoded, long_notes, config.eval.batch_size, progress, split)
-    metrics = split_metrics(task, split, logits, config.eval.bootstrap_resamples, config.eval.bootstrap_seed)
+    metrics = split_metrics(task, split, logits, config.eval.bootstrap_resamples, config.eval.bootstrap_seed,
+                            config.eval.min_positives)
     return logits, metrics, encoded.truncation()
+
+
+def binary_operating_point(task: TaskData, val_logits: np.ndarray, test_logits: np.ndarray,
+                           config: FinetuneConfig) -> dict:
+    """evaluation.clinical.operating_point of P(class 1), or {"error": why} (e.g. no negative in val)."""
+    try:
+        return operating_point(task.targets("val"), probabilities("binary", val_logits)[:, -1],
+                               task.targets("test"), probabilities("binary", test_logits)[:, -1],
+                               config.eval.specificity)
+    except ClinpeftError as exc:
+        return {"error": str(exc)}
 
 
 def table3_row(variant: str, clinical_method: str | None, encoder_name: str | None = None) -> dict:

@@ -17,7 +17,6 @@ matplotlib.use("Agg")  # no display: report runs on servers and in CI
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.metrics import auc  # noqa: E402
 
 from clinpeft.reporting.runs import Row  # noqa: E402
 from clinpeft.reporting.stats import Table3Stats, task_file_stem  # noqa: E402
@@ -34,12 +33,25 @@ def write_plots(out: Path, stats: Table3Stats, rows: list[Row], tasks: list[str]
             continue
         title = f"{task.upper()}: ROC curves on the test notes"
         if kind == "multilabel":
-            title += "\nmicro-averaged over labels (Table 3 reports the macro over labels)"
+            title += "\nmacro-averaged over labels (mean TPR at each FPR), as Table 3's macro AUROC"
         elif kind == "multiclass":
-            title += "\nmicro-averaged one-vs-rest over classes (Table 3 reports the macro)"
+            title += "\nmacro-averaged one-vs-rest curve (mean TPR at each FPR); legend: Table 3's AUROC"
         name = f"roc_{task_file_stem(task)}.png"
         written[name] = roc_figure(out / name, title, curves)
-    if not any(cell.preds is not None for cell in stats.cells.values()):
+    for task in tasks:
+        stem = task_file_stem(task)
+        pr = [(f"{row.name} (AUPRC {100 * c.clinical['auprc']:.1f})", c.pr[0], c.pr[1], c.clinical.get("prevalence"))
+              for row in rows if (c := stats.cells.get((row.name, task))) is not None and c.pr is not None
+              and "auprc" in c.clinical]
+        if pr:
+            written[f"pr_{stem}.png"] = pr_figure(out / f"pr_{stem}.png", f"{task.upper()}: precision-recall on the "
+                                                  "test notes (AP; dotted: prevalence)", pr)
+        rel = [(row.name, c.reliability, c.clinical.get("ece")) for row in rows
+               if (c := stats.cells.get((row.name, task))) is not None and c.reliability]
+        if rel:
+            written[f"reliability_{stem}.png"] = reliability_figure(
+                out / f"reliability_{stem}.png", f"{task.upper()}: reliability (10 equal-width bins)", rel)
+    if not any(cell.boot is not None for cell in stats.cells.values()):
         return written  # only recorded numbers, nothing resampled: the table says it all
     bars = _macro_bars(stats, rows, macro)
     if bars:
@@ -57,10 +69,7 @@ def _roc_curves(stats: Table3Stats, rows: list[Row], task: str) -> tuple[list[tu
             continue
         kind, (fpr, tpr) = cell.preds.task_type, cell.roc
         table = "" if cell.auroc is None else f"{100 * cell.auroc:.1f}"
-        if kind == "binary":
-            label = f"{row.name} (AUROC {table})"
-        else:  # the micro-averaged curve's area is not the macro AUROC of Table 3: show both
-            label = f"{row.name} (curve area {100 * float(auc(fpr, tpr)):.1f}; Table 3: {table})"
+        label = f"{row.name} (AUROC {table})"  # the table's value: the plot never shows another definition
         curves.append((label, fpr, tpr))
     return curves, kind
 
@@ -117,6 +126,47 @@ def macro_bar_figure(path: Path, title: str, bars: list[tuple[str, float, float 
     ax.set_xlabel("Macro AUROC (%), error bars: 95% bootstrap interval")
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def pr_figure(path: Path, title: str, curves: list[tuple]) -> Path:
+    """Writes one precision-recall plot: curves = [(legend text, recall, precision, prevalence)], the
+    prevalence (a random score's AP) as a dotted line per curve when it is one number. Returns path."""
+    fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=110)
+    for label, recall, precision, prevalence in curves:
+        (line,) = ax.plot(recall, precision, linewidth=1.6, label=label, drawstyle="steps-post")
+        if isinstance(prevalence, float):
+            ax.axhline(prevalence, color=line.get_color(), linestyle=":", linewidth=1)
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="Recall (sensitivity)", ylabel="Precision (PPV)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def reliability_figure(path: Path, title: str, rows: list[tuple]) -> Path:
+    """Writes a reliability diagram: rows = [(name, bins of evaluation.clinical.reliability, ECE)]: observed
+    frequency against mean predicted probability per non-empty bin (marker area ~ bin size). Returns path."""
+    fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=110)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfect calibration")
+    for name, bins, ece in rows:
+        x = [b["confidence"] for b in bins]
+        y = [b["observed"] for b in bins]
+        sizes = np.array([b["count"] for b in bins], dtype=float)
+        label = name if ece is None else f"{name} (ECE {ece:.3f})"
+        (line,) = ax.plot(x, y, marker="o", linewidth=1.2, markersize=3, label=label)
+        ax.scatter(x, y, s=10 + 90 * sizes / sizes.max(), color=line.get_color(), alpha=0.4)
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="Mean predicted probability in bin", ylabel="Observed frequency")
+    ax.set_title(title, fontsize=10)
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Iterable
 
 from clinpeft.errors import ClinpeftError
+from clinpeft.evaluation.clinical import DEFAULT_SPECIFICITY, MIN_POSITIVES
+from clinpeft.reporting.clinical import write_clinical
 from clinpeft.reporting.figures import write_plots
+from clinpeft.reporting.html import write_html
 from clinpeft.reporting.runs import find_runs
 from clinpeft.reporting.stats import reading_notes, table3_statistics, write_label_lists
 from clinpeft.reporting.tables import (
@@ -33,7 +36,9 @@ TABLE3_TITLE = "Table 3: downstream clinical outcome prediction, test AUROC (%)"
 
 
 def write_report(paths: Iterable[str | Path], out_dir: str | Path, *, compare: str | None = None,
-                 n_resamples: int = 1000, seed: int = 0, progress: bool = False) -> dict[str, Path]:
+                 n_resamples: int = 1000, seed: int = 0, progress: bool = False, subgroups: list[str] = (),
+                 min_positives: int = MIN_POSITIVES, specificity: float = DEFAULT_SPECIFICITY,
+                 html: bool = False) -> dict[str, Path]:
     """Writes table2.md/table2.csv (if pretraining runs) and table3.md/table3.csv (if fine-tuning
     runs) into out_dir (created); returns {file name: path} of the files written.
 
@@ -48,6 +53,12 @@ def write_report(paths: Iterable[str | Path], out_dir: str | Path, *, compare: s
     and its paired bootstrap p-value (CSV: "<task> diff", "<task> p", "Compared with"). Also
     written: roc_<task>.png, macro_auroc.png (linked from table3.md) and labels_<task>.md (best and
     worst labels of multilabel tasks).
+
+    Also: clinical.md/.csv (AUPRC with prevalence, Brier, ECE, the other AUROC definition, the operating
+    point at `specificity` fixed on validation), pr_<task>.png and reliability_<task>.png; with `subgroups`
+    (columns of the task CSVs carried into predictions.csv) subgroups.md/.csv; cells whose test split lacks
+    a class or has fewer than `min_positives` examples of one get a footnote mark. With `html`,
+    index.html: every table, plot and a model card per run in one self-contained page (reporting/html.py).
     """
     pretrain_runs, finetune_runs = find_runs(paths)
     out = Path(out_dir)
@@ -62,8 +73,16 @@ def write_report(paths: Iterable[str | Path], out_dir: str | Path, *, compare: s
     written: dict[str, Path] = {}
     if pretrain_runs:
         written.update(_write_table2(out, pretrain_runs))
+    stats = rows = tasks = None
     if finetune_runs:
-        written.update(_write_table3(out, finetune_runs, compare, n_resamples, seed, progress))
+        tasks, rows = table3_layout(finetune_runs)
+        stats = table3_statistics(rows, tasks, n_resamples=n_resamples, seed=seed, compare=compare,
+                                  progress=progress, min_positives=min_positives, specificity=specificity,
+                                  subgroups=list(subgroups))
+        written.update(_write_table3(out, finetune_runs, stats, rows, tasks))
+        written.update(write_clinical(out, stats, rows, tasks, markdown_document))
+    if html:
+        written["index.html"] = write_html(out / "index.html", written, pretrain_runs, finetune_runs)
     return written
 
 
@@ -75,11 +94,8 @@ def _write_table2(out: Path, pretrain_runs: list[dict]) -> dict[str, Path]:
     return {"table2.md": out / "table2.md", "table2.csv": out / "table2.csv"}
 
 
-def _write_table3(out: Path, finetune_runs: list[dict], compare: str | None, n_resamples: int, seed: int,
-                  progress: bool) -> dict[str, Path]:
+def _write_table3(out: Path, finetune_runs: list[dict], stats, rows, tasks) -> dict[str, Path]:
     """table3.md/.csv with intervals (and the comparison with `compare`), plots, label lists."""
-    tasks, rows = table3_layout(finetune_runs)
-    stats = table3_statistics(rows, tasks, n_resamples=n_resamples, seed=seed, compare=compare, progress=progress)
     raw, shown, notes = table3_frames(finetune_runs, stats=stats)
     figures = write_plots(out, stats, rows, tasks, dict(zip(raw["Model"], raw[MACRO])))
     figures.update(write_label_lists(out, stats, rows, tasks))
@@ -97,4 +113,6 @@ def _figure_links(figures: dict[str, Path]) -> str:
     links = [f"[{name[4:-4].upper()} ROC curves]({name})" for name in figures if name.startswith("roc_")]
     links += ["[macro AUROC with intervals](macro_auroc.png)"] if "macro_auroc.png" in figures else []
     links += [f"[{name[7:-3].upper()} best and worst labels]({name})" for name in figures if name.startswith("labels_")]
+    links += [f"[{name[3:-4].upper()} precision-recall]({name})" for name in figures if name.startswith("pr_")]
+    links += [f"[{name[12:-4].upper()} reliability]({name})" for name in figures if name.startswith("reliability_")]
     return f"\nFigures and details: {' · '.join(links)}.\n" if links else ""

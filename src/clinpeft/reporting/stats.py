@@ -24,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_curve
+from sklearn.metrics import precision_recall_curve, roc_curve
 from tqdm.auto import tqdm
 
-from clinpeft.data.tasks import read_labels, split_multilabel
+from clinpeft.data.predictions import predicted_cells, read_probability_columns
+from clinpeft.data.tasks import extra_columns, read_labels, split_multilabel
 from clinpeft.errors import ClinpeftError
 from clinpeft.evaluation.bootstrap import (
     Bootstrap,
@@ -38,9 +39,20 @@ from clinpeft.evaluation.bootstrap import (
     paired_test,
     percentile_interval,
 )
+from clinpeft.evaluation.clinical import (
+    DEFAULT_SPECIFICITY,
+    MIN_POSITIVES,
+    bootstrap_clinical,
+    class_support,
+    clinical_metrics,
+    operating_point,
+    reliability,
+)
+from clinpeft.evaluation.metrics import auroc_binary, auroc_multiclass, auroc_multilabel
 from clinpeft.reporting.runs import Row, recorded_auroc, recorded_ci, recorded_test
 
 PREDICTIONS_FILE = "predictions.csv"
+VAL_PREDICTIONS_FILE = "predictions_val.csv"  # validation predictions: the operating point's threshold
 LABELS_FILE = "labels.txt"
 SIGNIFICANCE = 0.05  # cells with p below this get a mark in the comparison table
 N_BEST_WORST = 5  # labels listed at each end in labels_<task>.md
@@ -58,16 +70,18 @@ class Predictions:
     probs: np.ndarray | None
     labels: list[str]
     task_type: str
+    groups: dict[str, np.ndarray] = field(default_factory=dict)  # subgroup columns carried from the task CSV
+    predicted: np.ndarray | None = None  # the `predicted` column; computed (argmax / >= 0.5) for older files
 
 
-def read_predictions(run: dict) -> Predictions | None:
+def read_predictions(run: dict, file: str = PREDICTIONS_FILE) -> Predictions | None:
     """The run's predictions.csv and labels.txt, or None when the run has no predictions.csv.
 
     Columns: id, label (one label, or comma-joined codes for multilabel tasks), p_<label> for every
     label of labels.txt in that order. Malformed files -> ClinpeftError naming the file and row.
     """
     run_dir = Path(run["_dir"])
-    path = run_dir / PREDICTIONS_FILE
+    path = run_dir / file
     if not path.is_file():
         return None
     labels_path = run_dir / LABELS_FILE
@@ -78,7 +92,7 @@ def read_predictions(run: dict) -> Predictions | None:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise ClinpeftError(f"{path}: cannot be parsed as CSV ({exc}); re-run `clinpeft evaluate` on the run") from None
-    columns = ["id", "label", *(f"p_{label}" for label in labels)]
+    columns = ["id", "label", *read_probability_columns(run_dir, labels)]
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ClinpeftError(f"{path}: missing column(s) {', '.join(missing[:5])}; expected id, label and p_<label> "
@@ -104,7 +118,10 @@ def read_predictions(run: dict) -> Predictions | None:
         if unknown:
             raise ClinpeftError(f"{path}: label(s) {', '.join(map(repr, unknown[:5]))} not in {LABELS_FILE}")
         y = frame["label"].map(index).to_numpy(dtype=np.int64)
-    return Predictions(frame["id"].to_numpy(dtype=str), y, probs, labels, task_type)
+    groups = {name: frame[name].to_numpy(dtype=str) for name in extra_columns(frame) if name not in columns}
+    predicted = (frame["predicted"].to_numpy(dtype=str) if "predicted" in frame.columns
+                 else np.asarray(predicted_cells(task_type, probs, labels), dtype=str))
+    return Predictions(frame["id"].to_numpy(dtype=str), y, probs, labels, task_type, groups, predicted)
 
 
 def _same_notes(a: Predictions, b: Predictions, dir_a, dir_b) -> None:
@@ -135,6 +152,11 @@ class Cell:
     boot: Bootstrap | None = None
     preds: Predictions | None = None  # ids and gold labels; probs freed once resampled (see below)
     roc: tuple[np.ndarray, np.ndarray] | None = None  # (false positive rates, true positive rates)
+    pr: tuple[np.ndarray, np.ndarray] | None = None  # (recall, precision), same averaging as roc
+    reliability: list[dict] | None = None  # evaluation.clinical.reliability bins
+    clinical: dict = field(default_factory=dict)  # AUPRC, prevalence, Brier, ECE, OvR/micro AUROC, *_ci
+    support: dict | None = None  # evaluation.clinical.class_support of the test split
+    subgroups: dict[str, list[dict]] = field(default_factory=dict)  # column -> one record per group
 
 
 @dataclass
@@ -146,6 +168,9 @@ class Table3Stats:
     compare_row: str | None = None
     paired: dict[tuple[str, str], PairedTest] = field(default_factory=dict)  # (row name, task or "macro")
     notes: list[str] = field(default_factory=list)
+    min_positives: int = MIN_POSITIVES
+    specificity: float = DEFAULT_SPECIFICITY
+    subgroup_columns: list[str] = field(default_factory=list)
 
 
 def resolve_row(wanted: str, names: list[str]) -> str:
@@ -162,22 +187,133 @@ def resolve_row(wanted: str, names: list[str]) -> str:
                         "pass the full row name, as printed in Table 3")
 
 
-def roc_points(preds: Predictions) -> tuple[np.ndarray, np.ndarray] | None:
-    """The ROC curve drawn for a run: binary on P(class 1); multiclass and multilabel micro-averaged
-    (every (note, label) pair one point; multiclass one-vs-rest). None without both classes."""
+def _columns_truth(preds: Predictions, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(truth, score) columns whose curves are averaged: binary one column; multiclass one-vs-rest per class;
+    multilabel per label. Only columns with both classes."""
     if preds.task_type == "binary":
-        y, score = preds.y == 1, preds.probs[:, -1]
+        truth, score = (preds.y == 1)[:, None], probs[:, -1:]
+    elif preds.task_type == "multiclass":
+        truth, score = np.eye(len(preds.labels), dtype=bool)[preds.y], probs
     else:
-        truth = preds.y if preds.task_type == "multilabel" else np.eye(len(preds.labels), dtype=np.int8)[preds.y]
-        y, score = truth.ravel().astype(bool), preds.probs.ravel()
-    if y.all() or not y.any():
+        truth, score = preds.y.astype(bool), probs
+    keep = truth.any(axis=0) & ~truth.all(axis=0)
+    return truth[:, keep], score[:, keep]
+
+
+GRID = np.linspace(0.0, 1.0, 201)
+
+
+def roc_points(preds: Predictions) -> tuple[np.ndarray, np.ndarray] | None:
+    """The ROC curve drawn for a run, **the same averaging as the table** (never micro): binary = the ROC of
+    P(class 1); multiclass / multilabel = the macro-averaged curve, the mean over classes (one-vs-rest) /
+    labels with both classes of their true positive rate at each false positive rate (201 points). Its area
+    is close to, but not exactly, the macro AUROC; the legend shows the table's value. None without a column."""
+    truth, score = _columns_truth(preds, preds.probs)
+    if truth.shape[1] == 0:
         return None
-    fpr, tpr, _ = roc_curve(y, score)
-    return fpr, tpr
+    if preds.task_type == "binary":
+        fpr, tpr, _ = roc_curve(truth[:, 0], score[:, 0])
+        return fpr, tpr
+    tprs = []
+    for j in range(truth.shape[1]):
+        fpr, tpr, _ = roc_curve(truth[:, j], score[:, j])
+        tprs.append(np.interp(GRID, fpr, tpr))
+    return GRID, np.mean(tprs, axis=0)
+
+
+def pr_points(preds: Predictions) -> tuple[np.ndarray, np.ndarray] | None:
+    """Precision-recall curve drawn for a run (recall, precision), averaged as `roc_points`: binary for class
+    1; otherwise the mean over columns with a positive of the (step, right-continuous) precision at each recall."""
+    truth, score = _columns_truth(preds, preds.probs)
+    if truth.shape[1] == 0:
+        return None
+    curves = []
+    for j in range(truth.shape[1]):
+        precision, recall, _ = precision_recall_curve(truth[:, j], score[:, j])
+        if preds.task_type == "binary":
+            return recall, precision
+        order = np.argsort(recall, kind="stable")
+        curves.append(np.interp(GRID, recall[order], precision[order]))
+    return GRID, np.mean(curves, axis=0)
+
+
+def _clinical_cell(cell: Cell, run: dict, preds: Predictions, stream: str, n_resamples: int, seed: int,
+                   min_positives: int, specificity: float) -> None:
+    """Fills cell.clinical (point values, intervals on the AUROC's resamples, operating point), support, curves."""
+    cell.support = class_support(preds.task_type, preds.y, preds.labels, min_positives)
+    cell.roc, cell.pr = roc_points(preds), pr_points(preds)
+    try:
+        cell.clinical = clinical_metrics(preds.task_type, preds.y, preds.probs)
+        cell.reliability = reliability(preds.task_type, preds.y, preds.probs)
+    except ClinpeftError as exc:
+        cell.clinical = {"error": str(exc)}
+        return
+    threshold = None
+    if preds.task_type == "binary":
+        val = read_predictions(run, VAL_PREDICTIONS_FILE)
+        if val is not None:
+            try:
+                op = operating_point(val.y, val.probs[:, -1], preds.y, preds.probs[:, -1], specificity)
+                threshold = op["threshold"]
+                cell.clinical["operating_point"] = op
+            except ClinpeftError as exc:
+                cell.clinical["operating_point"] = {"error": str(exc)}
+    if n_resamples:
+        cell.clinical.update(bootstrap_clinical(preds.task_type, preds.y, preds.probs, ids=preds.ids,
+                                                n_resamples=n_resamples, seed=seed, stream=stream,
+                                                threshold=threshold))
+
+
+def subgroup_records(preds: Predictions, column: str, stream: str, n_resamples: int, seed: int,
+                     multi_class: str = "ovo") -> list[dict]:
+    """Per value of a subgroup column: notes, AUROC, AUPRC, Brier, ECE and their 95% intervals, each group
+    resampled on its own (bootstrap.resample_indices over the group's notes sorted by id, stream
+    "<task>|<column>=<value>"). A metric undefined in a group (one class only) is None."""
+    records = []
+    values = preds.groups[column]
+    for value in sorted(set(values.tolist())):
+        mask = values == value
+        y, p, ids = preds.y[mask], preds.probs[mask], preds.ids[mask]
+        record = {"group": value, "n": int(mask.sum()), "auroc": None, "auroc_ci": None}
+        try:
+            record["auroc"] = _point_auroc(preds.task_type, y, p, multi_class)
+            if n_resamples:
+                boot = bootstrap_auroc(preds.task_type, y, p, ids=ids, n_resamples=n_resamples, seed=seed,
+                                       stream=f"{stream}|{column}={value}", multi_class=multi_class)
+                record["auroc_ci"] = list(boot.interval())
+        except ClinpeftError:
+            pass
+        try:
+            record.update(clinical_metrics(preds.task_type, y, p))
+            if n_resamples:
+                record.update(bootstrap_clinical(preds.task_type, y, p, ids=ids, n_resamples=n_resamples, seed=seed,
+                                                 stream=f"{stream}|{column}={value}"))
+        except ClinpeftError:
+            pass
+        records.append(record)
+    return records
+
+
+def _point_auroc(task_type: str, y: np.ndarray, probs: np.ndarray, multi_class: str) -> float:
+    if task_type == "binary":
+        return auroc_binary(y, probs[:, -1])
+    if task_type == "multiclass":
+        return auroc_multiclass(y, probs, multi_class)
+    return auroc_multilabel(y, probs).auroc
+
+
+def largest_gap(records: list[dict], key: str = "auroc") -> tuple[float, str, str] | None:
+    """(max - min of `key` over the groups where it is defined, the best group, the worst group), or None."""
+    defined = [(r[key], r["group"]) for r in records if r.get(key) is not None]
+    if len(defined) < 2:
+        return None
+    (low, worst), (high, best) = min(defined), max(defined)
+    return float(high - low), best, worst
 
 
 def table3_statistics(rows: list[Row], tasks: list[str], *, n_resamples: int = 1000, seed: int = 0,
-                      compare: str | None = None, progress: bool = False) -> Table3Stats:
+                      compare: str | None = None, progress: bool = False, min_positives: int = MIN_POSITIVES,
+                      specificity: float = DEFAULT_SPECIFICITY, subgroups: list[str] = ()) -> Table3Stats:
     """Intervals of every cell and macro average, and the paired p-values against `compare`.
 
     Cell interval: bootstrap of the run's predictions.csv (n_resamples, seed, stream = the task
@@ -188,27 +324,33 @@ def table3_statistics(rows: list[Row], tasks: list[str], *, n_resamples: int = 1
     notes; the macro's on the resampled macro averages, when both rows have predictions for the
     same tasks.
     """
-    stats = Table3Stats(n_resamples=n_resamples, seed=seed)
+    stats = Table3Stats(n_resamples=n_resamples, seed=seed, min_positives=min_positives, specificity=specificity,
+                        subgroup_columns=list(subgroups))
     reference = resolve_row(compare, [r.name for r in rows]) if compare is not None else None  # fail before work
     no_predictions: list[str] = []
     work = [(row, task) for row in rows for task in tasks if task in row.runs]
     for row, task in tqdm(work, desc="bootstrap", unit="cell", disable=not progress or n_resamples == 0):
         run = row.runs[task]
         cell = Cell(auroc=recorded_auroc(run))
-        preds = read_predictions(run) if n_resamples else None
+        preds = read_predictions(run)
+        multi_class = str(recorded_test(run).get("multi_class", "ovo"))
+        stream = str(run.get("task", task))
         if preds is not None:
             cell.preds = preds
-            cell.boot = bootstrap_auroc(preds.task_type, preds.y, preds.probs, ids=preds.ids, n_resamples=n_resamples,
-                                        seed=seed, stream=str(run.get("task", task)),
-                                        multi_class=str(recorded_test(run).get("multi_class", "ovo")))
-            cell.ci, cell.source = cell.boot.interval(), PREDICTIONS_FILE
-            cell.roc = roc_points(preds)
+            if n_resamples:
+                cell.boot = bootstrap_auroc(preds.task_type, preds.y, preds.probs, ids=preds.ids,
+                                            n_resamples=n_resamples, seed=seed, stream=stream, multi_class=multi_class)
+                cell.ci, cell.source = cell.boot.interval(), PREDICTIONS_FILE
+            _clinical_cell(cell, run, preds, stream, n_resamples, seed, min_positives, specificity)
+            for column in subgroups:
+                if column in preds.groups:
+                    cell.subgroups[column] = subgroup_records(preds, column, stream, n_resamples, seed, multi_class)
             preds.probs = None  # (notes x labels) float64: ~100 MB for a DIAG run on MIMIC-III; not needed again
-        elif recorded_ci(run) is not None:
-            cell.ci, cell.source = recorded_ci(run), "metrics.json"
-            no_predictions.append(str(run["_dir"]))
         else:
+            cell.support = recorded_test(run).get("class_support")
             no_predictions.append(str(run["_dir"]))
+        if cell.ci is None and recorded_ci(run) is not None:
+            cell.ci, cell.source = recorded_ci(run), "metrics.json"
         stats.cells[(row.name, task)] = cell
 
     for row in rows:

@@ -43,6 +43,7 @@ TABLE2_RAW_COLUMNS = [
 TASKS_ORDER = TABLE3_TASK_ORDER
 MACRO = "Macro avg"
 INCOMPLETE_MARK = "*"
+SUPPORT_MARK = "\u2021"  # a class absent from the test split or with fewer than min_positives examples
 
 
 # --------------------------------------------------------------------------- formatting cells
@@ -334,15 +335,56 @@ def table3_frames(finetune_runs, tasks_order=TASKS_ORDER,
         bounds = [100 * ci[k] if ci is not None else None for ci in intervals.values() for k in (0, 1)]
         raw_rows.append([name, base, variant, *values.values(), macro, len(have), *bounds])
         mark = "" if complete or macro is None else INCOMPLETE_MARK
-        shown_rows.append([name, *(_with_interval(format_auroc(values[t]), intervals[t]) for t in tasks),
+        marks = {t: SUPPORT_MARK if values[t] is not None and support_problems(_cell_support(row.runs[t], name, t,
+                                                                                             stats)) else ""
+                 for t in tasks}
+        shown_rows.append([name, *(_with_interval(format_auroc(values[t]), intervals[t], marks[t]) for t in tasks),
                            _with_interval(format_auroc(macro), intervals[MACRO], mark)])
 
     raw = _table3_raw(raw_rows, columns, any_ci)
     if stats is not None and stats.compare_row is not None:
         _add_comparison_columns(raw, stats, tasks)
     shown = pd.DataFrame(shown_rows, columns=["Model", *columns, MACRO])
-    notes = _table3_notes(runs, tasks, incomplete, no_auroc)
+    notes = _table3_notes(runs, tasks, incomplete, no_auroc) + support_notes(rows, tasks, stats)
     return raw, shown, notes
+
+
+def _cell_support(run: dict, name: str, task: str, stats: Table3Stats | None) -> dict | None:
+    """The test split's class support of a cell: from the report's predictions, else metrics.json."""
+    cell = stats.cells.get((name, task)) if stats is not None else None
+    if cell is not None and cell.support is not None:
+        return cell.support
+    return recorded_test(run).get("class_support")
+
+
+def support_problems(support: dict | None) -> str:
+    """'class 3 absent; 2 with < 5 examples (a, b)' for a cell's class support, '' when none."""
+    if not support:
+        return ""
+    parts = []
+    if support.get("absent"):
+        parts.append(f"class(es) {', '.join(support['absent'])} absent from the test split")
+    if support.get("few"):
+        few = support["few"]
+        parts.append(f"{len(few)} class(es)/label(s) with fewer than {support.get('min_positives', 5)} test examples "
+                     f"({', '.join(few[:8])}{', ...' if len(few) > 8 else ''})")
+    return "; ".join(parts)
+
+
+def support_notes(rows: list[Row], tasks: list[str], stats: Table3Stats | None) -> list[str]:
+    """The footnote behind the \u2021 marks, one clause per marked cell."""
+    clauses = []
+    for row in rows:
+        for task in tasks:
+            run = row.runs.get(task)
+            text = support_problems(_cell_support(run, row.name, task, stats)) if run else ""
+            if text:
+                clauses.append(f"{row.name} / {task.upper()}: {text}")
+    if not clauses:
+        return []
+    return [f"{SUPPORT_MARK} Aggregate over few examples: absent classes are left out of the macro AUROC "
+            "(probabilities renormalised over the present ones) and classes with few examples make it noisy. "
+            + "; ".join(clauses) + "."]
 
 
 def _table3_raw(raw_rows: list[list], columns: list[str], any_ci: bool) -> pd.DataFrame:
@@ -395,6 +437,7 @@ def _table3_notes(runs: list[dict], tasks: list[str], incomplete: list, no_auroc
         if types[0] == "multiclass":
             modes = sorted({str(recorded_test(r).get("multi_class", "ovo")) for r in task_runs})
             text = text.format(mode=" / ".join(_MULTI_CLASS_NAMES.get(m, m) for m in modes))
+            text += " (the table shows this; one-vs-rest macro beside it in clinical.md)"
         if types[0] == "multilabel":
             text += _skipped_labels_text(task_runs)
         notes.append(f"{task.upper()}: {text}.")

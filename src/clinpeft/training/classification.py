@@ -13,8 +13,11 @@ from transformers import Trainer, TrainerCallback
 
 from clinpeft.config import FinetuneConfig
 from clinpeft.data.long_notes import LongNotes, encode_notes
+from clinpeft.data.predictions import HEADER_MAP_FILE, predicted_cells, probability_columns, write_header_map
 from clinpeft.data.tasks import TaskData
+from clinpeft.errors import ClinpeftError
 from clinpeft.evaluation.bootstrap import bootstrap_fields
+from clinpeft.evaluation.clinical import MIN_POSITIVES, bootstrap_clinical, class_support, clinical_metrics
 from clinpeft.evaluation.metrics import probabilities, task_metrics
 from clinpeft.modeling.classifier import Classifier, pad_batch
 from clinpeft.modeling.pooling import pool_windows
@@ -132,25 +135,44 @@ def make_trainer(clf: Classifier, task: TaskData, config: FinetuneConfig, run_di
 
 
 def split_metrics(task: TaskData, split: str, logits: np.ndarray, bootstrap_resamples: int,
-                  bootstrap_seed: int) -> dict:
+                  bootstrap_seed: int, min_positives: int = MIN_POSITIVES) -> dict:
     """metrics.json's entry of one split: its AUROC (evaluation/metrics.py) and, when bootstrap_resamples > 0,
-    "auroc_ci", its 95% bootstrap interval over the split's notes (evaluation/bootstrap.py)."""
+    "auroc_ci", its 95% bootstrap interval over the split's notes (evaluation/bootstrap.py); "clinical":
+    AUPRC, prevalence, Brier, ECE (and OvR / micro AUROC) with intervals on the same resamples
+    (evaluation/clinical.py); "class_support": positives per class and the classes absent or under
+    `min_positives`."""
     targets = task.targets(split)
     scores = task_metrics(task.task_type, targets, logits, task.labels)
+    probs = probabilities(task.task_type, logits)
+    ids = task.splits[split]["id"].tolist()
     if bootstrap_resamples:
-        scores.update(bootstrap_fields(task.task_type, targets, probabilities(task.task_type, logits),
-                                       ids=task.splits[split]["id"].tolist(), stream=task.name,
+        scores.update(bootstrap_fields(task.task_type, targets, probs, ids=ids, stream=task.name,
                                        n_resamples=bootstrap_resamples, seed=bootstrap_seed))
+    scores["class_support"] = class_support(task.task_type, targets, task.labels, min_positives)
+    try:
+        clinical = clinical_metrics(task.task_type, targets, probs)
+        if bootstrap_resamples:
+            clinical.update(bootstrap_clinical(task.task_type, targets, probs, ids=ids, stream=task.name,
+                                               n_resamples=bootstrap_resamples, seed=bootstrap_seed))
+        scores["clinical"] = clinical
+    except ClinpeftError as exc:  # e.g. no positive example: AUPRC undefined; AUROC above already checked
+        scores["clinical"] = {"error": str(exc)}
     return scores
 
 
-def write_predictions(path: Path, task: TaskData, split: str, logits: np.ndarray) -> None:
-    """predictions.csv: id, gold label, then one probability column p_<label> per label, in output-unit order."""
+def write_predictions(path: Path, task: TaskData, split: str, logits: np.ndarray,
+                      extra_columns: list[str] = ()) -> None:
+    """predictions.csv (clinpeft/data/predictions.py): id, gold label, predicted class/labels, one probability
+    column per label in output-unit order (spreadsheet-safe names; predictions_columns.json maps them to the
+    labels), then the task CSV's `extra_columns` (subgroups such as gender, age_group) as they were."""
     frame = task.splits[split]
     probs = probabilities(task.task_type, logits)
-    columns = {"id": frame["id"], "label": frame["label"]}
-    columns.update({f"p_{label}": probs[:, i] for i, label in enumerate(task.labels)})
+    columns = {"id": frame["id"], "label": frame["label"],
+               "predicted": predicted_cells(task.task_type, probs, task.labels)}
+    columns.update({name: probs[:, i] for i, name in enumerate(probability_columns(task.labels))})
+    columns.update({name: frame[name] for name in extra_columns if name in frame.columns and name not in columns})
     pd.DataFrame(columns).to_csv(path, index=False, float_format="%.7g")
+    write_header_map(path.parent / HEADER_MAP_FILE, task.labels)
 
 
 def truncation_lines(truncation: dict, long_notes: dict) -> list[str]:
