@@ -66,17 +66,47 @@ def torch_dtype(setting: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[setting]
 
 
-def load_tokenizer(path: Path, padding_side: str = "right"):
-    """The base model's tokenizer with a pad token (LLaMA ships none).
+def end_of_text_id(path: Path) -> int | None:
+    """The base model's end-of-text id from its generation_config.json, else config.json (first of a list).
 
-    pad falls back to <unk>, then </s>: adding a new token would resize the embeddings, which
-    an adapter trained on the original vocabulary could not follow.
+    Used when the tokenizer declares no EOS: Llama 3 instruct lists several ids there
+    ([<|end_of_text|>, <|eom_id|>, <|eot_id|>]); the first is the document separator.
+    """
+    for name in ("generation_config.json", "config.json"):
+        try:
+            value = json.loads((Path(path) / name).read_text()).get("eos_token_id")
+        except (OSError, ValueError):
+            continue
+        if isinstance(value, list):
+            value = value[0] if value else None
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def load_tokenizer(path: Path, padding_side: str = "right"):
+    """The base model's tokenizer, with its end-of-text token and a pad token.
+
+    EOS (the separator between packed notes, `data.packing`): the tokenizer's own; when it has
+    none, the id in the model's generation_config.json / config.json (`end_of_text_id`).
+    pad: the tokenizer's pad token when it has one; else EOS is reused as pad (Llama 3, Mistral,
+    Qwen base models ship none). Padding never reaches the model as content: classifier batches
+    carry an attention mask and the head reads the last non-pad position, packed blocks label pad
+    -100. A new token would resize the embeddings, which an adapter trained on the original
+    vocabulary could not follow.
     """
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.eos_token is None:
+        eos_id = end_of_text_id(path)
+        if eos_id is not None:
+            tokenizer.eos_token = tokenizer.convert_ids_to_tokens(eos_id)
     if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+        if tokenizer.eos_token is None:
+            raise ClinpeftError(f"{path}: the tokenizer has neither a pad nor an end-of-text token, and "
+                                "generation_config.json / config.json give no eos_token_id; add eos_token_id there")
+        tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = padding_side
     return tokenizer
 
