@@ -212,3 +212,15 @@ def test_pretrain_finetune_evaluate(arch, arch_models, synthetic_corpus, synthet
     assert again["eval"]["auroc"] == pytest.approx(metrics["test"]["auroc"], abs=1e-6)
     original, rescored = pd.read_csv(out / "predictions.csv"), pd.read_csv(tmp_path / "eval" / "predictions.csv")
     assert (rescored.iloc[:, 2:] - original.iloc[:, 2:]).abs().to_numpy().max() < 1e-5
+
+
+def test_cpu_recipes_are_valid_and_target_modules_small_models_have():
+    """configs/cpu/: SmolLM2-135M (Llama) and Qwen2.5-0.5B (Qwen2) shapes name q_proj / v_proj."""
+    from clinpeft.config import BUNDLED_CONFIGS
+
+    cpu = BUNDLED_CONFIGS / "cpu"
+    for name in ("pretrain_lora.yaml", "pretrain_lora_qwen2.5-0.5b.yaml"):
+        config = load_config(PretrainConfig, cpu / name)
+        assert config.peft.target_modules == ["q_proj", "v_proj"] and config.model.dtype == "float32"
+    finetune_config = load_config(FinetuneConfig, cpu / "finetune_clinical.yaml")
+    assert finetune_config.variant == "clinical_trainable+downstream"
