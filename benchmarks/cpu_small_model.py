@@ -62,6 +62,8 @@ def main() -> None:
     parser.add_argument("--shape", choices=list(SHAPES), default="smollm2-135m")
     parser.add_argument("--patients", type=int, default=12, help="synthetic patients of the corpus")
     parser.add_argument("--task-patients", type=int, default=60, help="synthetic patients of the MOR task")
+    parser.add_argument("--max-notes", type=int, default=24,
+                        help="notes pretrained on, and training notes fine-tuned on (the rate is per note)")
     args = parser.parse_args()
     recipes = BUNDLED_CONFIGS / "cpu"
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,11 +74,11 @@ def main() -> None:
         base = build(args.shape, tmp / "model", texts)
         config = load_config(PretrainConfig, recipes / RECIPES[args.shape], [
             f"model.base={base}", f"data.paths=[{corpus['discharge']}, {corpus['radiology']}]",
-            "eval.base_model=false", "eval.train_max_blocks=8"])
+            "eval.base_model=false", "eval.train_max_blocks=8", f"data.max_documents={args.max_notes}"])
         run = pretrain.main(config, tmp / "pretrain", progress=False)
         ft_config = load_config(FinetuneConfig, recipes / "finetune_clinical.yaml", [
             f"model.base={base}", f"clinical_adapter={tmp / 'pretrain'}", f"task.path={tasks['mor']}",
-            "train.epochs=1", "eval.bootstrap_resamples=0"])
+            "train.epochs=1", "eval.bootstrap_resamples=0", f"task.max_examples={args.max_notes}"])
         started = time.time()
         metrics = finetune.main(ft_config, tmp / "finetune", progress=False)
         ft_wall = time.time() - started
