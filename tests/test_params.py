@@ -91,5 +91,38 @@ def test_meta_count_equals_the_count_of_the_real_model(method, extra, tiny_llama
 def test_unknown_model_is_one_clear_line(capsys, tmp_path):
     assert main(["params", "llama-70b", str(LLAMA_7B / "pretrain_lora.yaml")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "llama-70b" in err and "llama-7b, llama-13b" in err
-    assert set(params.ARCHITECTURES) == {"llama-7b", "llama-13b"}
+    assert err.count("\n") == 1 and "llama-70b" in err and "llama-7b, llama-13b, llama-2-7b" in err
+    assert set(params.ARCHITECTURES) == set(PRESET_TOTALS)
+
+
+# Every preset's total against its model card (all weights; tied embeddings counted once).
+PRESET_TOTALS = {
+    "llama-7b": LLAMA_7B_TOTAL,
+    "llama-13b": 13_015_864_320,
+    "llama-2-7b": 6_738_415_616,  # "7B"
+    "llama-2-13b": 13_015_864_320,  # "13B"
+    "llama-3.1-8b": 8_030_261_248,  # 8.03B
+    "llama-3.2-1b": 1_235_814_400,  # 1.23B, tied embeddings
+    "llama-3.2-3b": 3_212_749_824,  # 3.21B, tied embeddings
+    "qwen2.5-7b": 7_615_616_512,  # 7.61B
+    "mistral-7b-v0.3": 7_248_023_552,  # 7.25B
+    "gemma-3-4b": 3_880_263_168,  # the text model: 4.3B on the hub with the 417M SigLIP vision encoder
+}
+
+
+@pytest.mark.parametrize("preset", PRESET_TOTALS)
+def test_preset_totals_match_the_model_cards(preset, capsys):
+    assert params_json(capsys, preset, LLAMA_7B / "pretrain_full.yaml")["total_params"] == PRESET_TOTALS[preset]
+
+
+@pytest.mark.parametrize("preset, trainable", [
+    ("llama-3.1-8b", 6_815_744),  # 32 layers x 16 x ((4096 + 4096) + (4096 + 1024)): GQA's v_proj is 4096 -> 1024
+    ("mistral-7b-v0.3", 6_815_744),  # the same shape of attention
+    ("llama-3.2-1b", 1_703_936),  # 16 x 16 x ((2048 + 2048) + (2048 + 512))
+    ("qwen2.5-7b", 5_046_272),  # 28 x 16 x ((3584 + 3584) + (3584 + 512))
+    ("gemma-3-4b", 4_456_448),  # 34 x 16 x ((2560 + 2048) + (2560 + 1024)): head_dim 256, 8 heads, 4 kv heads
+])
+def test_lora_r16_on_q_v_with_grouped_query_attention(preset, trainable, capsys):
+    counts = params_json(capsys, preset, LLAMA_7B / "pretrain_lora.yaml")
+    assert counts["trainable_params"] == trainable
+    assert counts["total_params"] == PRESET_TOTALS[preset] + trainable

@@ -39,6 +39,10 @@ class ModelSection(Section):
     name: str | None = None  # display name in the reports (Table 3 row); default: the base model's directory name
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPUs with bf16, else fp32
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"  # packing keeps notes apart with these two
+    # QLoRA: the frozen base model loaded quantized by bitsandbytes (needs a CUDA GPU and clinpeft[gpu]).
+    # 4bit: NF4 + double quantization, bf16 compute (~0.55 bytes/weight: an 8B base in ~5.5 GB); 8bit:
+    # LLM.int8() (~1 byte/weight). Adapters and the head train in full precision on top of it.
+    quantization: Literal["none", "4bit", "8bit"] = "none"
 
 
 class ClassifierModelSection(ModelSection):
@@ -170,6 +174,13 @@ class PretrainConfig(Section):
     train: TrainSection = TrainSection()
     eval: PerplexitySection = PerplexitySection()
 
+    @model_validator(mode="after")
+    def _quantized_base_stays_frozen(self) -> "PretrainConfig":
+        if self.model.quantization != "none" and self.peft.method == "full":
+            raise ValueError(f"model.quantization={self.model.quantization} with peft.method=full: quantized "
+                             "weights cannot be trained; use an adapter method (lora) or model.quantization=none")
+        return self
+
 
 class TaskSection(Section):
     """A task directory in van Aken's format: train/val/test.csv (id,text,label) + labels.txt."""
@@ -223,6 +234,13 @@ class FinetuneConfig(Section):
     task: TaskSection = TaskSection()
     train: FinetuneTrainSection = FinetuneTrainSection()
     eval: ClassifierEvalSection = ClassifierEvalSection()
+
+    @model_validator(mode="after")
+    def _quantized_base_stays_frozen(self) -> "FinetuneConfig":
+        if self.model.quantization != "none" and self.variant == "full":
+            raise ValueError(f"model.quantization={self.model.quantization} with variant=full: quantized "
+                             "weights cannot be trained; use a LoRA variant or model.quantization=none")
+        return self
 
 
 C = TypeVar("C", bound=Section)

@@ -64,6 +64,37 @@ def pretraining_peft_config(section: PeftSection, tokenizer_path: str | Path | N
     return entry.build(section, tokenizer_path)
 
 
+def linear_module_names(model) -> list[str]:
+    """The distinct last names of the model's linear layers (q_proj, k_proj, ..., down_proj), heads excluded:
+    what a LoRA's target_modules may name. Under a peft wrapper, a LoRA-wrapped layer counts by its own name
+    (`q_proj.base_layer` -> q_proj; lora_A/lora_B are not targets). bitsandbytes' Linear4bit/Linear8bitLt
+    are nn.Linear subclasses."""
+    names = set()
+    for name, module in model.named_modules():
+        parts = name.split(".")
+        if not isinstance(module, torch.nn.Linear) or any(p.startswith("lora_") for p in parts):
+            continue
+        if parts[-1] == "base_layer" and len(parts) > 1:
+            parts = parts[:-1]
+        if parts[-1] not in ("lm_head", "score", "classifier", ""):
+            names.add(parts[-1])
+    return sorted(names)
+
+
+def check_target_modules(model, targets, key: str) -> None:
+    """One line naming the missing target and the model's linear module names, before peft fails deeper.
+
+    Every architecture clinpeft tests (LLaMA 1-3, Qwen2/3, Mistral, Gemma 3) has the paper's q_proj/v_proj."""
+    if isinstance(targets, str):  # a peft regex: peft itself checks it
+        return
+    names = linear_module_names(model)
+    missing = [t for t in targets if t not in names]
+    if missing:
+        raise ClinpeftError(f"{key}: {', '.join(missing)} not in {type(model).__name__}; its linear modules "
+                            f"are {', '.join(names)}; set {key} to some of these "
+                            "(LLaMA-family: [q_proj,v_proj], BERT: [query,value])")
+
+
 def add_pretraining_adapter(model, section: PeftSection, tokenizer_path: str | Path | None = None):
     """Wrap a causal LM with a fresh trainable clinical adapter (the only trainable weights).
 
@@ -77,6 +108,8 @@ def add_pretraining_adapter(model, section: PeftSection, tokenizer_path: str | P
     if section.method == "adaption_prompt" and layers is not None and section.adapter_layers > layers:
         raise ClinpeftError(f"peft.adapter_layers={section.adapter_layers}: {type(model).__name__} has only "
                             f"{layers} layers; set peft.adapter_layers to at most {layers}")
+    if section.method == "lora":
+        check_target_modules(model, section.target_modules, "peft.target_modules")
     try:
         return get_peft_model(model, pretraining_peft_config(section, tokenizer_path))
     except ValueError as exc:  # e.g. target_modules not in this architecture
@@ -213,6 +246,7 @@ def stack_adapters(model, variant: str, clinical: ClinicalAdapter | None, downst
         model = attach_adapter(model, clinical.path, CLINICAL)
         active.append(CLINICAL)
     if entry.downstream_lora:
+        check_target_modules(model, downstream.target_modules, "lora.target_modules")
         config = lora_config(downstream, task_type=None)
         if isinstance(model, PeftModel):
             model.add_adapter(DOWNSTREAM, config)  # added inactive and frozen: activated below

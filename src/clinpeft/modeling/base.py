@@ -66,42 +66,132 @@ def torch_dtype(setting: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[setting]
 
 
-def load_tokenizer(path: Path, padding_side: str = "right"):
-    """The base model's tokenizer with a pad token (LLaMA ships none).
+def end_of_text_id(path: Path) -> int | None:
+    """The base model's end-of-text id from its generation_config.json, else config.json (first of a list).
 
-    pad falls back to <unk>, then </s>: adding a new token would resize the embeddings, which
-    an adapter trained on the original vocabulary could not follow.
+    Used when the tokenizer declares no EOS: Llama 3 instruct lists several ids there
+    ([<|end_of_text|>, <|eom_id|>, <|eot_id|>]); the first is the document separator.
+    """
+    for name in ("generation_config.json", "config.json"):
+        try:
+            value = json.loads((Path(path) / name).read_text()).get("eos_token_id")
+        except (OSError, ValueError):
+            continue
+        if isinstance(value, list):
+            value = value[0] if value else None
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def load_tokenizer(path: Path, padding_side: str = "right"):
+    """The base model's tokenizer, with its end-of-text token and a pad token.
+
+    EOS (the separator between packed notes, `data.packing`): the tokenizer's own; when it has
+    none, the id in the model's generation_config.json / config.json (`end_of_text_id`).
+    pad: the tokenizer's pad token when it has one; else EOS is reused as pad (Llama 3, Mistral,
+    Qwen base models ship none). Padding never reaches the model as content: classifier batches
+    carry an attention mask and the head reads the last non-pad position, packed blocks label pad
+    -100. A new token would resize the embeddings, which an adapter trained on the original
+    vocabulary could not follow.
     """
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.eos_token is None:
+        eos_id = end_of_text_id(path)
+        if eos_id is not None:
+            tokenizer.eos_token = tokenizer.convert_ids_to_tokens(eos_id)
     if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+        if tokenizer.eos_token is None:
+            raise ClinpeftError(f"{path}: the tokenizer has neither a pad nor an end-of-text token, and "
+                                "generation_config.json / config.json give no eos_token_id; add eos_token_id there")
+        tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = padding_side
     return tokenizer
 
 
-def load_causal_lm(path: Path, dtype: str = "auto", attn_implementation: str = "sdpa"):
+QUANTIZATIONS = ("none", "4bit", "8bit")  # model.quantization
+
+
+def quantization_config(setting: str, skip_modules: list[str] | None = None):
+    """transformers' BitsAndBytesConfig of `model.quantization` (None for "none"): QLoRA's setting.
+
+    4bit: NF4 weights, double quantization (the quantization constants quantized too), bf16 compute
+    (Dettmers et al. 2023). 8bit: LLM.int8(). skip_modules: modules kept in full precision (a
+    classifier's freshly initialised head); None keeps transformers' default (the LM head).
+    Building the config needs no GPU and no bitsandbytes; loading with it needs both (check_quantization).
+    """
+    if setting not in QUANTIZATIONS:
+        raise ClinpeftError(f"model.quantization={setting}: use one of {', '.join(QUANTIZATIONS)}")
+    if setting == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if setting == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=skip_modules)
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip_modules)
+
+
+def check_quantization(setting: str) -> None:
+    """One line, before any work, when `model.quantization` cannot run here (no CUDA GPU, no bitsandbytes)."""
+    if setting == "none":
+        return
+    import importlib.util
+
+    if not torch.cuda.is_available():
+        raise ClinpeftError(f"model.quantization={setting} needs a CUDA GPU and bitsandbytes "
+                            "(pip install 'clinpeft[gpu]'); this machine has no CUDA GPU: "
+                            "run on a GPU machine, or set model.quantization=none")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ClinpeftError(f"model.quantization={setting} needs bitsandbytes, which is not installed: "
+                            "pip install 'clinpeft[gpu]', or set model.quantization=none")
+
+
+def _quantized_kwargs(quantization: str, skip_modules: list[str] | None = None) -> dict:
+    """from_pretrained arguments of a quantized load: the config, and this process's GPU (bitsandbytes
+    places weights at load time; a quantized model cannot be moved afterwards)."""
+    from accelerate import PartialState
+
+    check_quantization(quantization)
+    return {"quantization_config": quantization_config(quantization, skip_modules),
+            "device_map": {"": PartialState().device}}
+
+
+def prepare_quantized(model):
+    """peft's prepare_model_for_kbit_training: norms and other small weights to fp32, inputs that require
+    grad. Gradient checkpointing stays `train.gradient_checkpointing`'s choice (the Trainer turns it on)."""
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def load_causal_lm(path: Path, dtype: str = "auto", attn_implementation: str = "sdpa", quantization: str = "none"):
+    """The base causal LM; `quantization` 4bit/8bit: a bitsandbytes-quantized base (QLoRA) on the GPU."""
     from transformers import AutoModelForCausalLM
 
+    extra = _quantized_kwargs(quantization) if quantization != "none" else {}
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch_dtype(dtype), attn_implementation=attn_implementation
+        path, dtype=torch_dtype(dtype), attn_implementation=attn_implementation, **extra
     )
     model.config.use_cache = False  # a KV cache would let packed notes attend to each other
-    return to_device(model)
+    return prepare_quantized(model) if extra else to_device(model)
 
 
 def load_sequence_classifier(
     path: Path, num_labels: int, pad_token_id: int, problem_type: str, dtype: str = "auto",
-    attn_implementation: str = "sdpa",
+    attn_implementation: str = "sdpa", quantization: str = "none",
 ):
     """A base LM with a fresh classification head (`score` for LLaMA, `classifier` for BERT).
 
-    `pad_token_id` must be set: LLaMA's head pools the last non-pad token.
+    `pad_token_id` must be set: LLaMA's head pools the last non-pad token (with a pad-less tokenizer
+    it is EOS, see load_tokenizer). `quantization`: the base quantized, the head kept in full precision.
     """
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
+    extra = _quantized_kwargs(quantization, skip_modules=list(HEAD_NAMES)) if quantization != "none" else {}
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized: score.weight" warning is expected here
     try:
@@ -111,12 +201,13 @@ def load_sequence_classifier(
             problem_type=problem_type,
             dtype=torch_dtype(dtype),
             attn_implementation=attn_implementation,
+            **extra,
         )
     finally:
         hf_logging.set_verbosity(verbosity)
     model.config.pad_token_id = pad_token_id
     model.config.use_cache = False
-    return to_device(model)
+    return prepare_quantized(model) if extra else to_device(model)
 
 
 def to_device(model):

@@ -74,12 +74,14 @@ def build_classifier(
     dtype: str = "auto",
     attn_implementation: str = "sdpa",
     pooling: str = "last",
+    quantization: str = "none",
 ) -> Classifier:
     """A classifier ready to train: exactly the variant's adapters and the head are trainable."""
     check_pooling(base_path, pooling)
     tokenizer = load_tokenizer(base_path, padding_side=padding_side(clinical))
     model = load_sequence_classifier(
-        base_path, num_labels, tokenizer.pad_token_id, PROBLEM_TYPES[task_type], dtype, attn_implementation
+        base_path, num_labels, tokenizer.pad_token_id, PROBLEM_TYPES[task_type], dtype, attn_implementation,
+        quantization,
     )
     fingerprint = base_fingerprint(model)
     if clinical is not None:
@@ -134,7 +136,8 @@ def load_bundle(run_dir: str | Path, base: str | None = None, dtype: str = "auto
         )
     tokenizer = load_tokenizer(base_path, padding_side=meta.get("padding_side", "right"))
     model = load_sequence_classifier(
-        base_path, len(meta["labels"]), tokenizer.pad_token_id, PROBLEM_TYPES[meta["task_type"]], dtype
+        base_path, len(meta["labels"]), tokenizer.pad_token_id, PROBLEM_TYPES[meta["task_type"]], dtype,
+        quantization=meta.get("quantization", "none"),  # bundles from before model.quantization: none
     )
     fingerprint = base_fingerprint(model)
     if fingerprint != meta["base_fingerprint"]:

@@ -44,7 +44,14 @@ from clinpeft.evaluation.clinical import operating_point
 from clinpeft.evaluation.metrics import probabilities
 from clinpeft.modeling import methods
 from clinpeft.modeling.adapters import ClinicalAdapter, check_variant, find_clinical_adapter, full_model_variant
-from clinpeft.modeling.base import base_fingerprint, count_parameters, device_summary, is_encoder, resolve_base
+from clinpeft.modeling.base import (
+    base_fingerprint,
+    check_quantization,
+    count_parameters,
+    device_summary,
+    is_encoder,
+    resolve_base,
+)
 from clinpeft.modeling.classifier import Classifier, build_classifier, save_bundle, score_notes
 from clinpeft.modeling.pooling import check_pooling
 from clinpeft.rundir import atomic_run_dir, write_json
@@ -57,6 +64,7 @@ def main(config: FinetuneConfig, out: str | Path, *, overwrite: bool = False, pr
 
     callbacks: extra transformers TrainerCallbacks (a sweep's pruning reads the per-epoch val AUROC)."""
     check_pooling(config.model.base, config.model.pooling)  # before any work: encoders read [CLS]
+    check_quantization(config.model.quantization)  # before any work: 4bit/8bit need a GPU and bitsandbytes
     task = load_task(config.task.path, config.task.name, config.task.kind, config.task.max_examples)
     clinical = clinical_adapter(config)
     with atomic_run_dir(out, overwrite) as run_dir:
@@ -102,7 +110,8 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
     if encoder:
         check_encoder_length(base_path, config.task.max_seq_len)
     clf = build_classifier(base_path, task.task_type, task.num_labels, variant, clinical, config.lora,
-                           config.model.dtype, config.model.attn_implementation, config.model.pooling)
+                           config.model.dtype, config.model.attn_implementation, config.model.pooling,
+                           config.model.quantization)
     trainable, total = count_parameters(clf.model)
     train_cut = encode_notes(clf.tokenizer, task.splits["train"]["text"].tolist(),
                              LongNotes.from_task(config.task)).truncation()
@@ -131,6 +140,7 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
         "max_seq_len": config.task.max_seq_len,
         "long_notes": LongNotes.from_task(config.task).to_json(),  # evaluate / predict cut notes the same way
         "padding_side": clf.tokenizer.padding_side,
+        "quantization": config.model.quantization,  # evaluate reloads the base the same way
         "clinical_adapter": clinical_dir,
     })
     (run_dir / "labels.txt").write_text("\n".join(task.labels) + "\n")

@@ -10,7 +10,8 @@ counted exactly as `clinpeft pretrain` counts them (`modeling.base.count_paramet
 before a GPU is booked.
 
 MODEL is a local model directory (only its config.json is read), "demo", or an architecture
-preset (`ARCHITECTURES`): the published LLaMA hyperparameters, for when no checkpoint is at hand.
+preset (`ARCHITECTURES`): the published shapes of LLaMA 1/2, Llama 3.x, Qwen2.5, Mistral and
+Gemma 3 (text), for when no checkpoint is at hand.
 """
 
 from __future__ import annotations
@@ -25,21 +26,73 @@ from clinpeft.modeling.adapters import add_pretraining_adapter
 from clinpeft.modeling.base import count_parameters, resolve_base
 from clinpeft.reporting.tables import format_params, format_percent
 
-# LLaMA (Touvron et al. 2023, Table 2) as transformers' LlamaConfig fields. 7B: 6,738,415,616 parameters.
+
+def _llama3_rope(factor: float) -> dict:
+    """Llama 3.1/3.2's RoPE scaling (config.json `rope_scaling`), under transformers 5's name."""
+    return {"rope_type": "llama3", "rope_theta": 500000.0, "factor": factor, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+
+
+# Architecture presets: (transformers config class, fields copied from each model's published config.json).
+# Totals (tests/test_params.py) checked against the model cards: LLaMA 7B 6.74B, 13B 13.0B (Touvron et al.
+# 2023); Llama 2 7B 6.74B, 13B 13.0B; Llama 3.1 8B 8.03B; Llama 3.2 1B 1.24B, 3B 3.21B (tied embeddings);
+# Qwen2.5 7B 7.61B; Mistral 7B v0.3 7.25B; Gemma 3 4B: 3.88B, its *text* model only (the hub checkpoint is
+# multimodal: + a 417M SigLIP vision encoder = 4.3B; clinpeft fine-tunes the text model, Gemma3ForCausalLM).
 ARCHITECTURES = {
-    "llama-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                     num_key_value_heads=32, vocab_size=32000, max_position_embeddings=2048, rms_norm_eps=1e-6),
-    "llama-13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
-                      num_key_value_heads=40, vocab_size=32000, max_position_embeddings=2048, rms_norm_eps=1e-6),
+    "llama-7b": ("LlamaConfig", dict(
+        hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=32, vocab_size=32000, max_position_embeddings=2048, rms_norm_eps=1e-6,
+        tie_word_embeddings=False)),
+    "llama-13b": ("LlamaConfig", dict(
+        hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
+        num_key_value_heads=40, vocab_size=32000, max_position_embeddings=2048, rms_norm_eps=1e-6,
+        tie_word_embeddings=False)),
+    "llama-2-7b": ("LlamaConfig", dict(
+        hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5,
+        tie_word_embeddings=False)),
+    "llama-2-13b": ("LlamaConfig", dict(
+        hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
+        num_key_value_heads=40, vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5,
+        tie_word_embeddings=False)),
+    "llama-3.1-8b": ("LlamaConfig", dict(
+        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5,
+        rope_parameters=_llama3_rope(8.0), tie_word_embeddings=False)),
+    "llama-3.2-1b": ("LlamaConfig", dict(
+        hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=64, vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5,
+        rope_parameters=_llama3_rope(32.0), tie_word_embeddings=True)),
+    "llama-3.2-3b": ("LlamaConfig", dict(
+        hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
+        num_key_value_heads=8, head_dim=128, vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5,
+        rope_parameters=_llama3_rope(32.0), tie_word_embeddings=True)),
+    "qwen2.5-7b": ("Qwen2Config", dict(
+        hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+        num_key_value_heads=4, vocab_size=152064, max_position_embeddings=131072, rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, tie_word_embeddings=False)),
+    "mistral-7b-v0.3": ("MistralConfig", dict(
+        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=128, vocab_size=32768, max_position_embeddings=32768, rms_norm_eps=1e-5,
+        sliding_window=None, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        tie_word_embeddings=False)),
+    "gemma-3-4b": ("Gemma3TextConfig", dict(  # text_config of google/gemma-3-4b-pt
+        hidden_size=2560, intermediate_size=10240, num_hidden_layers=34, num_attention_heads=8,
+        num_key_value_heads=4, head_dim=256, vocab_size=262208, max_position_embeddings=131072, rms_norm_eps=1e-6,
+        query_pre_attn_scalar=256, sliding_window=1024, tie_word_embeddings=True,
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})),
 }
 
 
 def model_config(model: str):
     """A preset name or a local model directory -> its transformers config (no weights read)."""
-    from transformers import AutoConfig, LlamaConfig
+    import transformers
+    from transformers import AutoConfig
 
     if model in ARCHITECTURES:
-        return LlamaConfig(**ARCHITECTURES[model], tie_word_embeddings=False)
+        class_name, fields = ARCHITECTURES[model]
+        return getattr(transformers, class_name)(**fields)
     if model != "demo" and not (Path(model).expanduser() / "config.json").is_file():
         raise ClinpeftError(f"model {model}: no such preset, and not a directory with a config.json; "
                             f"use a local model directory or one of the presets {', '.join(ARCHITECTURES)}")
@@ -58,10 +111,15 @@ def count(model: str, config: PretrainConfig) -> dict:
     section = config.peft
     if section.method == "prompt_tuning":
         section = section.model_copy(update={"prompt_tuning_init": "RANDOM"})
-    with init_empty_weights(), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # peft's notes about meta tensors and unused options
-        model_lm = AutoModelForCausalLM.from_config(model_config(model))
-        model_lm = add_pretraining_adapter(model_lm, section)
+        with init_empty_weights():
+            model_lm = AutoModelForCausalLM.from_config(model_config(model))
+        # tied lm_head/embeddings (Llama 3.2, Gemma 3, Qwen3 0.6B): init_empty_weights leaves them two
+        # parameters, and tie_weights cannot tie them inside it
+        model_lm.tie_weights()
+        with init_empty_weights():
+            model_lm = add_pretraining_adapter(model_lm, section)
     trainable, total = count_parameters(model_lm)
     return {"trainable_params": trainable, "total_params": total, "percent": 100.0 * trainable / total}
 

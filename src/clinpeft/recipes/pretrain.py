@@ -33,6 +33,7 @@ from clinpeft.data.packing import count_predicted_tokens, tokenize_and_pack
 from clinpeft.modeling.adapters import add_pretraining_adapter, packing_fallback, write_adapter_meta
 from clinpeft.modeling.base import (
     base_fingerprint,
+    check_quantization,
     count_parameters,
     device_summary,
     load_causal_lm,
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 
 def main(config: PretrainConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True) -> dict:
     """Run one pretraining job into `out` (created whole, or not at all). Returns run.json."""
+    check_quantization(config.model.quantization)  # before any work: 4bit/8bit need a GPU and bitsandbytes
     with atomic_run_dir(out, overwrite) as run_dir:
         save_config(config, run_dir)
         return run(config, run_dir, progress)
@@ -133,7 +135,8 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True) -> dict:
     train_tokens = count_predicted_tokens(train_blocks)
     ppl_train_blocks = sample_blocks(train_blocks, config.eval.train_max_blocks, config.data.split_seed)
 
-    model = load_causal_lm(base_path, config.model.dtype, config.model.attn_implementation)
+    model = load_causal_lm(base_path, config.model.dtype, config.model.attn_implementation,
+                           config.model.quantization)
     fingerprint = base_fingerprint(model)
     if progress:
         names = ["train", "test"] + (["val"] if val_blocks is not None else [])

@@ -1,0 +1,97 @@
+"""Time per 1,000 notes of configs/cpu/ on a CPU, for a small real causal LM's shape (random weights).
+
+    python benchmarks/cpu_small_model.py                     # SmolLM2-135M's shape
+    python benchmarks/cpu_small_model.py --shape qwen2.5-0.5b
+
+Builds a random-init model with the published config.json shape (SmolLM2-135M: hidden 576, 30
+layers, 9/3 heads, vocabulary 49,152, tied; Qwen2.5-0.5B: hidden 896, 24 layers, 14/2 heads,
+vocabulary 151,936, tied) and a small BPE tokenizer trained on the synthetic notes (its ids
+cover part of the vocabulary; the embedding and output layer keep the full size, so the compute
+is the real model's). Runs the recipes of configs/cpu/ on synthetic MIMIC-style notes through
+`clinpeft pretrain` / `finetune` and prints the training seconds per 1,000 notes (pretraining: the
+corpus notes; fine-tuning: training notes x epochs). Timings depend on the CPU and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+SHAPES = {
+    "smollm2-135m": ("LlamaConfig", dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                                         num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
+                                         max_position_embeddings=8192, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                                         rope_parameters={"rope_type": "default", "rope_theta": 100000.0})),
+    "qwen2.5-0.5b": ("Qwen2Config", dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                                         num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
+                                         max_position_embeddings=32768, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                                         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})),
+}
+RECIPES = {"smollm2-135m": "pretrain_lora.yaml", "qwen2.5-0.5b": "pretrain_lora_qwen2.5-0.5b.yaml"}
+
+
+def build(shape: str, path: Path, texts: list[str]) -> Path:
+    import torch
+    import transformers
+
+    from clinpeft.demo.llama import train_tokenizer
+
+    tokenizer = train_tokenizer(texts, vocab_size=4096)
+    class_name, fields = SHAPES[shape]
+    config = getattr(transformers, class_name)(**fields, bos_token_id=tokenizer.bos_token_id,
+                                               eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def main() -> None:
+    import pandas as pd
+
+    from clinpeft.config import BUNDLED_CONFIGS, FinetuneConfig, PretrainConfig, load_config
+    from clinpeft.demo.synthetic import write_pretraining_corpus, write_tasks
+    from clinpeft.recipes import finetune, pretrain
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=list(SHAPES), default="smollm2-135m")
+    parser.add_argument("--patients", type=int, default=12, help="synthetic patients of the corpus")
+    parser.add_argument("--task-patients", type=int, default=60, help="synthetic patients of the MOR task")
+    parser.add_argument("--max-notes", type=int, default=24,
+                        help="notes pretrained on, and training notes fine-tuned on (the rate is per note)")
+    args = parser.parse_args()
+    recipes = BUNDLED_CONFIGS / "cpu"
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        corpus = write_pretraining_corpus(tmp / "corpus", n_patients=args.patients, seed=0)
+        tasks = write_tasks(tmp / "tasks", n_patients=args.task_patients, seed=0, tasks=["mor"])
+        texts = list(pd.read_csv(corpus["discharge"])["text"])
+        base = build(args.shape, tmp / "model", texts)
+        config = load_config(PretrainConfig, recipes / RECIPES[args.shape], [
+            f"model.base={base}", f"data.paths=[{corpus['discharge']}, {corpus['radiology']}]",
+            "eval.base_model=false", "eval.train_max_blocks=8", f"data.max_documents={args.max_notes}"])
+        run = pretrain.main(config, tmp / "pretrain", progress=False)
+        ft_config = load_config(FinetuneConfig, recipes / "finetune_clinical.yaml", [
+            f"model.base={base}", f"clinical_adapter={tmp / 'pretrain'}", f"task.path={tasks['mor']}",
+            "train.epochs=1", "eval.bootstrap_resamples=0", f"task.max_examples={args.max_notes}"])
+        started = time.time()
+        metrics = finetune.main(ft_config, tmp / "finetune", progress=False)
+        ft_wall = time.time() - started
+    result = {
+        "shape": args.shape, "threads": os.environ.get("OMP_NUM_THREADS"),
+        "pretrain_notes": run["train_notes"], "pretrain_tokens": run["train_tokens"],
+        "pretrain_train_s": run["train_time_s"],
+        "pretrain_s_per_1000_notes": 1000 * run["train_time_s"] / run["train_notes"],
+        "finetune_notes": metrics["n_train"], "finetune_train_s": metrics["train_time_s"], "finetune_wall_s": ft_wall,
+        "finetune_s_per_1000_notes": 1000 * metrics["train_time_s"] / metrics["n_train"],
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
