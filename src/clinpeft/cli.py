@@ -85,6 +85,8 @@ def add_workflow_args(parser: argparse.ArgumentParser, recipe_help: str) -> None
     add_recipe_args(parser, recipe_help,
                     "config overrides, e.g. train.lr=1e-4 peft.r=8 (YAML values: lists as [a,b])")
     add_out_args(parser)
+    parser.add_argument("--restart", action="store_true",
+                        help="discard an unfinished OUT.partial/ run instead of resuming it")
 
 
 def add_out_args(parser: argparse.ArgumentParser) -> None:
@@ -143,7 +145,7 @@ def run_pretrain(args: argparse.Namespace, progress: bool) -> int:
     from clinpeft.recipes import pretrain
 
     hf_progress_bars(progress)
-    result = pretrain.main(config, args.out, overwrite=args.overwrite, progress=progress)
+    result = pretrain.main(config, args.out, overwrite=args.overwrite, progress=progress, restart=args.restart)
     print_lines(pretrain.summary(result, args.out))
     return 0
 
@@ -189,7 +191,7 @@ def run_finetune(args: argparse.Namespace, progress: bool) -> int:
     from clinpeft.recipes import finetune
 
     hf_progress_bars(progress)
-    result = finetune.main(config, args.out, overwrite=args.overwrite, progress=progress)
+    result = finetune.main(config, args.out, overwrite=args.overwrite, progress=progress, restart=args.restart)
     print_lines(finetune.summary(result, args.out))
     return 0
 
@@ -385,13 +387,19 @@ def run_command(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     set_offline()
     args = parse_args(argv)
+    from clinpeft.errors import Interrupted
+
     try:
         return run_command(args)
+    except Interrupted as exc:  # SIGTERM / SIGINT during training, after its checkpoint
+        print(f"error: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except ClinpeftError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; no run directory was left half-written", file=sys.stderr)
+        print("interrupted; no finished run directory was written (an unfinished training run stays in "
+              "OUT.partial/ when it has a checkpoint: rerun to resume)", file=sys.stderr)
         return 130
 
 

@@ -129,6 +129,11 @@ class TrainSection(Section):
     logging_steps: int = Field(10, ge=1)
     report_to: list[str] = []  # opt-in trackers (e.g. ["tensorboard"]); none by default
     dataloader_num_workers: int = Field(0, ge=0)
+    # checkpoints into OUT.partial/ (the HF Trainer's: adapter, optimizer, scheduler, RNG, data position);
+    # rerunning the same command resumes from the last one. Optimizer steps between checkpoints (0: by time only)
+    checkpoint_every: int = Field(0, ge=0)
+    checkpoint_minutes: float = Field(30.0, ge=0)  # wall-clock minutes between checkpoints (0: by steps only)
+    keep_checkpoints: int = Field(2, ge=1)  # the newest N checkpoints are kept, older ones deleted
 
 
 class FinetuneTrainSection(TrainSection):

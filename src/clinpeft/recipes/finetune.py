@@ -29,7 +29,6 @@ Output directory:
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -44,21 +43,25 @@ from clinpeft.modeling.adapters import ClinicalAdapter, check_variant, find_clin
 from clinpeft.modeling.base import count_parameters, device_summary, is_encoder, resolve_base
 from clinpeft.modeling.classifier import Classifier, build_classifier, predict_logits, save_bundle
 from clinpeft.modeling.pooling import check_pooling
-from clinpeft.rundir import atomic_run_dir, write_json
+from clinpeft.rundir import atomic_run_dir, checkpoint_dir, write_json
 from clinpeft.training.classification import make_trainer, split_metrics, write_predictions
+from clinpeft.training.common import loss_curve, resume_point
 
 
 def main(config: FinetuneConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True,
-         callbacks: list | tuple = ()) -> dict:
+         callbacks: list | tuple = (), restart: bool = False) -> dict:
     """Run one fine-tuning job into `out` (created whole, or not at all). Returns metrics.json.
 
-    callbacks: extra transformers TrainerCallbacks (a sweep's pruning reads the per-epoch val AUROC)."""
+    Unfinished, it lives in `OUT.partial/` with a checkpoint per epoch; the same call resumes it
+    (`restart`: discard it). callbacks: extra transformers TrainerCallbacks (a sweep's pruning reads
+    the per-epoch val AUROC)."""
     check_pooling(config.model.base, config.model.pooling)  # before any work: encoders read [CLS]
     task = load_task(config.task.path, config.task.name, config.task.kind, config.task.max_examples)
     clinical = clinical_adapter(config)
-    with atomic_run_dir(out, overwrite) as run_dir:
+    with atomic_run_dir(out, overwrite, resumable=True, config=config.model_dump(mode="json"),
+                        restart=restart) as run_dir:
         save_config(config, run_dir)
-        return run(config, task, clinical, run_dir, progress, callbacks)
+        return run(config, task, clinical, run_dir, progress, callbacks, checkpoints=checkpoint_dir(out))
 
 
 def summary(result: dict, out: str | Path) -> list[str]:
@@ -68,7 +71,7 @@ def summary(result: dict, out: str | Path) -> list[str]:
 
 
 def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None, run_dir: Path,
-        progress: bool = True, callbacks: list | tuple = ()) -> dict:
+        progress: bool = True, callbacks: list | tuple = (), checkpoints: Path | None = None) -> dict:
     from transformers import set_seed
 
     started = time.time()
@@ -85,10 +88,18 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
     trainable, total = count_parameters(clf.model)
 
     # --- fit, selecting the epoch by validation AUROC
-    trainer, keep_best = make_trainer(clf, task, config, run_dir, progress, callbacks)
+    checkpoints = checkpoints or run_dir / "checkpoints"
+    trainer, keep_best, checkpointing = make_trainer(clf, task, config, checkpoints, progress, callbacks)
+    resume = resume_point(checkpoints)  # an interrupted run's last checkpoint: same data order, schedule, RNG
+    resumed_from = int(Path(resume).name.split("-")[-1]) if resume else 0
+    checkpointing.resume = resume
+    keep_best.load(resume)
+    if resume and progress:
+        print(f"resuming from {resume} (optimizer step {resumed_from})")
     fit_started = time.time()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume)
     train_time = time.time() - fit_started
+    checkpointing.raise_if_interrupted(trainer.state, run_dir)
     keep_best.restore(clf.model)
 
     # --- test: AUROC of the kept epoch on val and test ("auroc_ci": 95% bootstrap interval over the notes)
@@ -108,7 +119,6 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
     })
     (run_dir / "labels.txt").write_text("\n".join(task.labels) + "\n")
     write_predictions(run_dir / "predictions.csv", task, "test", test_logits)
-    shutil.rmtree(run_dir / ".trainer", ignore_errors=True)
 
     metrics = {
         "kind": "finetune",
@@ -128,6 +138,11 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
         "best_epoch": keep_best.best_epoch,
         "val_history": keep_best.history,
         "n_train": len(task.splits["train"]),
+        "optimizer_steps": trainer.state.global_step,  # in all, counted once across resumptions
+        "resumed_from_step": resumed_from,  # 0: trained in one go
+        "loss_curve": loss_curve(trainer.state),
+        "checkpoints_written": checkpointing.saves,
+        "checkpoint_time_s": checkpointing.save_seconds,
         "trainable_params": trainable,
         "total_params": total,
         "trainable_percent": 100.0 * trainable / total,

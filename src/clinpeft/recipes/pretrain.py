@@ -40,18 +40,22 @@ from clinpeft.modeling.base import (
     resolve_base,
 )
 from clinpeft.modeling.methods import lora_flavours
-from clinpeft.rundir import atomic_run_dir, write_json
-from clinpeft.training.common import silence_trainer, training_arguments
+from clinpeft.rundir import atomic_run_dir, checkpoint_dir, write_json
+from clinpeft.training.common import Checkpointing, loss_curve, resume_point, silence_trainer, training_arguments
 from clinpeft.training.perplexity import split_perplexity
 
 log = logging.getLogger(__name__)
 
 
-def main(config: PretrainConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True) -> dict:
-    """Run one pretraining job into `out` (created whole, or not at all). Returns run.json."""
-    with atomic_run_dir(out, overwrite) as run_dir:
+def main(config: PretrainConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True,
+         restart: bool = False) -> dict:
+    """Run one pretraining job into `out` (created whole, or not at all). Returns run.json.
+
+    Unfinished, it lives in `OUT.partial/` with its checkpoints; the same call resumes it (`restart`: discard it)."""
+    with atomic_run_dir(out, overwrite, resumable=True, config=config.model_dump(mode="json"),
+                        restart=restart) as run_dir:
         save_config(config, run_dir)
-        return run(config, run_dir, progress)
+        return run(config, run_dir, progress, checkpoints=checkpoint_dir(out))
 
 
 def summary(result: dict, out: str | Path) -> list[str]:
@@ -110,7 +114,9 @@ def save_clinical(model, method: str, run_dir: Path, base_path: Path, fingerprin
     return out_dir
 
 
-def run(config: PretrainConfig, run_dir: Path, progress: bool = True) -> dict:
+def run(config: PretrainConfig, run_dir: Path, progress: bool = True, checkpoints: Path | None = None) -> dict:
+    """checkpoints: the Trainer's checkpoint folder (default run_dir/checkpoints); its newest complete
+    checkpoint is resumed from."""
     from transformers import Trainer, default_data_collator, set_seed
 
     started = time.time()
@@ -153,20 +159,29 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True) -> dict:
     model = add_pretraining_adapter(model, config.peft, tokenizer_path=base_path)
     trainable, total = count_parameters(model)
 
-    # --- fit
-    trainer_dir = run_dir / ".trainer"
+    # --- fit (from the last checkpoint of an interrupted run, if any: same data order, schedule, RNG)
+    checkpoints = checkpoints or run_dir / "checkpoints"
+    checkpointing = Checkpointing(config.train)
     trainer = silence_trainer(Trainer(
         model=model,
-        args=training_arguments(config.train, trainer_dir, progress),
+        args=training_arguments(config.train, checkpoints, progress),
         train_dataset=train_blocks,
         data_collator=default_data_collator,  # rows are fixed-size; no attention_mask on purpose (see packing)
+        callbacks=[checkpointing],
     ), progress)
+    resume = resume_point(checkpoints)
+    resumed_from = int(Path(resume).name.split("-")[-1]) if resume else 0
+    checkpointing.resume = resume
+    if resume and progress:
+        print(f"resuming from {resume} (optimizer step {resumed_from})")
     fit_started = time.time()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume)
     train_time = time.time() - fit_started
-    # block tokens (padding included) per second over all devices: the hardware throughput
+    checkpointing.raise_if_interrupted(trainer.state, run_dir)
+    # block tokens (padding included) per second over all devices, in this process's share of the steps
+    steps_here = trainer.state.global_step - resumed_from
     blocks_seen = min(
-        trainer.state.global_step * config.train.batch_size * config.train.grad_accum * trainer.args.world_size,
+        steps_here * config.train.batch_size * config.train.grad_accum * trainer.args.world_size,
         int(len(train_blocks) * config.train.epochs) if config.train.max_steps <= 0 else float("inf"),
     )
     tokens_seen = blocks_seen * config.data.max_seq_len
@@ -179,7 +194,6 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True) -> dict:
 
     # --- save: adapter in PEFT layout (full: the whole model + tokenizer) + what it was trained on
     save_clinical(model, method, run_dir, base_path, fingerprint)
-    shutil.rmtree(trainer_dir, ignore_errors=True)
     shutil.rmtree(cache_dir, ignore_errors=True)
 
     result = {
@@ -204,8 +218,12 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True) -> dict:
         "packing": packing,
         "packing_fallback": fallback,  # why this method could not pack (None: it packed, or packing was off)
         "packing_efficiency": train_tokens / (len(train_blocks) * config.data.max_seq_len),  # predicted / slots
-        "optimizer_steps": trainer.state.global_step,
-        "train_time_s": train_time,
+        "optimizer_steps": trainer.state.global_step,  # in all, counted once across resumptions
+        "resumed_from_step": resumed_from,  # 0: trained in one go
+        "loss_curve": loss_curve(trainer.state),  # every logged step once (a resumption continues the history)
+        "checkpoints_written": checkpointing.saves,  # by this process
+        "checkpoint_time_s": checkpointing.save_seconds,
+        "train_time_s": train_time,  # this process's share (since the resumption)
         "tokens_per_s": tokens_seen / train_time if train_time > 0 else None,
         "wall_time_s": time.time() - started,
         **data_info,

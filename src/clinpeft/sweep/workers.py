@@ -88,8 +88,11 @@ def run_trial(sweep: Sweep, trial, point: dict, run_dir: Path, progress: bool, *
 
 
 def clean_partial(out: Path, number: int) -> None:
-    """The hidden temporary folder a killed run leaves beside its run directory."""
-    for tmp in (out / "trials").glob(f".trial-{number:04d}.tmp-*"):
+    """What a killed trial leaves: hidden temporary folders, and the resumable `.partial/` runs
+    (a re-queued trial runs again under a new number, so they would never be resumed)."""
+    trials = out / "trials"
+    for tmp in [*trials.glob(f".trial-{number:04d}.tmp-*"), *trials.glob(f"trial-{number:04d}.partial"),
+                *trials.glob(f"trial-{number:04d}/*.partial")]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -134,6 +137,7 @@ def run_and_tell(sweep: Sweep, study, trial, out: Path, run_trial: TrialRunner, 
         with Heartbeat(study, trial, sweep.rdb):
             value, attrs = run_trial(sweep, trial, point, run_dir, progress)
     except optuna.TrialPruned as exc:
+        clean_partial(out, trial.number)  # a finished trial is never resumed: its checkpoints go
         tell(study, trial, state=TrialState.PRUNED)
         print(f"trial {trial.number} pruned: {shown}: {exc}", flush=True)
     except KeyboardInterrupt:
@@ -144,6 +148,7 @@ def run_and_tell(sweep: Sweep, study, trial, out: Path, run_trial: TrialRunner, 
         raise  # reaped by another worker (trial.report in the pruning callback): run_one says so
     except Exception as exc:  # noqa: BLE001 -- any failure (bad combination, OOM) ends this trial only
         error = f"{type(exc).__name__}: {exc}"[:2000]
+        clean_partial(out, trial.number)
         free_accelerator_memory()
         trial.set_user_attr("error", error)
         tell(study, trial, state=TrialState.FAIL)
