@@ -167,3 +167,59 @@ def test_killed_finetuning_resumes_at_the_next_epoch(tiny_llama, synthetic_tasks
         assert a["val_auroc"] == pytest.approx(b["val_auroc"], abs=1e-6)
     assert resumed["best_epoch"] == straight["best_epoch"]
     assert resumed["test"]["auroc"] == pytest.approx(straight["test"]["auroc"], abs=1e-6)
+
+
+def test_killed_experiment_cell_resumes(tiny_llama, synthetic_tasks, tmp_path):
+    """`experiment` SIGKILLed inside a cell: the rerun resumes that cell from its checkpoint, runs the rest."""
+    import yaml
+
+    from clinpeft.config import load_config
+    from clinpeft.recipes import experiment
+    from clinpeft.recipes.experiment import ExperimentConfig
+
+    grid = {"data": {"tasks_dir": str(synthetic_tasks["mor"].parent), "tasks": ["mor", "pmv"]},
+            "finetune": {"overrides": ["task.max_examples=24", "task.max_seq_len=64", "train.batch_size=8",
+                                       "train.grad_accum=1", "train.epochs=2", "train.lr=1e-2", "lora.r=4",
+                                       "eval.bootstrap_resamples=0"]},
+            "models": [{"name": "tiny", "base": str(tiny_llama), "variants": ["lora"]}],
+            "report": {"bootstrap_resamples": 0}}
+    recipe_path = tmp_path / "grid.yaml"
+    recipe_path.write_text(yaml.safe_dump(grid))
+    out = tmp_path / "t3"
+    cell = out / "tiny" / "lora" / "mor"
+    rc = kill_after_first_checkpoint(["experiment", str(recipe_path), "--out", str(out), "--quiet"], cell, 1)
+    assert rc == -signal.SIGKILL and not cell.exists() and partial_dir(cell).is_dir()
+    state = experiment.main(load_config(ExperimentConfig, recipe_path), out, recipe_path, progress=False)
+    assert state["n_failed"] == 0
+    for task in ("mor", "pmv"):
+        assert (out / "tiny" / "lora" / task / "metrics.json").is_file()
+    resumed = json.loads((cell / "metrics.json").read_text())
+    assert resumed["resumed_from_step"] > 0 and resumed["optimizer_steps"] == 2 * resumed["resumed_from_step"]
+    assert not list(out.rglob("*.partial"))
+
+
+def test_killed_sweep_worker_trial_is_rerun_to_the_requested_count(tiny_llama, synthetic_tasks, tmp_path):
+    """A sweep worker SIGKILLed mid-trial: the rerun re-queues the trial (its worker is gone), finishes
+    exactly the requested trials, writes best.yaml and leaves no checkpoint of the dead trial behind."""
+    import pandas as pd
+    import yaml
+
+    from clinpeft.recipes import sweep
+
+    recipe_path = tmp_path / "sweep.yaml"
+    recipe_path.write_text(yaml.safe_dump({
+        "model": {"base": str(tiny_llama), "dtype": "float32"}, "variant": "lora",
+        "lora": {"target_modules": ["q_proj", "v_proj"]},
+        "task": {"path": str(synthetic_tasks["mor"]), "max_seq_len": 64, "max_examples": 24},
+        "train": {"lr": 1e-2, "batch_size": 8, "grad_accum": 1, "epochs": 2}, "eval": {"batch_size": 16},
+        "search": {"lora.lora_dropout": None, "train.lr": {"low": 1e-3, "high": 1e-1, "log": True}}}))
+    out = tmp_path / "sw"
+    trial0 = out / "trials" / "trial-0000"
+    rc = kill_after_first_checkpoint(["sweep", str(recipe_path), "--out", str(out), "--trials", "2",
+                                      "--sampler", "random", "--quiet"], trial0, 1)
+    assert rc == -signal.SIGKILL
+    sweep.main(str(recipe_path), [], out=out, trials=2, sampler="random", progress=False)
+    trials = pd.read_csv(out / "trials.csv")
+    assert (trials["state"] == "COMPLETE").sum() == 2 and list(trials["state"])[0] == "DIED"
+    assert (out / "best.yaml").is_file()
+    assert not list(out.rglob("*.partial"))

@@ -183,6 +183,8 @@ def work(sweep: Sweep, out: Path, run_trial: TrialRunner, *, worker: int = 0, pr
             # Recovery, the count, the ask and the worker's identity under one lock, the identity in
             # one write: recovery never sees a RUNNING trial of a live worker without its identity.
             recover_dead_trials(study, sweep.rdb)
+            for dead in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+                clean_partial(out, dead.number)  # a dead worker's checkpoints: its retry has another number
             if n_counted(study) >= sweep.trials:
                 return
             trial = study.ask()
