@@ -134,6 +134,9 @@ class TrainSection(Section):
     checkpoint_every: int = Field(0, ge=0)
     checkpoint_minutes: float = Field(30.0, ge=0)  # wall-clock minutes between checkpoints (0: by steps only)
     keep_checkpoints: int = Field(2, ge=1)  # the newest N checkpoints are kept, older ones deleted
+    # CPU threads of this process (torch.set_num_threads). None: CLINPEFT_THREADS, else OMP_NUM_THREADS, else
+    # the cores divided among the processes of this machine (`sweep --workers N`, `accelerate launch`)
+    threads: int | None = Field(None, ge=1)
 
 
 class FinetuneTrainSection(TrainSection):

@@ -45,7 +45,7 @@ from clinpeft.modeling.classifier import Classifier, build_classifier, predict_l
 from clinpeft.modeling.pooling import check_pooling
 from clinpeft.rundir import atomic_run_dir, checkpoint_dir, write_json
 from clinpeft.training.classification import make_trainer, split_metrics, write_predictions
-from clinpeft.training.common import loss_curve, resume_point
+from clinpeft.training.common import loss_curve, resume_point, set_threads
 
 
 def main(config: FinetuneConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True,
@@ -76,6 +76,7 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
 
     started = time.time()
     set_seed(config.train.seed)
+    threads = set_threads(config.train.threads)  # this process's share of the CPU cores
 
     # --- setup: the variant's adapters and the head on the base model
     clinical_dir, clinical_method = (str(clinical.path), clinical.method) if clinical else (None, None)
@@ -148,6 +149,7 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
         "trainable_percent": 100.0 * trainable / total,
         "train_time_s": train_time,
         "wall_time_s": time.time() - started,
+        "cpu_threads": threads,
         **device_summary(),
         "clinpeft_version": __version__,
     }

@@ -41,7 +41,14 @@ from clinpeft.modeling.base import (
 )
 from clinpeft.modeling.methods import lora_flavours
 from clinpeft.rundir import atomic_run_dir, checkpoint_dir, write_json
-from clinpeft.training.common import Checkpointing, loss_curve, resume_point, silence_trainer, training_arguments
+from clinpeft.training.common import (
+    Checkpointing,
+    loss_curve,
+    resume_point,
+    set_threads,
+    silence_trainer,
+    training_arguments,
+)
 from clinpeft.training.perplexity import split_perplexity
 
 log = logging.getLogger(__name__)
@@ -121,6 +128,7 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True, checkpoint
 
     started = time.time()
     set_seed(config.train.seed)
+    threads = set_threads(config.train.threads)  # this process's share of the CPU cores
 
     # --- setup: base model, corpus, blocks
     base_path = resolve_base(config.model.base, progress=progress)
@@ -227,6 +235,7 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True, checkpoint
         "tokens_per_s": tokens_seen / train_time if train_time > 0 else None,
         "wall_time_s": time.time() - started,
         **data_info,
+        "cpu_threads": threads,
         **device_summary(),
         "clinpeft_version": __version__,
     }

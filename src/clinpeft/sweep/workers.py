@@ -201,8 +201,10 @@ def work(sweep: Sweep, out: Path, run_trial: TrialRunner, *, worker: int = 0, pr
 # `--workers N`: processes of this same sweep on one study
 
 
-def worker_env(worker: int) -> dict:
-    """One GPU per worker when GPUs exist (CUDA_VISIBLE_DEVICES), round robin."""
+def worker_env(worker: int, workers: int = 1) -> dict:
+    """One GPU per worker when GPUs exist (CUDA_VISIBLE_DEVICES), round robin. On CPU each of the
+    `workers` processes gets its share of the cores (CLINPEFT_THREADS, read by training.common.set_threads),
+    unless the user set CLINPEFT_THREADS or OMP_NUM_THREADS."""
     env = dict(os.environ)
     try:
         import torch
@@ -214,6 +216,10 @@ def worker_env(worker: int) -> dict:
         visible = env.get("CUDA_VISIBLE_DEVICES")
         ids = visible.split(",") if visible else [str(i) for i in range(gpus)]
         env["CUDA_VISIBLE_DEVICES"] = ids[worker % len(ids)]
+    elif not env.get("CLINPEFT_THREADS") and not env.get("OMP_NUM_THREADS"):
+        from clinpeft.training.common import available_cores
+
+        env["CLINPEFT_THREADS"] = str(max(1, available_cores() // max(workers, 1)))
     return env
 
 
@@ -230,7 +236,8 @@ def run_workers(sweep: Sweep, overrides: list[str], out: Path, workers: int, pro
     this process watches the study and shows one progress bar."""
     from tqdm.auto import tqdm
 
-    procs = [subprocess.Popen(worker_command(sweep, overrides, out, i), env=worker_env(i)) for i in range(workers)]
+    procs = [subprocess.Popen(worker_command(sweep, overrides, out, i), env=worker_env(i, workers))
+             for i in range(workers)]
     quiet_optuna()
     study = open_study(sweep, out)
     bar = tqdm(total=sweep.trials, desc="trials", unit="trial", disable=not progress)

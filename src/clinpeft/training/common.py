@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from clinpeft.config import TrainSection
-from clinpeft.errors import Interrupted
+from clinpeft.errors import ClinpeftError, Interrupted
 from clinpeft.rundir import last_checkpoint
 
 
@@ -193,3 +194,39 @@ def loss_curve(state) -> list[dict]:
     """The logged training loss per optimizer step (a resumed run's history continues the checkpoint's)."""
     return [{"step": e["step"], "loss": e["loss"], "learning_rate": e.get("learning_rate")}
             for e in state.log_history if "loss" in e and "step" in e]
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. a scheduler's allocation), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def thread_count(threads: int | None = None) -> tuple[int, str]:
+    """(threads, why): train.threads, else CLINPEFT_THREADS, else the user's OMP_NUM_THREADS, else the cores
+    divided among the processes of this machine (LOCAL_WORLD_SIZE under accelerate/torchrun)."""
+    if threads:
+        return threads, "train.threads"
+    for name in ("CLINPEFT_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            try:
+                if int(value) >= 1:
+                    return int(value), name
+            except ValueError:
+                pass
+            raise ClinpeftError(f"{name}={value!r}: expected a whole number of threads >= 1")
+    processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, available_cores() // processes), f"{available_cores()} cores / {processes} process(es)"
+
+
+def set_threads(threads: int | None = None) -> int:
+    """torch.set_num_threads(thread_count(...)): several CPU processes side by side each use their share
+    instead of all of them each (on 2 cores, two processes with 2 threads each ran a tiny model's steps ~10x slower)."""
+    import torch
+
+    count, _ = thread_count(threads)
+    torch.set_num_threads(count)
+    return count
