@@ -163,6 +163,9 @@ class CorpusSection(Section):
     packing: bool = True  # several notes per block, kept apart by position ids
     max_documents: int | None = None  # cap for quick trials
     num_proc: int = Field(1, ge=1)  # processes for tokenisation
+    # raw files: a row that cannot be parsed (broken quoting, wrong field count, not JSON, NUL or non-UTF-8
+    # bytes) stops the run naming its line (error), or is dropped and counted in run.json's bad_rows (skip)
+    on_bad_rows: Literal["error", "skip"] = "error"
 
 
 class PerplexitySection(Section):
