@@ -11,6 +11,7 @@ functions, after the config is valid, so --help and a config error answer at onc
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -384,6 +385,9 @@ def run_command(args: argparse.Namespace) -> int:
     return args.handler(args, not getattr(args, "quiet", False))
 
 
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 def main(argv: list[str] | None = None) -> int:
     set_offline()
     args = parse_args(argv)
@@ -396,6 +400,13 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + exc.signum
     except ClinpeftError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk, a read-only or forbidden folder: one line, not a traceback
+        if exc.errno not in DISK_ERRORS:
+            raise
+        where = exc.filename or "writing the output"
+        print(f"error: {where}: {os.strerror(exc.errno)}; free space on that disk or choose another --out "
+              "(an unfinished training run stays resumable in OUT.partial/)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; no finished run directory was written (an unfinished training run stays in "

@@ -55,6 +55,23 @@ def _existing_parent(path: Path) -> Path:
     return path
 
 
+def check_free_space(path: str | Path, needed: int, what: str) -> None:
+    """Refuse before the work when the filesystem of `path` has less free space than `needed` bytes
+    (an estimate of what the run will write), instead of failing with ENOSPC after hours of training."""
+    free = shutil.disk_usage(_existing_parent(Path(path))).free
+    if free < needed:
+        raise ClinpeftError(f"{path}: {free / 1e6:,.1f} MB free on its disk, {what} needs about "
+                            f"{needed / 1e6:,.1f} MB; free space or choose an --out on another disk")
+
+
+def expected_run_bytes(trainable: int, total: int, train, full: bool = False) -> int:
+    """What a training run writes, roughly: the saved weights (fp32; the whole model for `full`), plus
+    keep_checkpoints checkpoints of weights + Adam's two moments when checkpointing is on."""
+    saved = 4 * (total if full else trainable)
+    checkpointing = train.checkpoint_every > 0 or train.checkpoint_minutes > 0
+    return saved + (train.keep_checkpoints * (saved + 8 * trainable) if checkpointing else 0)
+
+
 def partial_dir(out: str | Path) -> Path:
     """Where an unfinished training run lives: `OUT.partial/` beside `OUT`."""
     out = Path(out)

@@ -28,7 +28,6 @@ Output directory:
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -36,14 +35,14 @@ import numpy as np
 
 from clinpeft import __version__
 from clinpeft.config import FinetuneConfig, save_config
-from clinpeft.data.tasks import TaskData, load_task
+from clinpeft.data.tasks import TaskData, check_classes, load_task
 from clinpeft.errors import ClinpeftError
 from clinpeft.modeling import methods
 from clinpeft.modeling.adapters import ClinicalAdapter, check_variant, find_clinical_adapter, full_model_variant
-from clinpeft.modeling.base import count_parameters, device_summary, is_encoder, resolve_base
+from clinpeft.modeling.base import check_positions, count_parameters, device_summary, is_encoder, resolve_base
 from clinpeft.modeling.classifier import Classifier, build_classifier, predict_logits, save_bundle
 from clinpeft.modeling.pooling import check_pooling
-from clinpeft.rundir import atomic_run_dir, checkpoint_dir, write_json
+from clinpeft.rundir import atomic_run_dir, check_free_space, checkpoint_dir, expected_run_bytes, write_json
 from clinpeft.training.classification import make_trainer, split_metrics, write_predictions
 from clinpeft.training.common import loss_curve, resume_point, set_threads
 
@@ -57,6 +56,7 @@ def main(config: FinetuneConfig, out: str | Path, *, overwrite: bool = False, pr
     the per-epoch val AUROC)."""
     check_pooling(config.model.base, config.model.pooling)  # before any work: encoders read [CLS]
     task = load_task(config.task.path, config.task.name, config.task.kind, config.task.max_examples)
+    check_classes(task, Path(config.task.path))  # one class in train or val: refused before training
     clinical = clinical_adapter(config)
     with atomic_run_dir(out, overwrite, resumable=True, config=config.model_dump(mode="json"),
                         restart=restart) as run_dir:
@@ -82,11 +82,11 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
     clinical_dir, clinical_method = (str(clinical.path), clinical.method) if clinical else (None, None)
     base_path, variant, clinical, base_name = variant_base(config, clinical, progress)
     encoder = is_encoder(base_path)
-    if encoder:
-        check_encoder_length(base_path, config.task.max_seq_len)
+    check_positions(base_path, config.task.max_seq_len, "task.max_seq_len")
     clf = build_classifier(base_path, task.task_type, task.num_labels, variant, clinical, config.lora,
                            config.model.dtype, config.model.attn_implementation, config.model.pooling)
     trainable, total = count_parameters(clf.model)
+    check_free_space(run_dir, expected_run_bytes(trainable, total, config.train, variant == "full"), "this run")
 
     # --- fit, selecting the epoch by validation AUROC
     checkpoints = checkpoints or run_dir / "checkpoints"
@@ -192,15 +192,6 @@ def variant_base(config: FinetuneConfig, clinical: ClinicalAdapter | None,
         return clinical.path, variant, None, base_name
     base_path = resolve_base(config.model.base, progress=progress)
     return base_path, config.variant, clinical, config.model.name or base_path.name
-
-
-def check_encoder_length(base_path: Path, max_seq_len: int) -> None:
-    """An encoder has learned position embeddings for max_position_embeddings tokens only (BERT: 512,
-    [CLS] and [SEP] included); longer inputs would index past them."""
-    limit = json.loads((base_path / "config.json").read_text()).get("max_position_embeddings")
-    if limit and max_seq_len > limit:
-        raise ClinpeftError(f"task.max_seq_len={max_seq_len}: the encoder {base_path} has {limit} positions; "
-                            f"set task.max_seq_len={limit} or less")
 
 
 def score_split(clf: Classifier, task: TaskData, split: str, config: FinetuneConfig,

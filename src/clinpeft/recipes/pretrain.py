@@ -33,6 +33,7 @@ from clinpeft.data.packing import count_predicted_tokens, tokenize_and_pack
 from clinpeft.modeling.adapters import add_pretraining_adapter, packing_fallback, write_adapter_meta
 from clinpeft.modeling.base import (
     base_fingerprint,
+    check_positions,
     count_parameters,
     device_summary,
     load_causal_lm,
@@ -40,7 +41,7 @@ from clinpeft.modeling.base import (
     resolve_base,
 )
 from clinpeft.modeling.methods import lora_flavours
-from clinpeft.rundir import atomic_run_dir, checkpoint_dir, write_json
+from clinpeft.rundir import atomic_run_dir, check_free_space, checkpoint_dir, expected_run_bytes, write_json
 from clinpeft.training.common import (
     Checkpointing,
     loss_curve,
@@ -132,6 +133,7 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True, checkpoint
 
     # --- setup: base model, corpus, blocks
     base_path = resolve_base(config.model.base, progress=progress)
+    check_positions(base_path, config.data.max_seq_len, "data.max_seq_len")
     tokenizer = load_tokenizer(base_path)
     tokenizer.model_max_length = 2**62  # notes are cut into blocks by packing, not by the tokenizer
     cache_dir = run_dir / ".cache"  # Arrow files of the notes: inside the run, deleted at the end
@@ -166,6 +168,7 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True, checkpoint
     # --- the clinical adapter: the only trainable weights (full: every weight)
     model = add_pretraining_adapter(model, config.peft, tokenizer_path=base_path)
     trainable, total = count_parameters(model)
+    check_free_space(run_dir, expected_run_bytes(trainable, total, config.train, method == "full"), "this run")
 
     # --- fit (from the last checkpoint of an interrupted run, if any: same data order, schedule, RNG)
     checkpoints = checkpoints or run_dir / "checkpoints"
