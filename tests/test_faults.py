@@ -223,7 +223,8 @@ def test_other_commands(capsys, tmp_path, recipe):
     empty = tmp_path / "empty"
     empty.mkdir()
     cases = [
-        (["evaluate", str(missing), "--data", str(tmp_path / "x.csv"), "--out", str(tmp_path / "e")], "x.csv not found"),
+        (["evaluate", str(missing), "--data", str(tmp_path / "x.csv"), "--out", str(tmp_path / "e")],
+         "x.csv not found"),
         (["report", str(empty), "--out", str(tmp_path / "rep")], "holds no run.json"),
         (["experiment", recipe, "no_such_key=1", "--out", str(tmp_path / "x")], "no_such_key"),
         (["sweep", recipe, "--out", str(tmp_path / "s")], "cannot tell a pretrain from a finetune recipe"),

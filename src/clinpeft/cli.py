@@ -359,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"clinpeft {__version__}")
+    parser.add_argument("--shared", action="store_true",
+                        help="outputs readable by your group and others (umask 022); default: by you only "
+                        "(umask 077: folders 0700, files 0600), or CLINPEFT_UMASK=027 (any place on the line)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_command in COMMANDS:
         add_command(sub)
@@ -388,11 +391,33 @@ def run_command(args: argparse.Namespace) -> int:
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
+def output_umask(shared: bool) -> int:
+    """Clinical outputs are private by default (adapters can memorise text, predictions carry admission ids):
+    umask 077 (folders 0700, files 0600); `--shared`: 022; CLINPEFT_UMASK (octal, e.g. 027) overrides both."""
+    value = os.environ.get("CLINPEFT_UMASK", "").strip()
+    if value:
+        try:
+            mask = int(value, 8)
+        except ValueError:
+            mask = -1
+        if not 0 <= mask <= 0o777:
+            raise ClinpeftError(f"CLINPEFT_UMASK={value!r}: expected an octal umask such as 077 or 027")
+        return mask
+    return 0o022 if shared else 0o077
+
+
 def main(argv: list[str] | None = None) -> int:
     set_offline()
-    args = parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    shared = "--shared" in argv  # accepted anywhere on the line, not only before the command
+    args = parse_args([a for a in argv if a != "--shared"])
     from clinpeft.errors import Interrupted
 
+    try:
+        previous = os.umask(output_umask(shared))  # inherited by sweep workers and everything written
+    except ClinpeftError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         return run_command(args)
     except Interrupted as exc:  # SIGTERM / SIGINT during training, after its checkpoint
@@ -412,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; no finished run directory was written (an unfinished training run stays in "
               "OUT.partial/ when it has a checkpoint: rerun to resume)", file=sys.stderr)
         return 130
+    finally:
+        os.umask(previous)
 
 
 if __name__ == "__main__":

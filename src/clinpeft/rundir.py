@@ -188,6 +188,9 @@ def atomic_run_dir(out: str | Path, overwrite: bool = False, *, resumable: bool 
     if not main:
         shutil.rmtree(tmp, ignore_errors=True)
         return
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp made it 0700; the folder follows the umask like every file in it
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
