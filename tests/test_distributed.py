@@ -85,7 +85,7 @@ ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--nu
 
 
 def launch(args: list[str], processes: int = 2) -> subprocess.CompletedProcess:
-    command = [*ACCELERATE[:4], str(processes), *ACCELERATE[5:], "-m", "clinpeft", *args] if processes > 1 \
+    command = [*ACCELERATE[:5], str(processes), *ACCELERATE[6:], "-m", "clinpeft", *args] if processes > 1 \
         else [sys.executable, "-m", "clinpeft", *args]
     done = subprocess.run(command, env=env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
