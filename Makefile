@@ -12,7 +12,7 @@ $(BIN)/clinpeft: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first, CPU build: a bare `torch` requirement would pull a multi-GB CUDA build
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,postgres]'  # postgres: the RDB sweep tests (a throwaway server)
 	touch $(BIN)/clinpeft
 
 install: $(BIN)/clinpeft

@@ -146,3 +146,37 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if {"demo_base", "demo_home"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory):
+    """A PostgreSQL database URL: CLINPEFT_TEST_POSTGRES_URL if set, else a throwaway server started by
+    scripts/start_postgres.sh (Debian's postgresql package; CI installs it). Skips, saying why, only when
+    no server can be started here."""
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    if os.environ.get("CLINPEFT_TEST_POSTGRES_URL"):
+        yield os.environ["CLINPEFT_TEST_POSTGRES_URL"]
+        return
+    try:
+        import psycopg  # noqa: F401  -- the driver SQLAlchemy uses for postgresql:// (pip install '.[postgres]')
+    except ImportError:
+        pytest.skip("PostgreSQL tests skipped: psycopg is not installed (pip install -e '.[postgres]')")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "start_postgres.sh"
+    folder = tempfile.mkdtemp(prefix="clinpeft-pg-")  # under /tmp: the postgres user must reach it
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = subprocess.run(["bash", str(script), folder, str(port)], capture_output=True, text=True)
+    if started.returncode != 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        reason = (started.stderr.strip().splitlines() or ["unknown"])[-1]
+        pytest.skip(f"PostgreSQL tests skipped: the server could not be started ({reason})")
+    try:
+        yield started.stdout.strip()
+    finally:
+        subprocess.run(["bash", str(script), "--stop", folder], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)

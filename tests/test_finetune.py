@@ -58,7 +58,7 @@ def test_variant_trains_exactly_its_adapters(variant, tiny_llama, clinical_run, 
     task = load_task(config.task.path)
     clf = classifier_for(variant, tiny_llama, clinical_run)
     before = {n: p.detach().clone() for n, p in clf.model.named_parameters()}
-    trainer, _ = make_trainer(clf, task, config, tmp_path, progress=False)
+    trainer, _, _ = make_trainer(clf, task, config, tmp_path, progress=False)
     trainer.train()
     changed = {owner(n) for n, p in clf.model.named_parameters() if not torch.equal(before[n], p)}
     assert changed == EXPECTED_TRAINABLE[variant]

@@ -81,7 +81,7 @@ def test_variant_trains_exactly_the_head_and_the_trainable_clinical_adapter(meth
     clf = classifier_for(variant, tiny_llama, clinical_runs[method])
     assert clf.tokenizer.padding_side == ("right" if method == "adaption_prompt" else "left")
     before = {n: p.detach().clone() for n, p in clf.model.named_parameters()}
-    trainer, _ = make_trainer(clf, task, config, tmp_path, progress=False)
+    trainer, _, _ = make_trainer(clf, task, config, tmp_path, progress=False)
     trainer.train()
     expected = {"head", CLINICAL} if variant == "clinical_trainable" else {"head"}
     for name, param in clf.model.named_parameters():

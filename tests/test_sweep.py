@@ -254,11 +254,10 @@ def test_rdb_storage_fails_stale_trials_by_heartbeat(recipe, tmp_path, monkeypat
     assert json.loads((out / "sweep.json").read_text())["storage"] == url
 
 
-@pytest.mark.skipif(not os.environ.get("CLINPEFT_TEST_POSTGRES_URL"),
-                    reason="set CLINPEFT_TEST_POSTGRES_URL=postgresql://user:pw@host/db to test a PostgreSQL study")
-def test_postgres_storage(recipe, tmp_path, monkeypatch):
+def test_postgres_storage(recipe, tmp_path, monkeypatch, postgres_url):
+    """A PostgreSQL study (CLINPEFT_TEST_POSTGRES_URL, or a throwaway server: conftest.postgres_url)."""
     monkeypatch.setattr(sweep, "run_trial", fake_objective())
-    url = os.environ["CLINPEFT_TEST_POSTGRES_URL"]
+    url = postgres_url
     name = f"clinpeft-test-{os.getpid()}"
     sweep.main(recipe, [], out=tmp_path / "a", trials=2, storage=url, study_name=name, overwrite=True,
                progress=False)

@@ -11,6 +11,7 @@ functions, after the config is valid, so --help and a config error answer at onc
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -89,6 +90,8 @@ def add_workflow_args(parser: argparse.ArgumentParser, recipe_help: str) -> None
     add_recipe_args(parser, recipe_help,
                     "config overrides, e.g. train.lr=1e-4 peft.r=8 (YAML values: lists as [a,b])")
     add_out_args(parser)
+    parser.add_argument("--restart", action="store_true",
+                        help="discard an unfinished OUT.partial/ run instead of resuming it")
 
 
 def add_out_args(parser: argparse.ArgumentParser) -> None:
@@ -147,7 +150,7 @@ def run_pretrain(args: argparse.Namespace, progress: bool) -> int:
     from clinpeft.recipes import pretrain
 
     hf_progress_bars(progress)
-    result = pretrain.main(config, args.out, overwrite=args.overwrite, progress=progress)
+    result = pretrain.main(config, args.out, overwrite=args.overwrite, progress=progress, restart=args.restart)
     print_lines(pretrain.summary(result, args.out))
     return 0
 
@@ -193,7 +196,7 @@ def run_finetune(args: argparse.Namespace, progress: bool) -> int:
     from clinpeft.recipes import finetune
 
     hf_progress_bars(progress)
-    result = finetune.main(config, args.out, overwrite=args.overwrite, progress=progress)
+    result = finetune.main(config, args.out, overwrite=args.overwrite, progress=progress, restart=args.restart)
     print_lines(finetune.summary(result, args.out))
     return 0
 
@@ -445,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"clinpeft {__version__}")
+    parser.add_argument("--shared", action="store_true",
+                        help="outputs readable by your group and others (umask 022); default: by you only "
+                        "(umask 077: folders 0700, files 0600), or CLINPEFT_UMASK=027 (any place on the line)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_command in COMMANDS:
         add_command(sub)
@@ -471,17 +477,57 @@ def run_command(args: argparse.Namespace) -> int:
     return args.handler(args, not getattr(args, "quiet", False))
 
 
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def output_umask(shared: bool) -> int:
+    """Clinical outputs are private by default (adapters can memorise text, predictions carry admission ids):
+    umask 077 (folders 0700, files 0600); `--shared`: 022; CLINPEFT_UMASK (octal, e.g. 027) overrides both."""
+    value = os.environ.get("CLINPEFT_UMASK", "").strip()
+    if value:
+        try:
+            mask = int(value, 8)
+        except ValueError:
+            mask = -1
+        if not 0 <= mask <= 0o777:
+            raise ClinpeftError(f"CLINPEFT_UMASK={value!r}: expected an octal umask such as 077 or 027")
+        return mask
+    return 0o022 if shared else 0o077
+
+
 def main(argv: list[str] | None = None) -> int:
     set_offline()
-    args = parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    shared = "--shared" in argv  # accepted anywhere on the line, not only before the command
+    args = parse_args([a for a in argv if a != "--shared"])
+    from clinpeft.errors import Interrupted
+
     try:
-        return run_command(args)
+        previous = os.umask(output_umask(shared))  # inherited by sweep workers and everything written
     except ClinpeftError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        return run_command(args)
+    except Interrupted as exc:  # SIGTERM / SIGINT during training, after its checkpoint
+        print(f"error: {exc}", file=sys.stderr)
+        return 128 + exc.signum
+    except ClinpeftError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk, a read-only or forbidden folder: one line, not a traceback
+        if exc.errno not in DISK_ERRORS:
+            raise
+        where = exc.filename or "writing the output"
+        print(f"error: {where}: {os.strerror(exc.errno)}; free space on that disk or choose another --out "
+              "(an unfinished training run stays resumable in OUT.partial/)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("interrupted; no run directory was left half-written", file=sys.stderr)
+        print("interrupted; no finished run directory was written (an unfinished training run stays in "
+              "OUT.partial/ when it has a checkpoint: rerun to resume)", file=sys.stderr)
         return 130
+    finally:
+        os.umask(previous)
 
 
 if __name__ == "__main__":

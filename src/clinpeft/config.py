@@ -133,6 +133,14 @@ class TrainSection(Section):
     logging_steps: int = Field(10, ge=1)
     report_to: list[str] = []  # opt-in trackers (e.g. ["tensorboard"]); none by default
     dataloader_num_workers: int = Field(0, ge=0)
+    # checkpoints into OUT.partial/ (the HF Trainer's: adapter, optimizer, scheduler, RNG, data position);
+    # rerunning the same command resumes from the last one. Optimizer steps between checkpoints (0: by time only)
+    checkpoint_every: int = Field(0, ge=0)
+    checkpoint_minutes: float = Field(30.0, ge=0)  # wall-clock minutes between checkpoints (0: by steps only)
+    keep_checkpoints: int = Field(2, ge=1)  # the newest N checkpoints are kept, older ones deleted
+    # CPU threads of this process (torch.set_num_threads). None: CLINPEFT_THREADS, else OMP_NUM_THREADS, else
+    # the cores divided among the processes of this machine (`sweep --workers N`, `accelerate launch`)
+    threads: int | None = Field(None, ge=1)
 
 
 class FinetuneTrainSection(TrainSection):
@@ -159,6 +167,9 @@ class CorpusSection(Section):
     packing: bool = True  # several notes per block, kept apart by position ids
     max_documents: int | None = None  # cap for quick trials
     num_proc: int = Field(1, ge=1)  # processes for tokenisation
+    # raw files: a row that cannot be parsed (broken quoting, wrong field count, not JSON, NUL or non-UTF-8
+    # bytes) stops the run naming its line (error), or is dropped and counted in run.json's bad_rows (skip)
+    on_bad_rows: Literal["error", "skip"] = "error"
 
 
 class PerplexitySection(Section):

@@ -1,16 +1,25 @@
 """Run directories: written whole or not at all, each complete on its own.
 
-A workflow writes into a hidden temporary sibling of `--out` and renames it into place only
-when everything succeeded, so a crash, a bad input or Ctrl-C never leaves a half-written run
-that `report` would later read as finished.
+A workflow writes into a sibling of `--out` and renames it into place only when everything
+succeeded, so a crash, a bad input or Ctrl-C never leaves a half-written run that `report` would
+later read as finished.
+
+Two kinds:
+- short jobs (prepare, evaluate): a hidden temporary sibling, deleted on any failure;
+- training (pretrain, finetune; `resumable=True`): a visible `OUT.partial/` holding the resolved
+  config, the Trainer's checkpoints (`OUT.partial/checkpoints/checkpoint-N/`) and the Arrow caches.
+  A failure that leaves a checkpoint keeps it (the same command resumes from it); one that leaves
+  none removes it. A lock file (`OUT.partial/.lock`, an flock) keeps two processes off one `--out`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,13 +27,131 @@ from typing import Iterator
 
 from clinpeft.errors import ClinpeftError
 
+PARTIAL_SUFFIX = ".partial"
+CHECKPOINTS = "checkpoints"  # inside OUT.partial/: the HF Trainer's checkpoint-N folders
+LOCK_FILE = ".lock"
+# keys that may change between an interrupted run and its resumption (they do not change the result)
+RESUME_FREE_KEYS = {"train.checkpoint_every", "train.checkpoint_minutes", "train.keep_checkpoints", "train.threads",
+                    "train.report_to", "train.logging_steps", "train.dataloader_num_workers", "data.num_proc"}
+
 
 def check_out_dir(out: str | Path, overwrite: bool = False) -> Path:
-    """Refuse an existing non-empty `--out` unless `overwrite`: results are never silently replaced."""
+    """Refuse an existing non-empty `--out` unless `overwrite`: results are never silently replaced.
+    A `--out` that is a file is refused even with --overwrite (a run is a directory)."""
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+    if out.exists() and not out.is_dir():
+        raise ClinpeftError(f"--out {out} is an existing file, not a directory; choose another --out")
+    if out.exists() and any(out.iterdir()) and not overwrite:
         raise ClinpeftError(f"--out {out} already exists; choose a new directory or pass --overwrite")
+    if not os.access(out if out.exists() else _existing_parent(out), os.W_OK):
+        raise ClinpeftError(f"--out {out}: {_existing_parent(out)} is not writable; choose another --out")
     return out
+
+
+def _existing_parent(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def check_free_space(path: str | Path, needed: int, what: str) -> None:
+    """Refuse before the work when the filesystem of `path` has less free space than `needed` bytes
+    (an estimate of what the run will write), instead of failing with ENOSPC after hours of training."""
+    free = shutil.disk_usage(_existing_parent(Path(path))).free
+    if free < needed:
+        raise ClinpeftError(f"{path}: {free / 1e6:,.1f} MB free on its disk, {what} needs about "
+                            f"{needed / 1e6:,.1f} MB; free space or choose an --out on another disk")
+
+
+def expected_run_bytes(trainable: int, total: int, train, full: bool = False) -> int:
+    """What a training run writes, roughly: the saved weights (fp32; the whole model for `full`), plus
+    keep_checkpoints checkpoints of weights + Adam's two moments when checkpointing is on."""
+    saved = 4 * (total if full else trainable)
+    checkpointing = train.checkpoint_every > 0 or train.checkpoint_minutes > 0
+    return saved + (train.keep_checkpoints * (saved + 8 * trainable) if checkpointing else 0)
+
+
+def partial_dir(out: str | Path) -> Path:
+    """Where an unfinished training run lives: `OUT.partial/` beside `OUT`."""
+    out = Path(out)
+    return out.parent / f"{out.name}{PARTIAL_SUFFIX}"
+
+
+def checkpoint_dir(out: str | Path) -> Path:
+    """The Trainer's output_dir for checkpoints of the run going to `out` (shared by every DDP process)."""
+    return partial_dir(out) / CHECKPOINTS
+
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def complete_checkpoints(folder: str | Path) -> list[Path]:
+    """The checkpoint-N folders whose trainer_state.json (the Trainer writes it last) parses, oldest first.
+    A folder a kill interrupted mid-write has none, or half of one, and is left out."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        match = _CHECKPOINT.match(path.name)
+        if not match or not path.is_dir():
+            continue
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def last_checkpoint(folder: str | Path) -> Path | None:
+    """The newest complete checkpoint in `folder` (None: none); newer incomplete ones are removed."""
+    complete = complete_checkpoints(folder)
+    last = complete[-1] if complete else None
+    newest_step = int(_CHECKPOINT.match(last.name).group(1)) if last else -1
+    for path in Path(folder).glob("checkpoint-*") if Path(folder).is_dir() else []:
+        match = _CHECKPOINT.match(path.name)
+        if match and int(match.group(1)) > newest_step and is_main_process():
+            shutil.rmtree(path, ignore_errors=True)
+    return last
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"train": {"lr": 1}} -> {"train.lr": 1}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+    """Keys (dotted) whose values differ between two resolved configs, ignoring RESUME_FREE_KEYS."""
+    old, new = flatten(old), flatten(new)
+    return sorted(k for k in set(old) | set(new) if k not in RESUME_FREE_KEYS and old.get(k) != new.get(k))
+
+
+def _lock(partial: Path):
+    """An exclusive, non-blocking flock on OUT.partial/.lock; refuses when another process holds it.
+    The OS releases it when the process dies (SIGKILL included), so a stale lock never blocks a rerun."""
+    handle = open(partial / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        out = partial.parent / partial.name[:-len(PARTIAL_SUFFIX)]
+        raise ClinpeftError(f"--out {out} is being written by another process (pid {holder}, lock "
+                            f"{partial / LOCK_FILE}); wait for it or choose another --out") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 def is_main_process() -> bool:
@@ -33,12 +160,22 @@ def is_main_process() -> bool:
 
 
 @contextlib.contextmanager
-def atomic_run_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory that becomes `out` when the block finishes without error.
+def atomic_run_dir(out: str | Path, overwrite: bool = False, *, resumable: bool = False, config: dict | None = None,
+                   restart: bool = False) -> Iterator[Path]:
+    """Yield a directory that becomes `out` when the block finishes without error.
 
     Under `accelerate launch` every process runs the whole recipe (collectives need them all),
     but only the main process's directory is renamed into place; the others are discarded.
+
+    resumable: the directory is `OUT.partial/` (see the module docstring). `config` (the resolved
+    config as a dict) is written there as config.yaml; a partial run with another config is refused,
+    naming the differing keys, unless `restart` (which discards it). On the other DDP processes a
+    private temporary directory is yielded (their checkpoints go to checkpoint_dir(out), shared).
     """
+    if resumable and is_main_process():
+        with _resumable_run_dir(Path(out), overwrite, config, restart) as partial:
+            yield partial
+        return
     main = is_main_process()
     out = check_out_dir(out, overwrite) if main else Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -51,9 +188,56 @@ def atomic_run_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     if not main:
         shutil.rmtree(tmp, ignore_errors=True)
         return
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp made it 0700; the folder follows the umask like every file in it
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
+
+
+@contextlib.contextmanager
+def _resumable_run_dir(out: Path, overwrite: bool, config: dict | None, restart: bool) -> Iterator[Path]:
+    import yaml
+
+    check_out_dir(out, overwrite)
+    partial = partial_dir(out)
+    if partial.exists() and not partial.is_dir():
+        raise ClinpeftError(f"{partial} is a file; remove it or choose another --out")
+    fresh = not partial.exists()
+    partial.mkdir(parents=True, exist_ok=True)
+    lock = _lock(partial)
+    try:
+        saved = partial / "config.yaml"
+        if not fresh and restart:
+            for child in partial.iterdir():
+                if child.name != LOCK_FILE:
+                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        elif not fresh and saved.exists() and config is not None:
+            try:
+                old = yaml.safe_load(saved.read_text()) or {}
+            except (OSError, yaml.YAMLError):
+                old = None
+            differing = config_differences(old, config) if isinstance(old, dict) else ["config.yaml (unreadable)"]
+            if differing and complete_checkpoints(partial / CHECKPOINTS):
+                raise ClinpeftError(
+                    f"{partial} holds an unfinished run with another config ({', '.join(differing)} differ); "
+                    f"rerun with the same settings to resume it, or pass --restart to discard it")
+        if config is not None:
+            atomic_write(saved, lambda tmp: tmp.write_text(yaml.safe_dump(config, sort_keys=False)))
+        try:
+            yield partial
+        except BaseException:
+            if not complete_checkpoints(partial / CHECKPOINTS):  # nothing to resume from: leave nothing behind
+                shutil.rmtree(partial, ignore_errors=True)
+            raise
+        shutil.rmtree(partial / CHECKPOINTS, ignore_errors=True)
+        (partial / LOCK_FILE).unlink(missing_ok=True)
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        os.replace(partial, out)
+    finally:
+        lock.close()
 
 
 def _json_default(value):

@@ -9,12 +9,9 @@ the run says so.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 from pathlib import Path
-
-import pandas as pd
 
 from clinpeft.config import CorpusSection
 from clinpeft.errors import ClinpeftError
@@ -61,18 +58,14 @@ def _is_corpus_file(path: Path) -> bool:
 
 
 def column_names(path: Path, fmt: str) -> list[str]:
-    """The columns of a corpus file, read from its first line only (.txt: just "text")."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    if fmt == "csv":
-        return list(pd.read_csv(path, nrows=0).columns)
-    if fmt == "json":
-        with opener(path, "rt") as handle:
-            first = handle.readline()
-        try:
-            return list(json.loads(first)) if first.strip() else []
-        except json.JSONDecodeError:
-            raise ClinpeftError(f"{path} line 1: not a JSON object; JSONL needs one note object per line") from None
-    return ["text"]
+    """The columns of a corpus file, read from its first line only (.txt: just "text"); a file that is
+    empty, not gzip although .gz, or a zip/Excel file is refused here (clinpeft.data.rows)."""
+    from clinpeft.data.rows import header, open_binary
+
+    if fmt == "txt":
+        open_binary(path).close()
+        return ["text"]
+    return header(path, fmt)
 
 
 def check_columns(files: list[Path], text_column: str) -> dict[Path, list[str]]:
@@ -171,7 +164,9 @@ def load_corpus(section: CorpusSection, cache_dir: Path):
 
 def _load_raw(section: CorpusSection, cache_dir: Path):
     """Raw files -> (train with `_key`, test, info): drop empty notes, split by patient here."""
-    from datasets import concatenate_datasets, load_dataset
+    from datasets import concatenate_datasets
+
+    from clinpeft.data.rows import BadRows
 
     files = corpus_files(section.paths)
     headers = check_columns(files, section.text_column)
@@ -180,23 +175,8 @@ def _load_raw(section: CorpusSection, cache_dir: Path):
         section.patient_column in cols for cols in tables.values()
     )
 
-    parts = []
-    for path in files:
-        fmt = file_format(path)
-        if fmt == "txt":
-            ds = load_dataset("text", data_files=str(path), sample_by="document", cache_dir=str(cache_dir))["train"]
-            ds = ds.map(lambda _, i: {"_key": f"{path.name}:{i}"}, with_indices=True)
-        else:
-            ds = load_dataset(fmt, data_files=str(path), cache_dir=str(cache_dir))["train"]
-            if section.text_column != "text":
-                if "text" in ds.column_names:
-                    ds = ds.remove_columns("text")
-                ds = ds.rename_column(section.text_column, "text")
-            if by_patient:
-                ds = ds.map(lambda b: {"_key": [str(v) for v in b[section.patient_column]]}, batched=True)
-            else:
-                ds = ds.map(lambda _, i: {"_key": f"{path.name}:{i}"}, with_indices=True)
-        parts.append(ds.select_columns(["text", "_key"]))
+    bad = BadRows()
+    parts = [read_raw_file(path, i, section, by_patient, cache_dir, bad) for i, path in enumerate(files)]
     corpus = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
     n_read = len(corpus)
@@ -221,8 +201,40 @@ def _load_raw(section: CorpusSection, cache_dir: Path):
         "notes_read": n_read,
         "notes_dropped_empty": n_empty,
         "split_by": section.patient_column if by_patient else "note",
+        "on_bad_rows": section.on_bad_rows,
+        "bad_rows": bad.summary(),  # rows skipped (data.on_bad_rows=skip): count, first line numbers per file
     }
     return train, test, info
+
+
+def read_raw_file(path: Path, index: int, section: CorpusSection, by_patient: bool, cache_dir: Path, bad):
+    """One raw file -> a memory-mapped Dataset (text, _key) written into the run's cache as Arrow, row by
+    row through clinpeft.data.rows (damaged files refused in one line; bad rows per data.on_bad_rows).
+    _key: the patient id, or "<file name>:<row>" (rows from 0) as `prepare notes` numbers notes."""
+    import pyarrow as pa
+    from datasets import Dataset
+
+    from clinpeft.data.rows import read_text_file, records
+
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    target = Path(cache_dir) / f"raw-{index:04d}.arrow"
+    schema = pa.schema([("text", pa.large_string()), ("_key", pa.large_string())])
+    fmt = file_format(path)
+    with pa.OSFile(str(target), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        if fmt == "txt":
+            writer.write_batch(pa.record_batch([[read_text_file(path)], [f"{path.name}:0"]], schema=schema))
+        else:
+            texts, keys = [], []
+            for row, (_, record) in enumerate(records(path, fmt, section.on_bad_rows, bad)):
+                text = record.get(section.text_column)
+                texts.append(text if isinstance(text, str) else None)
+                keys.append(str(record.get(section.patient_column)) if by_patient else f"{path.name}:{row}")
+                if len(texts) >= 10_000:
+                    writer.write_batch(pa.record_batch([texts, keys], schema=schema))
+                    texts, keys = [], []
+            if texts:
+                writer.write_batch(pa.record_batch([texts, keys], schema=schema))
+    return Dataset.from_file(str(target))
 
 
 def _load_prepared(section: CorpusSection, cache_dir: Path):

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from clinpeft.data.definitions import SPLITS
-from clinpeft.errors import ClinpeftError
+from clinpeft.errors import ClinpeftError, shown
 
 COLUMNS = ("id", "text", "label")
 
@@ -126,25 +126,25 @@ def validate_split(frame: pd.DataFrame, path: Path, kind: str, vocabulary: set[s
         if kind == "single_label":
             if cell.strip() not in vocabulary:
                 raise ClinpeftError(
-                    f"{path} row {row}: label {cell!r} is not in labels.txt; add it there or fix the row"
+                    f"{path} row {row}: label {shown(cell)} is not in labels.txt; add it there or fix the row"
                 )
             continue
         codes = cell.split(",") if cell.strip() else []
         if any(not code.strip() for code in codes):
             raise ClinpeftError(
-                f"{path} row {row}: malformed multilabel {cell!r} (empty code between commas); "
+                f"{path} row {row}: malformed multilabel {shown(cell)} (empty code between commas); "
                 "write codes comma-joined like 401,428,V458"
             )
         unknown = [code.strip() for code in codes if code.strip() not in vocabulary]
         if unknown:
             raise ClinpeftError(
-                f"{path} row {row}: label {unknown[0]!r} is not in labels.txt; add it there or fix the row"
+                f"{path} row {row}: label {shown(unknown[0])} is not in labels.txt; add it there or fix the row"
             )
     duplicated = frame["id"].duplicated()
     if duplicated.any():
         i = int(duplicated.to_numpy().argmax())
         first = int((frame["id"] == frame["id"].iloc[i]).to_numpy().argmax())
-        raise ClinpeftError(f"{path} row {i + 2}: id {frame['id'].iloc[i]!r} appears more than once "
+        raise ClinpeftError(f"{path} row {i + 2}: id {shown(frame['id'].iloc[i])} appears more than once "
                             f"(first at row {first + 2}); ids must be unique")
 
 
@@ -155,7 +155,7 @@ def check_no_leakage(frames: dict[str, pd.DataFrame], task_dir: Path) -> None:
         for note_id in frame["id"]:
             if note_id in seen and seen[note_id] != split:
                 raise ClinpeftError(
-                    f"{task_dir}: id {note_id!r} is in both {seen[note_id]}.csv and {split}.csv; "
+                    f"{task_dir}: id {shown(note_id)} is in both {seen[note_id]}.csv and {split}.csv; "
                     "split by patient so no note appears twice"
                 )
             seen[note_id] = split
@@ -231,3 +231,19 @@ def data_provenance(path: str | Path, frames: dict[str, pd.DataFrame] | None = N
             out["patients"] = patients
         out["cohort"] = {k: v for k, v in record.items() if k not in ("splits",)}
     return out
+
+
+def check_classes(task: "TaskData", task_dir: Path) -> None:
+    """For training (finetune calls it; prepare and evaluate may hold one-class splits), before any work:
+    a train split with one class teaches nothing, and a val split with one class
+    has no AUROC, so no epoch could be chosen (it used to fail only after the first epoch)."""
+    if task.kind != "single_label":
+        return  # multilabel: labels with one class in a split are skipped by the metric, and counted
+    frames = task.splits
+    for split, why in (("train", "a classifier trained on one class learns nothing"),
+                       ("val", "the val AUROC that chooses the best epoch needs at least two classes")):
+        classes = frames[split]["label"].str.strip().unique()
+        if len(classes) < 2:
+            raise ClinpeftError(f"{task_dir / f'{split}.csv'}: all {len(frames[split])} rows have label "
+                                f"{shown(classes[0])}; {why}: resplit so every class is in {split}.csv"
+                                + (" (or raise task.max_examples)" if split == "val" else ""))

@@ -265,3 +265,21 @@ def device_summary() -> dict:
     if torch.cuda.is_available():
         return {"device": torch.cuda.get_device_name(0), "n_gpus": torch.cuda.device_count()}
     return {"device": "cpu", "n_gpus": 0}
+
+
+def check_positions(base_path: Path, max_seq_len: int, key: str) -> None:
+    """Refuse a sequence length beyond the model's max_position_embeddings, before any work. An encoder has
+    learned position embeddings for that many tokens only (BERT: 512, [CLS] and [SEP] included); a decoder
+    (LLaMA: rotary positions) was never trained past it, so longer blocks would silently train and score
+    on positions it has not seen."""
+    import json
+
+    config_file = Path(base_path) / "config.json"
+    try:
+        limit = json.loads(config_file.read_text()).get("max_position_embeddings")
+    except (OSError, ValueError):
+        return  # resolve_base / loading reports an unreadable config
+    if isinstance(limit, int) and max_seq_len > limit:
+        what = "encoder" if is_encoder(base_path) else "model"
+        raise ClinpeftError(f"{key}={max_seq_len}: the {what} {base_path} has {limit} positions "
+                            f"(max_position_embeddings); set {key}={limit} or less")

@@ -22,7 +22,6 @@ Output directory (written whole, or not at all):
 
 from __future__ import annotations
 
-import gzip
 import math
 import os
 from collections import Counter
@@ -85,6 +84,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--test-fraction", type=float, default=0.1, help="share of patients held out for test (default 0.1)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the split (default 0, pretrain's data.split_seed default)")
+    p.add_argument("--on-bad-rows", default="error", choices=["error", "skip"],
+                   help="a row that cannot be parsed (broken quoting, wrong field count, not JSON, NUL or non-UTF-8 "
+                   "bytes): stop naming its line (error, default) or drop it and count it in manifest.json (skip)")
     p.add_argument("--chunk-rows", type=int, default=CHUNK_ROWS,
                    help=f"notes read at once (default {CHUNK_ROWS:,}); bounds memory")
     add_out_args(p, "corpus directory to create", quiet_help="no progress bar", out_type=Path)
@@ -93,13 +95,17 @@ def add_parser(subparsers) -> None:
 
 def run(args, progress: bool = True) -> dict:
     """The CLI entry point: arguments -> prepare_notes -> one summary line (counts only, no text)."""
+    from clinpeft.data.rows import check_on_bad
+
+    check_on_bad(args.on_bad_rows, "--on-bad-rows")
     sources = [Source(args.discharge, "discharge")] if args.discharge else []
     sources += [Source(args.radiology, "radiology")] if args.radiology else []
     sources += [Source(path, "input", text_column=args.text_column, subject_column=args.subject_column)
                 for path in args.input]
     note_types = parse_note_types(args.note_types) if args.note_types is not None else None
     manifest = prepare_notes(sources, args.out, note_types=note_types, test_fraction=args.test_fraction,
-                             seed=args.seed, chunk_rows=args.chunk_rows, overwrite=args.overwrite, progress=progress)
+                             seed=args.seed, chunk_rows=args.chunk_rows, overwrite=args.overwrite, progress=progress,
+                             on_bad_rows=args.on_bad_rows)
     splits, dropped = manifest["splits"], manifest["dropped"]
     reasons = ", ".join(f"{reason} {n:,}" for reason, n in flat_counts(dropped).items() if n) or "none"
     print(f"{args.out}: {manifest['notes_kept']:,} of {manifest['notes_read']:,} notes kept "
@@ -218,62 +224,46 @@ def check_source(source: Source) -> Source:
                   "note_type" if "note_type" in columns else None)
 
 
-def read_chunks(source: Source, chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[dict, int]]:
+def read_chunks(source: Source, chunk_rows: int = CHUNK_ROWS, on_bad_rows: str = "error",
+                bad=None) -> Iterator[tuple[dict, int]]:
     """Yield (chunk, bytes read from disk so far); a chunk is {column: values} of at most chunk_rows rows.
 
-    Columns: text, subject_id, note_id, note_type, as pyarrow string arrays (CSV) or lists of str
-    (JSONL, TXT); "" where the file has no such column, note_id then being "<file name>:<row>" as
-    pretrain's raw-file loader numbers notes. CSV is parsed by pandas' C reader in chunks; gzip is
-    decompressed on the fly.
+    Columns: text, subject_id, note_id, note_type, as lists of str; "" where the file has no such
+    column, note_id then being "<file name>:<row>" (rows counted from 0, bad rows not counted) as
+    pretrain's raw-file loader numbers notes. Rows are read by clinpeft.data.rows (its policy for
+    damaged files and bad rows: on_bad_rows "error" or "skip", skipped rows counted in `bad`, a
+    data.rows.BadRows); gzip is decompressed on the fly.
     """
-    import pandas as pd
-    import pyarrow as pa
+    from clinpeft.data.notes import file_format
+    from clinpeft.data.rows import BadRows, read_text_file, records
 
     if chunk_rows < 1:
         raise ClinpeftError(f"--chunk-rows must be >= 1, got {chunk_rows}")
-    from clinpeft.data.notes import file_format
-
     fmt = file_format(source.path)
     if fmt == "txt":
-        raw = source.path.read_bytes()
-        yield {"text": [raw.decode("utf-8")], "subject_id": [""], "note_id": [f"{source.path.name}:0"],
-               "note_type": [""]}, len(raw)
+        text = read_text_file(source.path)
+        yield {"text": [text], "subject_id": [""], "note_id": [f"{source.path.name}:0"],
+               "note_type": [""]}, source.path.stat().st_size
         return
+    bad = bad if bad is not None else BadRows()
     columns = {"text": source.text_column, "subject_id": source.subject_column,
                "note_id": source.note_id_column, "note_type": source.note_type_column}
-    wanted = [c for c in columns.values() if c is not None]
-    disk = open(source.path, "rb")
-    first_row = 0  # of the current chunk, in the file
-    try:
-        stream = gzip.GzipFile(fileobj=disk, mode="rb") if source.path.suffix == ".gz" else disk
-        if fmt == "csv":
-            # every column as text: ids keep leading zeros, and "" (not NaN) marks an empty field
-            reader = pd.read_csv(stream, chunksize=chunk_rows, usecols=wanted, dtype=str, keep_default_na=False,
-                                 na_filter=False)
-        else:
-            reader = pd.read_json(stream, lines=True, chunksize=chunk_rows, dtype=False)
-        for frame in reader:
-            n = len(frame)
-            chunk = {}
-            for name, column in columns.items():
-                if column is None or column not in frame:
-                    chunk[name] = [""] * n
-                elif fmt == "csv":
-                    chunk[name] = pa.array(frame[column], type=pa.large_string())  # zero-copy: pandas' str is Arrow
-                elif name == "text":
-                    chunk[name] = [t if isinstance(t, str) else None for t in frame[column]]
-                else:
-                    chunk[name] = [id_string(v) for v in frame[column]]
-            if source.note_id_column is None:
-                chunk["note_id"] = [f"{source.path.name}:{i}" for i in range(first_row, first_row + n)]
-            first_row += n
-            yield chunk, disk.tell()
-    except (pd.errors.ParserError, ValueError, EOFError, gzip.BadGzipFile, UnicodeDecodeError) as exc:
-        raise ClinpeftError(f"{source.path}: cannot be read as {fmt.upper()} near note {first_row + 1} "
-                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-                            "is the file complete?") from None
-    finally:
-        disk.close()
+    chunk, row, position = {name: [] for name in columns}, 0, {"bytes": 0}
+    for _, record in records(source.path, fmt, on_bad_rows, bad, position):
+        for name, column in columns.items():
+            value = record.get(column) if column is not None else None
+            if name == "text":
+                chunk[name].append(value if isinstance(value, str) else None)
+            else:
+                chunk[name].append(id_string(value))
+        if source.note_id_column is None:
+            chunk["note_id"][-1] = f"{source.path.name}:{row}"
+        row += 1
+        if len(chunk["text"]) >= chunk_rows:
+            yield chunk, position["bytes"]
+            chunk = {name: [] for name in columns}
+    if chunk["text"]:
+        yield chunk, source.path.stat().st_size
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,13 +311,16 @@ class ShardWriter:
 
 def prepare_notes(sources: list[Source], out: str | Path, note_types: list[str] | None = None,
                   test_fraction: float = 0.1, seed: int = 0, chunk_rows: int = CHUNK_ROWS,
-                  overwrite: bool = False, progress: bool = True, shard_bytes: int = SHARD_BYTES) -> dict:
-    """Stream `sources` into the corpus directory `out`; return its manifest (also in out/manifest.json)."""
+                  overwrite: bool = False, progress: bool = True, shard_bytes: int = SHARD_BYTES,
+                  on_bad_rows: str = "error") -> dict:
+    """Stream `sources` into the corpus directory `out`; return its manifest (also in out/manifest.json).
+    on_bad_rows: "error" stops at the first unparseable row (naming its line), "skip" drops and counts them."""
     import pyarrow as pa
     import pyarrow.compute as pc
     from tqdm.auto import tqdm
 
     from clinpeft import __version__
+    from clinpeft.data.rows import BadRows
     from clinpeft.rundir import atomic_run_dir, write_json
 
     # --- check everything before any work
@@ -352,6 +345,7 @@ def prepare_notes(sources: list[Source], out: str | Path, note_types: list[str] 
     notes = {"train": 0, "test": 0}
     chars = {"train": 0, "test": 0}
     total_bytes = sum(s.path.stat().st_size for s in sources)
+    bad = BadRows()
 
     with atomic_run_dir(out, overwrite) as corpus_dir:
         writers = {name: ShardWriter(corpus_dir / name, shard_bytes) for name in ("train", "test")}
@@ -363,7 +357,7 @@ def prepare_notes(sources: list[Source], out: str | Path, note_types: list[str] 
             for source in sources:
                 file_key = str(source.path)
                 dropped_types = counts["note_type"].setdefault(file_key, Counter())
-                for chunk, read_bytes in read_chunks(source, chunk_rows):
+                for chunk, read_bytes in read_chunks(source, chunk_rows, on_bad_rows, bad):
                     n = len(chunk["text"])
                     counts["read"][file_key] += n
                     table = pa.table({name: as_arrow(chunk[name]) for name in OUTPUT_COLUMNS})
@@ -439,6 +433,8 @@ def prepare_notes(sources: list[Source], out: str | Path, note_types: list[str] 
             "split_rule": "test if sha1(f'{seed}:{key}') as a fraction of 2**64 < test_fraction; key = subject_id "
                           "(or '<file name>:<row>' per note): clinpeft.data.notes.in_test_split",
             "note_types": note_types,  # None: every type kept
+            "on_bad_rows": on_bad_rows,
+            "bad_rows": bad.summary(),  # rows that could not be parsed, skipped: count, per file the first line numbers
             "whitespace_rules": [list(rule) for rule in WHITESPACE_RULES] + [["trim", "both ends"]],
             "columns": list(OUTPUT_COLUMNS),
             "files": files,

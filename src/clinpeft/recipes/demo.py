@@ -66,6 +66,8 @@ def main(out: str | Path, *, quick: bool = False, seed: int = 0, progress: bool 
 
     started = time.time()
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ClinpeftError(f"--out {out} is an existing file, not a directory; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     seed_override = [f"train.seed={seed}"]
 

@@ -17,8 +17,9 @@ into OUT/<model>/pretrain/. Every cell is an ordinary `clinpeft finetune` run di
                                        index.html (report.html: true), via `report`
 
 Resumable: a run directory appears only when complete (atomic_run_dir), so a cell whose
-metrics.json exists is finished and is skipped on rerun; an interrupted cell left nothing and
-runs again; a failed cell records its error, the others go on, and a rerun retries it.
+metrics.json exists is finished and is skipped on rerun; an interrupted cell continues from the
+checkpoint in its `<cell>.partial/` (or runs again if it had none); a failed cell records its
+error, the others go on, and a rerun retries it.
 All cell configs are built and validated before any training, so a typo stops the grid at once.
 """
 

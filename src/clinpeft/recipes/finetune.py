@@ -28,8 +28,6 @@ Output directory:
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from pathlib import Path
 
@@ -38,7 +36,7 @@ import numpy as np
 from clinpeft import __version__
 from clinpeft.config import FinetuneConfig, save_config
 from clinpeft.data.long_notes import LongNotes, encode_notes
-from clinpeft.data.tasks import TaskData, data_provenance, extra_columns, load_task
+from clinpeft.data.tasks import TaskData, check_classes, data_provenance, extra_columns, load_task
 from clinpeft.errors import ClinpeftError
 from clinpeft.evaluation.clinical import operating_point
 from clinpeft.evaluation.metrics import probabilities
@@ -46,6 +44,7 @@ from clinpeft.modeling import methods
 from clinpeft.modeling.adapters import ClinicalAdapter, check_variant, find_clinical_adapter, full_model_variant
 from clinpeft.modeling.base import (
     base_fingerprint,
+    check_positions,
     check_quantization,
     count_parameters,
     device_summary,
@@ -54,22 +53,27 @@ from clinpeft.modeling.base import (
 )
 from clinpeft.modeling.classifier import Classifier, build_classifier, save_bundle, score_notes
 from clinpeft.modeling.pooling import check_pooling
-from clinpeft.rundir import atomic_run_dir, write_json
+from clinpeft.rundir import atomic_run_dir, check_free_space, checkpoint_dir, expected_run_bytes, write_json
 from clinpeft.training.classification import make_trainer, split_metrics, truncation_lines, write_predictions
+from clinpeft.training.common import loss_curve, resume_point, set_threads
 
 
 def main(config: FinetuneConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True,
-         callbacks: list | tuple = ()) -> dict:
+         callbacks: list | tuple = (), restart: bool = False) -> dict:
     """Run one fine-tuning job into `out` (created whole, or not at all). Returns metrics.json.
 
-    callbacks: extra transformers TrainerCallbacks (a sweep's pruning reads the per-epoch val AUROC)."""
+    Unfinished, it lives in `OUT.partial/` with a checkpoint per epoch; the same call resumes it
+    (`restart`: discard it). callbacks: extra transformers TrainerCallbacks (a sweep's pruning reads
+    the per-epoch val AUROC)."""
     check_pooling(config.model.base, config.model.pooling)  # before any work: encoders read [CLS]
     check_quantization(config.model.quantization)  # before any work: 4bit/8bit need a GPU and bitsandbytes
     task = load_task(config.task.path, config.task.name, config.task.kind, config.task.max_examples)
+    check_classes(task, Path(config.task.path))  # one class in train or val: refused before training
     clinical = clinical_adapter(config)
-    with atomic_run_dir(out, overwrite) as run_dir:
+    with atomic_run_dir(out, overwrite, resumable=True, config=config.model_dump(mode="json"),
+                        restart=restart) as run_dir:
         save_config(config, run_dir)
-        return run(config, task, clinical, run_dir, progress, callbacks)
+        return run(config, task, clinical, run_dir, progress, callbacks, checkpoints=checkpoint_dir(out))
 
 
 def summary(result: dict, out: str | Path) -> list[str]:
@@ -97,18 +101,18 @@ def support_warnings(result: dict) -> list[str]:
 
 
 def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None, run_dir: Path,
-        progress: bool = True, callbacks: list | tuple = ()) -> dict:
+        progress: bool = True, callbacks: list | tuple = (), checkpoints: Path | None = None) -> dict:
     from transformers import set_seed
 
     started = time.time()
     set_seed(config.train.seed)
+    threads = set_threads(config.train.threads)  # this process's share of the CPU cores
 
     # --- setup: the variant's adapters and the head on the base model
     clinical_dir, clinical_method = (str(clinical.path), clinical.method) if clinical else (None, None)
     base_path, variant, clinical, base_name = variant_base(config, clinical, progress)
     encoder = is_encoder(base_path)
-    if encoder:
-        check_encoder_length(base_path, config.task.max_seq_len)
+    check_positions(base_path, config.task.max_seq_len, "task.max_seq_len")
     clf = build_classifier(base_path, task.task_type, task.num_labels, variant, clinical, config.lora,
                            config.model.dtype, config.model.attn_implementation, config.model.pooling,
                            config.model.quantization)
@@ -116,12 +120,21 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
     train_cut = encode_notes(clf.tokenizer, task.splits["train"]["text"].tolist(),
                              LongNotes.from_task(config.task)).truncation()
     fingerprint = base_fingerprint(clf.model)  # before training: identifies the base model's weights
+    check_free_space(run_dir, expected_run_bytes(trainable, total, config.train, variant == "full"), "this run")
 
     # --- fit, selecting the epoch by validation AUROC
-    trainer, keep_best = make_trainer(clf, task, config, run_dir, progress, callbacks)
+    checkpoints = checkpoints or run_dir / "checkpoints"
+    trainer, keep_best, checkpointing = make_trainer(clf, task, config, checkpoints, progress, callbacks)
+    resume = resume_point(checkpoints)  # an interrupted run's last checkpoint: same data order, schedule, RNG
+    resumed_from = int(Path(resume).name.split("-")[-1]) if resume else 0
+    checkpointing.resume = resume
+    keep_best.load(resume)
+    if resume and progress:
+        print(f"resuming from {resume} (optimizer step {resumed_from})")
     fit_started = time.time()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume)
     train_time = time.time() - fit_started
+    checkpointing.raise_if_interrupted(trainer.state, run_dir)
     keep_best.restore(clf.model)
 
     # --- test: AUROC of the kept epoch on val and test ("auroc_ci": 95% bootstrap interval over the notes)
@@ -147,7 +160,6 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
     extras = extra_columns(task.splits["test"])
     write_predictions(run_dir / "predictions.csv", task, "test", test_logits, extras)
     write_predictions(run_dir / "predictions_val.csv", task, "val", val_logits, extras)
-    shutil.rmtree(run_dir / ".trainer", ignore_errors=True)
 
     metrics = {
         "kind": "finetune",
@@ -171,11 +183,17 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
         "best_epoch": keep_best.best_epoch,
         "val_history": keep_best.history,
         "n_train": len(task.splits["train"]),
+        "optimizer_steps": trainer.state.global_step,  # in all, counted once across resumptions
+        "resumed_from_step": resumed_from,  # 0: trained in one go
+        "loss_curve": loss_curve(trainer.state),
+        "checkpoints_written": checkpointing.saves,
+        "checkpoint_time_s": checkpointing.save_seconds,
         "trainable_params": trainable,
         "total_params": total,
         "trainable_percent": 100.0 * trainable / total,
         "train_time_s": train_time,
         "wall_time_s": time.time() - started,
+        "cpu_threads": threads,
         **device_summary(),
         "clinpeft_version": __version__,
     }
@@ -218,15 +236,6 @@ def variant_base(config: FinetuneConfig, clinical: ClinicalAdapter | None,
         return clinical.path, variant, None, base_name
     base_path = resolve_base(config.model.base, progress=progress)
     return base_path, config.variant, clinical, config.model.name or base_path.name
-
-
-def check_encoder_length(base_path: Path, max_seq_len: int) -> None:
-    """An encoder has learned position embeddings for max_position_embeddings tokens only (BERT: 512,
-    [CLS] and [SEP] included); longer inputs would index past them."""
-    limit = json.loads((base_path / "config.json").read_text()).get("max_position_embeddings")
-    if limit and max_seq_len > limit:
-        raise ClinpeftError(f"task.max_seq_len={max_seq_len}: the encoder {base_path} has {limit} positions; "
-                            f"set task.max_seq_len={limit} or less")
 
 
 def score_split(clf: Classifier, task: TaskData, split: str, config: FinetuneConfig,

@@ -33,6 +33,7 @@ from clinpeft.data.packing import count_predicted_tokens, tokenize_and_pack
 from clinpeft.modeling.adapters import add_pretraining_adapter, packing_fallback, write_adapter_meta
 from clinpeft.modeling.base import (
     base_fingerprint,
+    check_positions,
     check_quantization,
     count_parameters,
     device_summary,
@@ -41,19 +42,30 @@ from clinpeft.modeling.base import (
     resolve_base,
 )
 from clinpeft.modeling.methods import lora_flavours
-from clinpeft.rundir import atomic_run_dir, write_json
-from clinpeft.training.common import silence_trainer, training_arguments
+from clinpeft.rundir import atomic_run_dir, check_free_space, checkpoint_dir, expected_run_bytes, write_json
+from clinpeft.training.common import (
+    Checkpointing,
+    loss_curve,
+    resume_point,
+    set_threads,
+    silence_trainer,
+    training_arguments,
+)
 from clinpeft.training.perplexity import split_perplexity
 
 log = logging.getLogger(__name__)
 
 
-def main(config: PretrainConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True) -> dict:
-    """Run one pretraining job into `out` (created whole, or not at all). Returns run.json."""
+def main(config: PretrainConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True,
+         restart: bool = False) -> dict:
+    """Run one pretraining job into `out` (created whole, or not at all). Returns run.json.
+
+    Unfinished, it lives in `OUT.partial/` with its checkpoints; the same call resumes it (`restart`: discard it)."""
     check_quantization(config.model.quantization)  # before any work: 4bit/8bit need a GPU and bitsandbytes
-    with atomic_run_dir(out, overwrite) as run_dir:
+    with atomic_run_dir(out, overwrite, resumable=True, config=config.model_dump(mode="json"),
+                        restart=restart) as run_dir:
         save_config(config, run_dir)
-        return run(config, run_dir, progress)
+        return run(config, run_dir, progress, checkpoints=checkpoint_dir(out))
 
 
 def summary(result: dict, out: str | Path) -> list[str]:
@@ -112,14 +124,18 @@ def save_clinical(model, method: str, run_dir: Path, base_path: Path, fingerprin
     return out_dir
 
 
-def run(config: PretrainConfig, run_dir: Path, progress: bool = True) -> dict:
+def run(config: PretrainConfig, run_dir: Path, progress: bool = True, checkpoints: Path | None = None) -> dict:
+    """checkpoints: the Trainer's checkpoint folder (default run_dir/checkpoints); its newest complete
+    checkpoint is resumed from."""
     from transformers import Trainer, default_data_collator, set_seed
 
     started = time.time()
     set_seed(config.train.seed)
+    threads = set_threads(config.train.threads)  # this process's share of the CPU cores
 
     # --- setup: base model, corpus, blocks
     base_path = resolve_base(config.model.base, progress=progress)
+    check_positions(base_path, config.data.max_seq_len, "data.max_seq_len")
     tokenizer = load_tokenizer(base_path)
     tokenizer.model_max_length = 2**62  # notes are cut into blocks by packing, not by the tokenizer
     cache_dir = run_dir / ".cache"  # Arrow files of the notes: inside the run, deleted at the end
@@ -155,21 +171,31 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True) -> dict:
     # --- the clinical adapter: the only trainable weights (full: every weight)
     model = add_pretraining_adapter(model, config.peft, tokenizer_path=base_path)
     trainable, total = count_parameters(model)
+    check_free_space(run_dir, expected_run_bytes(trainable, total, config.train, method == "full"), "this run")
 
-    # --- fit
-    trainer_dir = run_dir / ".trainer"
+    # --- fit (from the last checkpoint of an interrupted run, if any: same data order, schedule, RNG)
+    checkpoints = checkpoints or run_dir / "checkpoints"
+    checkpointing = Checkpointing(config.train)
     trainer = silence_trainer(Trainer(
         model=model,
-        args=training_arguments(config.train, trainer_dir, progress),
+        args=training_arguments(config.train, checkpoints, progress),
         train_dataset=train_blocks,
         data_collator=default_data_collator,  # rows are fixed-size; no attention_mask on purpose (see packing)
+        callbacks=[checkpointing],
     ), progress)
+    resume = resume_point(checkpoints)
+    resumed_from = int(Path(resume).name.split("-")[-1]) if resume else 0
+    checkpointing.resume = resume
+    if resume and progress:
+        print(f"resuming from {resume} (optimizer step {resumed_from})")
     fit_started = time.time()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume)
     train_time = time.time() - fit_started
-    # block tokens (padding included) per second over all devices: the hardware throughput
+    checkpointing.raise_if_interrupted(trainer.state, run_dir)
+    # block tokens (padding included) per second over all devices, in this process's share of the steps
+    steps_here = trainer.state.global_step - resumed_from
     blocks_seen = min(
-        trainer.state.global_step * config.train.batch_size * config.train.grad_accum * trainer.args.world_size,
+        steps_here * config.train.batch_size * config.train.grad_accum * trainer.args.world_size,
         int(len(train_blocks) * config.train.epochs) if config.train.max_steps <= 0 else float("inf"),
     )
     tokens_seen = blocks_seen * config.data.max_seq_len
@@ -182,7 +208,6 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True) -> dict:
 
     # --- save: adapter in PEFT layout (full: the whole model + tokenizer) + what it was trained on
     save_clinical(model, method, run_dir, base_path, fingerprint)
-    shutil.rmtree(trainer_dir, ignore_errors=True)
     shutil.rmtree(cache_dir, ignore_errors=True)
 
     result = {
@@ -207,11 +232,16 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True) -> dict:
         "packing": packing,
         "packing_fallback": fallback,  # why this method could not pack (None: it packed, or packing was off)
         "packing_efficiency": train_tokens / (len(train_blocks) * config.data.max_seq_len),  # predicted / slots
-        "optimizer_steps": trainer.state.global_step,
-        "train_time_s": train_time,
+        "optimizer_steps": trainer.state.global_step,  # in all, counted once across resumptions
+        "resumed_from_step": resumed_from,  # 0: trained in one go
+        "loss_curve": loss_curve(trainer.state),  # every logged step once (a resumption continues the history)
+        "checkpoints_written": checkpointing.saves,  # by this process
+        "checkpoint_time_s": checkpointing.save_seconds,
+        "train_time_s": train_time,  # this process's share (since the resumption)
         "tokens_per_s": tokens_seen / train_time if train_time > 0 else None,
         "wall_time_s": time.time() - started,
         **data_info,
+        "cpu_threads": threads,
         **device_summary(),
         "clinpeft_version": __version__,
     }

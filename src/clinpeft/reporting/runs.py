@@ -39,7 +39,8 @@ def find_runs(paths: Iterable[str | Path]) -> tuple[list[dict], list[dict]]:
 
     A run.json counts as a pretraining run when its "kind" is "pretrain" (or absent); a
     metrics.json as a fine-tuning run when its "kind" is "finetune" (or absent). Hidden folders
-    (e.g. the `.name.tmp-*` folders of runs still being written) are not searched. A run reached
+    (e.g. the `.name.tmp-*` folders of runs still being written) and unfinished `NAME.partial/`
+    training runs are not searched. A run reached
     through two of the paths is read once. Runs are sorted by directory.
     """
     pretrain: dict[Path, dict] = {}
@@ -80,7 +81,7 @@ def _run_files(path: Path) -> list[Path]:
         raise ClinpeftError(f"{path} is a file; pass a run directory (holding {PRETRAIN_FILE} or {FINETUNE_FILE})")
     files = []
     for root, dirs, names in os.walk(path):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not d.endswith(".partial"))
         files += [Path(root) / name for name in sorted(names) if name in (PRETRAIN_FILE, FINETUNE_FILE)]
     return files
 

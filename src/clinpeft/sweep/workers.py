@@ -88,8 +88,11 @@ def run_trial(sweep: Sweep, trial, point: dict, run_dir: Path, progress: bool, *
 
 
 def clean_partial(out: Path, number: int) -> None:
-    """The hidden temporary folder a killed run leaves beside its run directory."""
-    for tmp in (out / "trials").glob(f".trial-{number:04d}.tmp-*"):
+    """What a killed trial leaves: hidden temporary folders, and the resumable `.partial/` runs
+    (a re-queued trial runs again under a new number, so they would never be resumed)."""
+    trials = out / "trials"
+    for tmp in [*trials.glob(f".trial-{number:04d}.tmp-*"), *trials.glob(f"trial-{number:04d}.partial"),
+                *trials.glob(f"trial-{number:04d}/*.partial")]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -134,6 +137,7 @@ def run_and_tell(sweep: Sweep, study, trial, out: Path, run_trial: TrialRunner, 
         with Heartbeat(study, trial, sweep.rdb):
             value, attrs = run_trial(sweep, trial, point, run_dir, progress)
     except optuna.TrialPruned as exc:
+        clean_partial(out, trial.number)  # a finished trial is never resumed: its checkpoints go
         tell(study, trial, state=TrialState.PRUNED)
         print(f"trial {trial.number} pruned: {shown}: {exc}", flush=True)
     except KeyboardInterrupt:
@@ -144,6 +148,7 @@ def run_and_tell(sweep: Sweep, study, trial, out: Path, run_trial: TrialRunner, 
         raise  # reaped by another worker (trial.report in the pruning callback): run_one says so
     except Exception as exc:  # noqa: BLE001 -- any failure (bad combination, OOM) ends this trial only
         error = f"{type(exc).__name__}: {exc}"[:2000]
+        clean_partial(out, trial.number)
         free_accelerator_memory()
         trial.set_user_attr("error", error)
         tell(study, trial, state=TrialState.FAIL)
@@ -178,6 +183,8 @@ def work(sweep: Sweep, out: Path, run_trial: TrialRunner, *, worker: int = 0, pr
             # Recovery, the count, the ask and the worker's identity under one lock, the identity in
             # one write: recovery never sees a RUNNING trial of a live worker without its identity.
             recover_dead_trials(study, sweep.rdb)
+            for dead in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+                clean_partial(out, dead.number)  # a dead worker's checkpoints: its retry has another number
             if n_counted(study) >= sweep.trials:
                 return
             trial = study.ask()
@@ -194,8 +201,10 @@ def work(sweep: Sweep, out: Path, run_trial: TrialRunner, *, worker: int = 0, pr
 # `--workers N`: processes of this same sweep on one study
 
 
-def worker_env(worker: int) -> dict:
-    """One GPU per worker when GPUs exist (CUDA_VISIBLE_DEVICES), round robin."""
+def worker_env(worker: int, workers: int = 1) -> dict:
+    """One GPU per worker when GPUs exist (CUDA_VISIBLE_DEVICES), round robin. On CPU each of the
+    `workers` processes gets its share of the cores (CLINPEFT_THREADS, read by training.common.set_threads),
+    unless the user set CLINPEFT_THREADS or OMP_NUM_THREADS."""
     env = dict(os.environ)
     try:
         import torch
@@ -207,6 +216,10 @@ def worker_env(worker: int) -> dict:
         visible = env.get("CUDA_VISIBLE_DEVICES")
         ids = visible.split(",") if visible else [str(i) for i in range(gpus)]
         env["CUDA_VISIBLE_DEVICES"] = ids[worker % len(ids)]
+    elif not env.get("CLINPEFT_THREADS") and not env.get("OMP_NUM_THREADS"):
+        from clinpeft.training.common import available_cores
+
+        env["CLINPEFT_THREADS"] = str(max(1, available_cores() // max(workers, 1)))
     return env
 
 
@@ -223,7 +236,8 @@ def run_workers(sweep: Sweep, overrides: list[str], out: Path, workers: int, pro
     this process watches the study and shows one progress bar."""
     from tqdm.auto import tqdm
 
-    procs = [subprocess.Popen(worker_command(sweep, overrides, out, i), env=worker_env(i)) for i in range(workers)]
+    procs = [subprocess.Popen(worker_command(sweep, overrides, out, i), env=worker_env(i, workers))
+             for i in range(workers)]
     quiet_optuna()
     study = open_study(sweep, out)
     bar = tqdm(total=sweep.trials, desc="trials", unit="trial", disable=not progress)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from functools import partial
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from clinpeft.evaluation.clinical import MIN_POSITIVES, bootstrap_clinical, clas
 from clinpeft.evaluation.metrics import probabilities, task_metrics
 from clinpeft.modeling.classifier import Classifier, pad_batch
 from clinpeft.modeling.pooling import pool_windows
-from clinpeft.training.common import silence_trainer, training_arguments
+from clinpeft.training.common import Checkpointing, silence_trainer, training_arguments
 
 
 def class_weights(targets: np.ndarray, num_labels: int) -> torch.Tensor:
@@ -86,7 +88,10 @@ class TaskLossTrainer(Trainer):
 
 class KeepBest(TrainerCallback):
     """Model selection on validation AUROC: keep a CPU copy of the trainable weights of the
-    best epoch and put it back at the end (adapters + head are small; no checkpoints on disk)."""
+    best epoch and put it back at the end (adapters + head are small). Its state goes into each
+    Trainer checkpoint (keep_best.safetensors + keep_best.json) and comes back on resume."""
+
+    STATE, WEIGHTS = "keep_best.json", "keep_best.safetensors"
 
     def __init__(self):
         self.best_auroc, self.best_epoch, self.best_state, self.history = -math.inf, None, None, []
@@ -97,6 +102,31 @@ class KeepBest(TrainerCallback):
         if auroc is not None and not math.isnan(auroc) and auroc > self.best_auroc:
             self.best_auroc, self.best_epoch = auroc, state.epoch
             self.best_state = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def on_save(self, args, state, control, **kwargs):
+        if not args.should_save:
+            return
+        from safetensors.torch import save_file
+
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if self.best_state is not None:
+            save_file({k: v.contiguous() for k, v in self.best_state.items()}, str(folder / self.WEIGHTS))
+        tmp = folder / f".{self.STATE}.tmp"
+        tmp.write_text(json.dumps({"best_auroc": self.best_auroc if self.best_state is not None else None,
+                                   "best_epoch": self.best_epoch, "history": self.history}))
+        os.replace(tmp, folder / self.STATE)
+
+    def load(self, checkpoint: str | Path | None) -> None:
+        """The state saved with `checkpoint` (a resumed run continues the selection where it stopped)."""
+        if checkpoint is None or not (Path(checkpoint) / self.STATE).exists():
+            return
+        from safetensors.torch import load_file
+
+        saved = json.loads((Path(checkpoint) / self.STATE).read_text())
+        self.history, self.best_epoch = saved["history"], saved["best_epoch"]
+        if saved["best_auroc"] is not None and (Path(checkpoint) / self.WEIGHTS).exists():
+            self.best_auroc = saved["best_auroc"]
+            self.best_state = load_file(str(Path(checkpoint) / self.WEIGHTS))
 
     def restore(self, model) -> None:
         if self.best_state is None:
@@ -112,26 +142,29 @@ def validation_auroc(task: TaskData, prediction) -> dict:
     return {"auroc": task_metrics(task.task_type, prediction.label_ids, prediction.predictions, task.labels)["auroc"]}
 
 
-def make_trainer(clf: Classifier, task: TaskData, config: FinetuneConfig, run_dir: Path, progress: bool,
-                 callbacks: list | tuple = ()) -> tuple[TaskLossTrainer, KeepBest]:
-    """HF Trainer with the task's loss, validation AUROC each epoch and the best epoch restored."""
+def make_trainer(clf: Classifier, task: TaskData, config: FinetuneConfig, checkpoints: Path, progress: bool,
+                 callbacks: list | tuple = ()) -> tuple[TaskLossTrainer, KeepBest, Checkpointing]:
+    """HF Trainer with the task's loss, validation AUROC each epoch and the best epoch restored;
+    a checkpoint into `checkpoints` every epoch (and as Checkpointing says)."""
     multilabel = task.task_type == "multilabel"
     long_notes = LongNotes.from_task(config.task)
-    keep_best = KeepBest()
+    keep_best, checkpointing = KeepBest(), Checkpointing(config.train)
     trainer = TaskLossTrainer(
         model=clf.model,
-        args=training_arguments(config.train, run_dir / ".trainer", progress, eval_strategy="epoch",
-                                per_device_eval_batch_size=config.eval.batch_size, label_names=["labels"]),
+        args=training_arguments(config.train, checkpoints, progress, eval_strategy="epoch",
+                                per_device_eval_batch_size=config.eval.batch_size, label_names=["labels"],
+                                save_strategy="epoch"),
         train_dataset=to_dataset(task, "train", clf.tokenizer, long_notes),
         eval_dataset=to_dataset(task, "val", clf.tokenizer, long_notes),
         data_collator=PadCollator(clf.tokenizer, multilabel),
         compute_metrics=partial(validation_auroc, task),
-        callbacks=[keep_best, *callbacks],  # keep_best first: it records the epoch before a sweep may prune
+        # keep_best first: it records the epoch before a sweep may prune, and its state before a checkpoint
+        callbacks=[keep_best, checkpointing, *callbacks],
         multilabel=multilabel,
         label_weights=None if multilabel else class_weights(task.targets("train"), task.num_labels),
         chunk_pooling=long_notes.chunk_pooling,
     )
-    return silence_trainer(trainer, progress), keep_best
+    return silence_trainer(trainer, progress), keep_best, checkpointing
 
 
 def split_metrics(task: TaskData, split: str, logits: np.ndarray, bootstrap_resamples: int,
