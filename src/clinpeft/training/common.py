@@ -6,6 +6,45 @@ from pathlib import Path
 
 from clinpeft.config import TrainSection
 
+WARMUP_STEPS = 1  # optimizer steps left out of useful_tokens_per_s: first-step allocations, lazy kernel set-up
+
+
+class StepClock:
+    """Times optimizer steps after the first `warmup_steps` (pass `callback()` to the Trainer).
+    rate(units_per_step) -> units per second over the timed steps; with too few steps to leave any
+    out, it times all of them and says so by setting `warmup_steps` to 0."""
+
+    def __init__(self, warmup_steps: int = WARMUP_STEPS):
+        self.warmup_steps = warmup_steps
+        self.ends: list[float] = []
+        self.begin: float | None = None
+
+    def callback(self):
+        import time
+
+        from transformers import TrainerCallback
+
+        clock = self
+
+        class _Clock(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                clock.begin = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                clock.ends.append(time.perf_counter())
+
+        return _Clock()
+
+    def rate(self, units_per_step: float) -> float | None:
+        if not self.ends or self.begin is None:
+            return None
+        if len(self.ends) <= self.warmup_steps:
+            self.warmup_steps = 0
+        start = self.ends[self.warmup_steps - 1] if self.warmup_steps else self.begin
+        seconds = self.ends[-1] - start
+        steps = len(self.ends) - self.warmup_steps
+        return units_per_step * steps / seconds if seconds > 0 else None
+
 
 def precision_flags(setting: str) -> dict:
     """TrainingArguments bf16/fp16 flags. auto: bf16 on GPUs that support it, fp32 elsewhere."""
