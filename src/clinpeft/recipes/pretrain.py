@@ -41,7 +41,15 @@ from clinpeft.modeling.base import (
 )
 from clinpeft.modeling.methods import lora_flavours
 from clinpeft.rundir import atomic_run_dir, write_json
-from clinpeft.training.common import WARMUP_STEPS, StepClock, silence_trainer, training_arguments
+from clinpeft.training.common import (
+    WARMUP_STEPS,
+    StepClock,
+    model_dtype,
+    resolve_precision,
+    silence_trainer,
+    training_arguments,
+    upcast_trainable,
+)
 from clinpeft.training.perplexity import split_perplexity
 
 log = logging.getLogger(__name__)
@@ -49,6 +57,7 @@ log = logging.getLogger(__name__)
 
 def main(config: PretrainConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True) -> dict:
     """Run one pretraining job into `out` (created whole, or not at all). Returns run.json."""
+    resolve_precision(config.train.precision)  # before any work: fp16 on a CPU is refused here
     with atomic_run_dir(out, overwrite) as run_dir:
         save_config(config, run_dir)
         return run(config, run_dir, progress)
@@ -144,7 +153,8 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True) -> dict:
     train_tokens = count_predicted_tokens(train_blocks)
     ppl_train_blocks = sample_blocks(train_blocks, config.eval.train_max_blocks, config.data.split_seed)
 
-    model = load_causal_lm(base_path, config.model.dtype, config.model.attn_implementation)
+    precision = resolve_precision(config.train.precision)
+    model = load_causal_lm(base_path, model_dtype(config.model.dtype, precision), config.model.attn_implementation)
     fingerprint = base_fingerprint(model)
     if progress:
         names = ["train", "test"] + (["val"] if val_blocks is not None else [])
@@ -156,12 +166,13 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True) -> dict:
     base_ppl = {"base_train_ppl": None, "base_test_ppl": None}
     if config.eval.base_model:
         base_ppl = {
-            "base_train_ppl": split_perplexity(model, ppl_train_blocks, batch_size, "base ppl (train)", progress),
-            "base_test_ppl": split_perplexity(model, test_blocks, batch_size, "base ppl (test)", progress),
+            "base_train_ppl": split_perplexity(model, ppl_train_blocks, batch_size, "base ppl (train)", progress, precision),
+            "base_test_ppl": split_perplexity(model, test_blocks, batch_size, "base ppl (test)", progress, precision),
         }
 
     # --- the clinical adapter: the only trainable weights (full: every weight)
     model = add_pretraining_adapter(model, config.peft, tokenizer_path=base_path)
+    upcast_trainable(model)  # bf16 base: adapter weights and optimizer state stay fp32
     trainable, total = count_parameters(model)
 
     # --- fit
@@ -191,10 +202,10 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True) -> dict:
              useful_per_s or float("nan"), clock.warmup_steps)
 
     # --- validate: token-weighted perplexity on each split
-    train_ppl = split_perplexity(model, ppl_train_blocks, batch_size, "ppl (train)", progress)
-    test_ppl = split_perplexity(model, test_blocks, batch_size, "ppl (test)", progress)
+    train_ppl = split_perplexity(model, ppl_train_blocks, batch_size, "ppl (train)", progress, precision)
+    test_ppl = split_perplexity(model, test_blocks, batch_size, "ppl (test)", progress, precision)
     # the split a sweep may select on, so the test perplexity stays untouched by model selection
-    val_ppl = None if val_blocks is None else split_perplexity(model, val_blocks, batch_size, "ppl (val)", progress)
+    val_ppl = None if val_blocks is None else split_perplexity(model, val_blocks, batch_size, "ppl (val)", progress, precision)
 
     # --- save: adapter in PEFT layout (full: the whole model + tokenizer) + what it was trained on
     save_clinical(model, method, run_dir, base_path, fingerprint)
@@ -232,6 +243,8 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True) -> dict:
         "useful_warmup_steps": clock.warmup_steps,
         "wall_time_s": time.time() - started,
         **data_info,
+        "precision": precision,  # train.precision as resolved on this machine (auto -> fp32 or bf16)
+        "model_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         **device_summary(),
         "clinpeft_version": __version__,
     }
