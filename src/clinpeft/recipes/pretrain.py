@@ -166,7 +166,8 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True) -> dict:
     base_ppl = {"base_train_ppl": None, "base_test_ppl": None}
     if config.eval.base_model:
         base_ppl = {
-            "base_train_ppl": split_perplexity(model, ppl_train_blocks, batch_size, "base ppl (train)", progress, precision),
+            "base_train_ppl": split_perplexity(model, ppl_train_blocks, batch_size, "base ppl (train)", progress,
+                                               precision),
             "base_test_ppl": split_perplexity(model, test_blocks, batch_size, "base ppl (test)", progress, precision),
         }
 
@@ -205,7 +206,8 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True) -> dict:
     train_ppl = split_perplexity(model, ppl_train_blocks, batch_size, "ppl (train)", progress, precision)
     test_ppl = split_perplexity(model, test_blocks, batch_size, "ppl (test)", progress, precision)
     # the split a sweep may select on, so the test perplexity stays untouched by model selection
-    val_ppl = None if val_blocks is None else split_perplexity(model, val_blocks, batch_size, "ppl (val)", progress, precision)
+    val_ppl = (None if val_blocks is None
+               else split_perplexity(model, val_blocks, batch_size, "ppl (val)", progress, precision))
 
     # --- save: adapter in PEFT layout (full: the whole model + tokenizer) + what it was trained on
     save_clinical(model, method, run_dir, base_path, fingerprint)

@@ -59,6 +59,7 @@ def token_nll(model, blocks, batch_size: int, desc: str = "perplexity", progress
     return float(total[0]), int(total[1])
 
 
-def split_perplexity(model, blocks, batch_size: int, desc: str, progress: bool = True, precision: str = "fp32") -> float:
+def split_perplexity(model, blocks, batch_size: int, desc: str, progress: bool = True,
+                     precision: str = "fp32") -> float:
     nll, n = token_nll(model, blocks, batch_size, desc=desc, progress=progress, precision=precision)
     return perplexity(nll, n) if n else math.nan
