@@ -61,7 +61,8 @@ def cpu_has_native_bf16() -> bool:
 def resolve_precision(setting: str) -> str:
     """train.precision -> fp32 | bf16 | fp16 on this machine, or a ClinpeftError saying why not.
 
-    auto: bf16 on a GPU that supports it, fp32 elsewhere (CPUs included, for now). Called before any work, so a wrong setting fails at once."""
+    auto: bf16 on a GPU that supports it, fp32 elsewhere (CPUs included, for now).
+    Called before any work, so a wrong setting fails at once."""
     import torch
 
     from clinpeft.errors import ClinpeftError
