@@ -1,9 +1,20 @@
 """Packing: every note's tokens kept, labels masked at note starts, and packed logits equal each note's own."""
 
+import numpy as np
 import pytest
 import torch
 
-from clinpeft.data.packing import IGNORE_INDEX, note_segments, one_note_per_block, pack_segments, tokenize_and_pack
+from clinpeft.config import PretrainConfig, load_config
+from clinpeft.data.packing import (
+    IGNORE_INDEX,
+    PACKING_MODES,
+    count_predicted_tokens,
+    note_segments,
+    one_note_per_block,
+    pack_documents,
+    pack_segments,
+    tokenize_and_pack,
+)
 from clinpeft.modeling.base import load_causal_lm, load_tokenizer
 
 BOS, EOS, PAD = 1, 2, 3
@@ -40,24 +51,110 @@ def test_one_note_per_block_predicts_the_same_tokens_as_packing():
     assert count(packed) == count(unpacked) == 6
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_packed_logits_equal_each_notes_own_logits(tiny_llama, attn):
+def mimic_like_documents(n: int, seed: int = 0) -> list[list[int]]:
+    """The MIMIC-IV-Note-like mix: ~88% notes around 300 tokens (radiology), ~12% 2,000-3,000 (discharge)."""
+    rng = np.random.default_rng(seed)
+    docs = []
+    for _ in range(n):
+        length = max(int(rng.normal(300, 60)), 20) if rng.random() < 0.88 else int(rng.uniform(2000, 3000))
+        docs.append([BOS, *rng.integers(10, 1000, length).tolist(), EOS])
+    return docs
+
+
+def _count(blocks) -> int:
+    return sum(t != IGNORE_INDEX for row in blocks["labels"] for t in row)
+
+
+def _segments(blocks) -> list[list[int]]:
+    """Every non-padding segment of every block (a segment: a run of positions counting up from 0)."""
+    out = []
+    for ids, pos in zip(blocks["input_ids"], blocks["position_ids"]):
+        starts = [i for i, p in enumerate(pos) if p == 0] + [len(pos)]
+        out += [ids[a:b] for a, b in zip(starts, starts[1:]) if set(ids[a:b]) != {PAD}]
+    return out
+
+
+def test_fill_cuts_at_block_boundaries_and_restarts_positions():
+    docs = [[BOS, 5, 6, EOS], [BOS, 7, 8, 9, 10, 11, EOS]]  # 4 + 7 tokens into blocks of 5
+    blocks = pack_documents(docs, 5, PAD, "fill")
+    assert blocks["input_ids"] == [[BOS, 5, 6, EOS, BOS], [7, 8, 9, 10, 11], [EOS, PAD, PAD, PAD, PAD]]
+    assert blocks["position_ids"] == [[0, 1, 2, 3, 0], [0, 1, 2, 3, 4], [0, 0, 1, 2, 3]]
+    assert blocks["labels"][1] == [IGNORE_INDEX, 8, 9, 10, 11]  # the continuation's first token: no context
+    # next_fit cuts the 7-token note into 2 segments; fill into 3 pieces: one start added
+    assert sum(blocks["segment_starts_added"]) == 1
+    assert _count(pack_documents(docs, 5, PAD, "next_fit")) - _count(blocks) == 1
+
+
+@pytest.mark.parametrize("mode", PACKING_MODES)
+def test_every_mode_keeps_every_token_and_blocks_are_full_size(mode):
+    docs = mimic_like_documents(60)
+    blocks = pack_documents(docs, 512, PAD, mode)
+    assert all(len(row) == 512 for key in ("input_ids", "position_ids", "labels") for row in blocks[key])
+    kept = sorted(t for row in blocks["input_ids"] for t in row if t != PAD)
+    assert kept == sorted(t for doc in docs for t in doc)  # no token lost or doubled
+
+
+def test_ffd_predicts_the_same_tokens_as_next_fit_in_fewer_blocks():
+    docs = mimic_like_documents(200)
+    ffd, nf = pack_documents(docs, 512, PAD, "ffd"), pack_documents(docs, 512, PAD, "next_fit")
+    predicted = lambda b: sorted(lab for row in b["labels"] for lab in row if lab != IGNORE_INDEX)  # noqa: E731
+    assert predicted(ffd) == predicted(nf)  # the same token set: perplexities stay comparable
+    assert sorted(map(tuple, _segments(ffd))) == sorted(map(tuple, _segments(nf)))  # the same segments
+    assert len(ffd["input_ids"]) < len(nf["input_ids"])
+
+
+def test_default_packing_fills_97_percent_of_slots_on_the_mimic_like_mix():
+    config = load_config(PretrainConfig)
+    docs = mimic_like_documents(1000)
+    blocks = pack_documents(docs, 512, PAD, config.data.packing)
+    share = _count(blocks) / (512 * len(blocks["input_ids"]))
+    assert config.data.packing == "fill" and share >= 0.97
+    assert _count(pack_documents(docs, 512, PAD, "next_fit")) - _count(blocks) == sum(blocks["segment_starts_added"])
+
+
+def test_old_boolean_packing_values_still_read():
+    assert load_config(PretrainConfig, None, ["data.packing=true"]).data.packing == "fill"
+    assert load_config(PretrainConfig, None, ["data.packing=false"]).data.packing == "none"
+    assert load_config(PretrainConfig, None, ["data.packing=ffd"]).data.packing == "ffd"
+
+
+def test_count_predicted_tokens_matches_the_python_count():
+    from datasets import Dataset
+
+    blocks = pack_documents(mimic_like_documents(50), 256, PAD, "fill")
+    blocks.pop("segment_starts_added")
+    assert count_predicted_tokens(Dataset.from_dict(blocks), batch_size=7) == _count(blocks)
+
+
+NOTES = ["Chief complaint: shortness of breath, worse on exertion for two days.", "BP 128/76 HR 88 RR 18.",
+         "Pt s/p CABG, hx CHF, HTN, DM2; on metoprolol, lisinopril, metformin.", "CXR clear."]
+
+
+def available_attention():
+    return ["sdpa", "eager"]
+
+
+@pytest.mark.parametrize("attn", available_attention())
+@pytest.mark.parametrize("mode", ["fill", "ffd", "next_fit"])
+def test_packed_logits_equal_each_segments_own_logits(tiny_llama, attn, mode):
+    """For every layout and attention implementation: each segment of a block (a note, or for fill a
+    piece of one) gets exactly the logits it gets alone, so no block lets notes attend to each other."""
     tokenizer = load_tokenizer(tiny_llama)
     model = load_causal_lm(tiny_llama, "float32", attn).eval()
-    notes = ["Chief complaint: shortness of breath.", "BP 128/76 HR 88 RR 18.", "Pt s/p CABG, hx CHF, HTN."]
-    blocks = tokenize_and_pack({"text": notes}, tokenizer, "text", block_size=128)
-    assert len(blocks["input_ids"]) == 1  # all three notes share one block
-    ids = torch.tensor(blocks["input_ids"])
-    pos = torch.tensor(blocks["position_ids"])
+    block = 24 if mode == "fill" else 64  # fill: small blocks so notes are cut across them
+    blocks = tokenize_and_pack({"text": NOTES}, tokenizer, "text", block_size=block, packing=mode)
+    blocks.pop("segment_starts_added", None)
+    assert any(row.count(0) > 1 for row in blocks["position_ids"])  # some block holds more than one segment
     with torch.no_grad():
-        packed = model(input_ids=ids, position_ids=pos).logits[0]
-        start = 0
-        for note in notes:
-            own_ids = ([tokenizer.bos_token_id] + tokenizer(note, add_special_tokens=False)["input_ids"]
-                       + [tokenizer.eos_token_id])
-            own = model(input_ids=torch.tensor([own_ids])).logits[0]
-            torch.testing.assert_close(packed[start : start + len(own_ids)], own, atol=1e-5, rtol=1e-5)
-            start += len(own_ids)
+        ids_t, pos_t = torch.tensor(blocks["input_ids"]), torch.tensor(blocks["position_ids"])
+        packed = model(input_ids=ids_t, position_ids=pos_t).logits
+        for row, (ids, pos, labels) in enumerate(zip(blocks["input_ids"], blocks["position_ids"], blocks["labels"])):
+            starts = [i for i, p in enumerate(pos) if p == 0] + [len(pos)]
+            for a, b in zip(starts, starts[1:]):
+                if all(label == IGNORE_INDEX for label in labels[a:b]) and ids[a] == tokenizer.pad_token_id:
+                    continue  # padding
+                own = model(input_ids=torch.tensor([ids[a:b]])).logits[0]
+                torch.testing.assert_close(packed[row, a:b], own, atol=1e-5, rtol=1e-5)
 
 
 def test_packed_loss_equals_sum_of_per_note_losses(tiny_llama):

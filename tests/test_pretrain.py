@@ -24,10 +24,14 @@ def test_run_directory_is_complete(clinical_run):
     assert run["kind"] == "pretrain" and run["method"] == "lora"
     assert 0 < run["trainable_params"] < run["total_params"]
     assert run["trainable_percent"] == pytest.approx(100 * run["trainable_params"] / run["total_params"])
-    for key in ("train_ppl", "test_ppl", "base_train_ppl", "base_test_ppl", "wall_time_s", "tokens_per_s"):
+    for key in ("train_ppl", "test_ppl", "base_train_ppl", "base_test_ppl", "wall_time_s", "tokens_per_s",
+                "useful_tokens_per_s"):
         assert run[key] > 0, key
     assert run["split_by"] == "subject_id"
     assert run["optimizer_steps"] == 4
+    assert run["useful_warmup_steps"] == 1  # 4 steps: the first is left out
+    assert run["packing_mode"] == "fill" and set(run["segment_starts_added"]) >= {"train", "test"}
+    assert run["packing_efficiency"] > 0.9  # fill: only segment starts and the window's last block unlabelled
     assert run["val_ppl"] is None and run["val_notes"] is None and run["val_blocks"] is None  # data.val_fraction=0
 
 

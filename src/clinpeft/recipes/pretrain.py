@@ -29,7 +29,7 @@ from pathlib import Path
 from clinpeft import __version__
 from clinpeft.config import PretrainConfig, save_config
 from clinpeft.data.notes import cache_file, load_corpus
-from clinpeft.data.packing import count_predicted_tokens, tokenize_and_pack
+from clinpeft.data.packing import count_predicted_tokens, packing_mode, slot_share, tokenize_and_pack
 from clinpeft.modeling.adapters import add_pretraining_adapter, packing_fallback, write_adapter_meta
 from clinpeft.modeling.base import (
     base_fingerprint,
@@ -44,12 +44,17 @@ from clinpeft.modeling.base import (
 from clinpeft.modeling.methods import lora_flavours
 from clinpeft.rundir import atomic_run_dir, check_free_space, checkpoint_dir, expected_run_bytes, write_json
 from clinpeft.training.common import (
+    WARMUP_STEPS,
     Checkpointing,
+    StepClock,
     loss_curve,
+    model_dtype,
+    resolve_precision,
     resume_point,
     set_threads,
     silence_trainer,
     training_arguments,
+    upcast_trainable,
 )
 from clinpeft.training.perplexity import split_perplexity
 
@@ -61,6 +66,7 @@ def main(config: PretrainConfig, out: str | Path, *, overwrite: bool = False, pr
     """Run one pretraining job into `out` (created whole, or not at all). Returns run.json.
 
     Unfinished, it lives in `OUT.partial/` with its checkpoints; the same call resumes it (`restart`: discard it)."""
+    resolve_precision(config.train.precision)  # before any work: fp16 on a CPU is refused here
     check_quantization(config.model.quantization)  # before any work: 4bit/8bit need a GPU and bitsandbytes
     with atomic_run_dir(out, overwrite, resumable=True, config=config.model_dump(mode="json"),
                         restart=restart) as run_dir:
@@ -76,31 +82,41 @@ def summary(result: dict, out: str | Path) -> list[str]:
             + (f", val ppl {result['val_ppl']:.3f}" if result.get("val_ppl") is not None else "")]
 
 
-def tokenize_corpus(splits, tokenizer, config: PretrainConfig, progress: bool = True, packing: bool | None = None,
+def tokenize_corpus(splits, tokenizer, config: PretrainConfig, progress: bool = True, packing: str | bool | None = None,
                     cache_dir: Path | None = None):
-    """Notes -> packed blocks of `max_seq_len` tokens (see clinpeft.data.packing).
+    """Notes -> blocks of `max_seq_len` tokens in layout `packing` (see clinpeft.data.packing).
+
+    Returns (blocks, segment_starts_added): the DatasetDict and, per split, the segment starts that
+    `fill` added by cutting notes at block boundaries (0 for the other layouts).
 
     cache_dir: where the blocks' Arrow files go (default: datasets' choice, next to the notes' files;
     pass the run's cache so a prepared corpus directory is never written into).
 
-    packing=False (default: data.packing): one note segment per row, right-padded. Those rows carry
-    no position_ids: every row starts at position 0 anyway, real tokens never attend to the padding
+    packing=none (or False): one note segment per row, right-padded. Those rows carry no
+    position_ids: every row starts at position 0 anyway, real tokens never attend to the padding
     after them (causal), padding has label -100, and peft's prompt methods refuse position ids.
     """
     data = config.data
-    packing = data.packing if packing is None else packing
+    mode = packing_mode(data.packing if packing is None else packing)
     blocks = splits.map(
         tokenize_and_pack,
         batched=True,
         batch_size=1000,  # notes per packing window: at most one part-filled block per window
         remove_columns=splits["train"].column_names,
         num_proc=data.num_proc if data.num_proc > 1 else None,
-        fn_kwargs=dict(tokenizer=tokenizer, text_column="text", block_size=data.max_seq_len, packing=packing),
-        desc="tokenise + pack" if packing else "tokenise (one note per row)",
+        fn_kwargs=dict(tokenizer=tokenizer, text_column="text", block_size=data.max_seq_len, packing=mode),
+        desc=f"tokenise + pack ({mode})" if mode != "none" else "tokenise (one note per row)",
         **({"cache_file_names": {name: cache_file(cache_dir, f"blocks-{name}")["cache_file_name"] for name in splits},
             "load_from_cache_file": False} if cache_dir is not None else {}),
     )
-    return blocks if packing else blocks.remove_columns("position_ids")
+    added = {name: 0 for name in blocks}
+    if "segment_starts_added" in blocks["train"].column_names:
+        import pyarrow.compute as pc
+
+        added = {name: int(pc.sum(split.data.column("segment_starts_added")).as_py() or 0)
+                 for name, split in blocks.items()}
+        blocks = blocks.remove_columns("segment_starts_added")
+    return (blocks if mode != "none" else blocks.remove_columns("position_ids")), added
 
 
 def sample_blocks(blocks, max_blocks: int | None, seed: int):
@@ -141,17 +157,19 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True, checkpoint
     cache_dir = run_dir / ".cache"  # Arrow files of the notes: inside the run, deleted at the end
     splits, data_info = load_corpus(config.data, cache_dir)
     method = config.peft.method
-    fallback = packing_fallback(method) if config.data.packing else None
+    fallback = packing_fallback(method) if config.data.packing != "none" else None
     if fallback:
         log.warning("peft.method=%s trains on one note per row, not packed blocks: %s", method, fallback)
-    packing = config.data.packing and fallback is None
-    blocks = tokenize_corpus(splits, tokenizer, config, progress, packing=packing, cache_dir=cache_dir)
+    mode = "none" if fallback else config.data.packing
+    packing = mode != "none"
+    blocks, starts_added = tokenize_corpus(splits, tokenizer, config, progress, packing=mode, cache_dir=cache_dir)
     train_blocks, test_blocks = blocks["train"], blocks["test"]
     val_blocks = blocks["val"] if "val" in blocks else None  # data.val_fraction > 0: carved from train patients
     train_tokens = count_predicted_tokens(train_blocks)
     ppl_train_blocks = sample_blocks(train_blocks, config.eval.train_max_blocks, config.data.split_seed)
 
-    model = load_causal_lm(base_path, config.model.dtype, config.model.attn_implementation,
+    precision = resolve_precision(config.train.precision)
+    model = load_causal_lm(base_path, model_dtype(config.model.dtype, precision), config.model.attn_implementation,
                            config.model.quantization)
     fingerprint = base_fingerprint(model)
     if progress:
@@ -164,24 +182,27 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True, checkpoint
     base_ppl = {"base_train_ppl": None, "base_test_ppl": None}
     if config.eval.base_model:
         base_ppl = {
-            "base_train_ppl": split_perplexity(model, ppl_train_blocks, batch_size, "base ppl (train)", progress),
-            "base_test_ppl": split_perplexity(model, test_blocks, batch_size, "base ppl (test)", progress),
+            "base_train_ppl": split_perplexity(model, ppl_train_blocks, batch_size, "base ppl (train)", progress,
+                                               precision),
+            "base_test_ppl": split_perplexity(model, test_blocks, batch_size, "base ppl (test)", progress, precision),
         }
 
     # --- the clinical adapter: the only trainable weights (full: every weight)
     model = add_pretraining_adapter(model, config.peft, tokenizer_path=base_path)
+    upcast_trainable(model)  # bf16 base: adapter weights and optimizer state stay fp32
     trainable, total = count_parameters(model)
     check_free_space(run_dir, expected_run_bytes(trainable, total, config.train, method == "full"), "this run")
 
     # --- fit (from the last checkpoint of an interrupted run, if any: same data order, schedule, RNG)
     checkpoints = checkpoints or run_dir / "checkpoints"
     checkpointing = Checkpointing(config.train)
+    clock = StepClock(warmup_steps=WARMUP_STEPS)
     trainer = silence_trainer(Trainer(
         model=model,
         args=training_arguments(config.train, checkpoints, progress),
         train_dataset=train_blocks,
         data_collator=default_data_collator,  # rows are fixed-size; no attention_mask on purpose (see packing)
-        callbacks=[checkpointing],
+        callbacks=[checkpointing, clock.callback()],
     ), progress)
     resume = resume_point(checkpoints)
     resumed_from = int(Path(resume).name.split("-")[-1]) if resume else 0
@@ -199,12 +220,19 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True, checkpoint
         int(len(train_blocks) * config.train.epochs) if config.train.max_steps <= 0 else float("inf"),
     )
     tokens_seen = blocks_seen * config.data.max_seq_len
+    # labelled tokens per second after the warm-up steps (their blocks carry the split's mean labelled share)
+    blocks_per_step = config.train.batch_size * config.train.grad_accum * trainer.args.world_size
+    useful_per_s = clock.rate(blocks_per_step * train_tokens / max(len(train_blocks), 1))
+    log.info("trained %d optimizer steps in %.1f s: %.0f block tokens/s, %.0f labelled tokens/s (after %d warm-up "
+             "steps)", trainer.state.global_step, train_time, tokens_seen / max(train_time, 1e-9),
+             useful_per_s or float("nan"), clock.warmup_steps)
 
     # --- validate: token-weighted perplexity on each split
-    train_ppl = split_perplexity(model, ppl_train_blocks, batch_size, "ppl (train)", progress)
-    test_ppl = split_perplexity(model, test_blocks, batch_size, "ppl (test)", progress)
+    train_ppl = split_perplexity(model, ppl_train_blocks, batch_size, "ppl (train)", progress, precision)
+    test_ppl = split_perplexity(model, test_blocks, batch_size, "ppl (test)", progress, precision)
     # the split a sweep may select on, so the test perplexity stays untouched by model selection
-    val_ppl = None if val_blocks is None else split_perplexity(model, val_blocks, batch_size, "ppl (val)", progress)
+    val_ppl = (None if val_blocks is None
+               else split_perplexity(model, val_blocks, batch_size, "ppl (val)", progress, precision))
 
     # --- save: adapter in PEFT layout (full: the whole model + tokenizer) + what it was trained on
     save_clinical(model, method, run_dir, base_path, fingerprint)
@@ -230,18 +258,24 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True, checkpoint
         "train_tokens": train_tokens,
         "test_tokens": count_predicted_tokens(test_blocks),
         "packing": packing,
+        "packing_mode": mode,  # fill | ffd | next_fit | none (data.packing, or none for a fallback)
         "packing_fallback": fallback,  # why this method could not pack (None: it packed, or packing was off)
-        "packing_efficiency": train_tokens / (len(train_blocks) * config.data.max_seq_len),  # predicted / slots
+        "packing_efficiency": slot_share(train_tokens, len(train_blocks), config.data.max_seq_len),  # labelled/slots
+        "segment_starts_added": starts_added,  # per split: unpredicted continuation starts made by fill's cuts
         "optimizer_steps": trainer.state.global_step,  # in all, counted once across resumptions
         "resumed_from_step": resumed_from,  # 0: trained in one go
         "loss_curve": loss_curve(trainer.state),  # every logged step once (a resumption continues the history)
         "checkpoints_written": checkpointing.saves,  # by this process
         "checkpoint_time_s": checkpointing.save_seconds,
         "train_time_s": train_time,  # this process's share (since the resumption)
-        "tokens_per_s": tokens_seen / train_time if train_time > 0 else None,
+        "tokens_per_s": tokens_seen / train_time if train_time > 0 else None,  # block positions, padding and warm-up in
+        "useful_tokens_per_s": useful_per_s,  # labelled tokens/s, the first `useful_warmup_steps` steps excluded
+        "useful_warmup_steps": clock.warmup_steps,
         "wall_time_s": time.time() - started,
         **data_info,
         "cpu_threads": threads,
+        "precision": precision,  # train.precision as resolved on this machine (auto -> fp32 or bf16)
+        "model_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         **device_summary(),
         "clinpeft_version": __version__,
     }

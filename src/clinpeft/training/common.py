@@ -14,14 +14,118 @@ from clinpeft.config import TrainSection
 from clinpeft.errors import ClinpeftError, Interrupted
 from clinpeft.rundir import last_checkpoint
 
+WARMUP_STEPS = 1  # optimizer steps left out of useful_tokens_per_s: first-step allocations, lazy kernel set-up
+
+
+class StepClock:
+    """Times optimizer steps after the first `warmup_steps` (pass `callback()` to the Trainer).
+    rate(units_per_step) -> units per second over the timed steps; with too few steps to leave any
+    out, it times all of them and says so by setting `warmup_steps` to 0."""
+
+    def __init__(self, warmup_steps: int = WARMUP_STEPS):
+        self.warmup_steps = warmup_steps
+        self.ends: list[float] = []
+        self.begin: float | None = None
+
+    def callback(self):
+        import time
+
+        from transformers import TrainerCallback
+
+        clock = self
+
+        class _Clock(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                clock.begin = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                clock.ends.append(time.perf_counter())
+
+        return _Clock()
+
+    def rate(self, units_per_step: float) -> float | None:
+        if not self.ends or self.begin is None:
+            return None
+        if len(self.ends) <= self.warmup_steps:
+            self.warmup_steps = 0
+        start = self.ends[self.warmup_steps - 1] if self.warmup_steps else self.begin
+        seconds = self.ends[-1] - start
+        steps = len(self.ends) - self.warmup_steps
+        return units_per_step * steps / seconds if seconds > 0 else None
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively: the AVX512-BF16 or AMX-BF16 flag in
+    /proc/cpuinfo (the instructions oneDNN's bf16 GEMMs use; without them PyTorch emulates bf16 and
+    it runs slower than fp32). Not Linux, or no flags line: False."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def resolve_precision(setting: str) -> str:
+    """train.precision -> fp32 | bf16 | fp16 on this machine, or a ClinpeftError saying why not.
+
+    auto: bf16 on a GPU that supports it, fp32 elsewhere (CPUs included, for now).
+    Called before any work, so a wrong setting fails at once."""
+    import torch
+
+    from clinpeft.errors import ClinpeftError
+
+    cuda = torch.cuda.is_available()
+    if setting == "auto":
+        if cuda:
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        # a CPU with native bf16 (cpu_has_native_bf16) could train in bf16 too; kept at fp32 until the
+        # bf16 loss/logit tolerance is tested (README "bf16 on CPU"): train.precision=bf16 asks for it
+        return "fp32"
+    if setting == "fp16" and not cuda:
+        raise ClinpeftError("train.precision=fp16 needs a GPU (fp16 training on a CPU is neither supported nor "
+                            "faster); use train.precision=bf16 or fp32")
+    if setting == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise ClinpeftError("train.precision=bf16: this GPU has no bf16 support; use train.precision=fp16 or fp32")
+    return setting
+
+
+def model_dtype(setting: str, precision: str) -> str:
+    """model.dtype for the run. `auto`: bf16 weights under bf16 on a GPU; on a CPU fp32 weights, the
+    Trainer autocasting to bf16 (bf16 weights with fp32 adapters on a CPU are not measured yet: see
+    benchmarks/throughput.py --precisions). Explicit settings stay."""
+    import torch
+
+    if setting != "auto":
+        return setting
+    if not torch.cuda.is_available():
+        return "float32"
+    return {"bf16": "bfloat16", "fp16": "float16"}.get(precision, "float32")
+
+
+def upcast_trainable(model) -> int:
+    """Trainable weights of a half-precision model to fp32 (adapters, heads): the optimizer and its state
+    then work in fp32 while the frozen base stays bf16; autocast runs the matmuls in bf16. Returns how many."""
+    import torch
+
+    count = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype in (torch.bfloat16, torch.float16):
+            param.data = param.data.float()
+            count += 1
+    return count
+
 
 def precision_flags(setting: str) -> dict:
-    """TrainingArguments bf16/fp16 flags. auto: bf16 on GPUs that support it, fp32 elsewhere."""
-    import torch  # here, not at the top: the CLI sets progress bars before any model work
+    """TrainingArguments flags for train.precision: bf16/fp16, and use_cpu for bf16 on a CPU (transformers
+    refuses bf16 without a GPU unless told the run is on the CPU; it then autocasts to bf16 on the CPU)."""
+    import torch
 
-    if setting == "auto":
-        setting = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-    return {"bf16": setting == "bf16", "fp16": setting == "fp16"}
+    precision = resolve_precision(setting)
+    flags = {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+    if precision == "bf16" and not torch.cuda.is_available():
+        flags["use_cpu"] = True
+    return flags
 
 
 def training_arguments(train: TrainSection, output_dir: Path, progress: bool = True, **extra):

@@ -11,12 +11,15 @@ from clinpeft.data.packing import IGNORE_INDEX
 from clinpeft.evaluation.metrics import perplexity
 
 
-@torch.no_grad()
-def token_nll(model, blocks, batch_size: int, desc: str = "perplexity", progress: bool = True) -> tuple[float, int]:
+@torch.inference_mode()
+def token_nll(model, blocks, batch_size: int, desc: str = "perplexity", progress: bool = True,
+              precision: str = "fp32") -> tuple[float, int]:
     """Summed next-token NLL (nats) and the number of predicted tokens over `blocks` (packed or not).
 
     Labels of -100 are skipped. With several processes (accelerate launch) each takes a shard
-    and the sums are added, so the result is the same as on one device.
+    and the sums are added, so the result is the same as on one device. Runs under inference_mode
+    (no autograd bookkeeping), in batches of `batch_size` (eval.batch_size, its own), and under
+    bf16 autocast when `precision` is bf16 (the training precision; the NLL is summed in fp64).
     """
     from accelerate import PartialState
 
@@ -36,7 +39,8 @@ def token_nll(model, blocks, batch_size: int, desc: str = "perplexity", progress
             extra = {}
             if "position_ids" in rows:
                 extra["position_ids"] = torch.tensor(rows["position_ids"], device=device)
-            logits = model(input_ids=input_ids, use_cache=False, **extra).logits
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                logits = model(input_ids=input_ids, use_cache=False, **extra).logits
             # prompt / p-tuning return logits for their virtual tokens first: keep the row's own
             logits = logits[:, -input_ids.size(1):]
             shift_logits = logits[:, :-1].float()
@@ -55,6 +59,7 @@ def token_nll(model, blocks, batch_size: int, desc: str = "perplexity", progress
     return float(total[0]), int(total[1])
 
 
-def split_perplexity(model, blocks, batch_size: int, desc: str, progress: bool = True) -> float:
-    nll, n = token_nll(model, blocks, batch_size, desc=desc, progress=progress)
+def split_perplexity(model, blocks, batch_size: int, desc: str, progress: bool = True,
+                     precision: str = "fp32") -> float:
+    nll, n = token_nll(model, blocks, batch_size, desc=desc, progress=progress, precision=precision)
     return perplexity(nll, n) if n else math.nan

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# One-GPU throughput check of clinpeft pretraining at LLaMA-7B shape (H100/H200 class), <= 8 minutes.
+#
+#   benchmarks/gpu_check.sh                 # on the GPU machine; writes $OUT/gpu_check.md and .json
+#   benchmarks/gpu_check.sh --cpu-smoke     # the same code path on CPU with a tiny shape (~1-2 min)
+#
+# What it runs (benchmarks/throughput.py, nothing downloaded): a random-init LLaMA-7B-shaped model
+# (hidden 4096, 32 layers, 32 heads, MLP 11008, vocab 32000), LoRA r=16 on q_proj/v_proj, bf16
+# base weights with fp32 LoRA weights under bf16 autocast, 512-token rows of the MIMIC-IV-Note-like
+# mix (88% ~300-token notes, 12% 2,000-3,000), batch 16, in clinpeft's packed layout (fill) and the
+# paper's (one note per row, truncated, padded), for each attention path importable here (sdpa;
+# flash_attention_2 when flash_attn is installed). Reports tokens/s, useful tokens/s, MFU against
+# the measured bf16 GEMM ceiling and against the published dense bf16 peak (H100 SXM / H200: 989
+# TFLOPS; A100: 312), peak memory, and the projected time of one epoch over MIMIC-IV-Note.
+#
+# MIMIC-IV-Note size assumed for the projection: 2,653,149 notes (the paper's count: 331,794
+# discharge + 2,321,355 radiology, MIMIC-IV-Note v2.2) and 2.0e9 LLaMA tokens: 7.4e9 characters
+# (README, "Preparing the pretraining corpus": estimate from the v2.2 files) x 0.27 tokens per
+# character (LLaMA's 32k SentencePiece vocabulary on English clinical text, ~3.7 characters per
+# token: an assumption, not a measurement; override with CORPUS_TOKENS=...). The packed layout's
+# projection scales this corpus's epoch by tokens, the paper layout's by notes (one row each).
+# The paper reports 21.6 h for one epoch of LoRA pretraining on one A100-80GB (Table 2).
+#
+# Python: the machine's python3 when it imports torch, transformers and peft; otherwise a venv in
+# /tmp/v that sees the system's packages (so an installed torch is reused) and pip-installs only
+# what is missing. Nothing else is fetched.
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$here"
+OUT="${OUT:-$here/gpu-check-out}"
+mkdir -p "$OUT"
+smoke=0
+for arg in "$@"; do
+  case "$arg" in
+    --cpu-smoke) smoke=1 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    *) echo "gpu_check.sh: unknown argument $arg (expected --cpu-smoke)" >&2; exit 2 ;;
+  esac
+done
+
+needs='import torch, transformers, peft, numpy'
+found=""
+PY="${PYTHON:-}"  # PYTHON=/path/to/python: use that one
+for candidate in ${PY:+"$PY"} python3 "$here/.venv/bin/python" /tmp/v/bin/python; do
+  if [ -x "$(command -v "$candidate" 2>/dev/null || echo /nonexistent)" ] && "$candidate" -c "$needs" 2>/dev/null; then
+    found="$candidate"; break
+  fi
+done
+PY="${found:-}"
+if [ -z "$PY" ]; then
+  echo "gpu_check.sh: creating /tmp/v (system packages visible, so an installed torch is reused)" >&2
+  python3 -m venv --system-site-packages /tmp/v
+  missing=""
+  python3 -c 'import torch' 2>/dev/null || missing="torch"
+  /tmp/v/bin/pip install -q $missing 'transformers>=4.46' 'peft>=0.13' 'accelerate>=1.0' numpy
+  PY=/tmp/v/bin/python
+fi
+echo "gpu_check.sh: python $PY ($("$PY" -c 'import torch, transformers, peft; print("torch", torch.__version__, "transformers", transformers.__version__, "peft", peft.__version__)'))" >&2
+
+if [ "$smoke" = 1 ]; then
+  device=cpu
+  shape=(--hidden 64 --layers 2 --heads 4 --kv-heads 4 --intermediate 172 --vocab 1000 --batch 2 --n-notes 200
+         --rounds 1 --steps 2 --warmup 1 --gemm-size 256)
+  peak=()
+else
+  device=cuda
+  "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "gpu_check.sh: no CUDA device visible to torch; use --cpu-smoke on a CPU")'
+  name="$("$PY" -c 'import torch; print(torch.cuda.get_device_name())')"
+  case "$name" in
+    *H100*|*H200*) peak=(--peak-tflops 989) ;;
+    *A100*) peak=(--peak-tflops 312) ;;
+    *) peak=() ;;
+  esac
+  shape=(--hidden 4096 --layers 32 --heads 32 --kv-heads 32 --intermediate 11008 --vocab 32000 --batch 16
+         --n-notes 4000 --rounds 2 --steps 5 --warmup 2 --gemm-size 8192)
+fi
+
+attn=sdpa
+if "$PY" -c 'import flash_attn' 2>/dev/null; then attn=sdpa,flash_attention_2; fi
+
+timeout 480 "$PY" benchmarks/throughput.py --device "$device" "${shape[@]}" ${peak[@]+"${peak[@]}"} \
+  --lora-r 16 --block 512 --layouts packed,paper --precisions bf16-weights --attn "$attn" \
+  --corpus-tokens "${CORPUS_TOKENS:-2.0e9}" --corpus-notes 2653149 \
+  --json "$OUT/gpu_check.json" --md "$OUT/gpu_check.md"
+
+{
+  echo
+  echo "Projection: one epoch over MIMIC-IV-Note, ${CORPUS_TOKENS:-2.0e9} tokens / 2,653,149 notes (assumptions:"
+  echo "benchmarks/gpu_check.sh header), column 'corpus epoch h'. The paper: 21.6 h for one epoch of LoRA on one A100-80GB."
+  [ "$smoke" = 1 ] && echo "(--cpu-smoke: tiny shape on CPU; the numbers only prove the script runs.)"
+} >> "$OUT/gpu_check.md"
+echo "gpu_check.sh: wrote $OUT/gpu_check.md and $OUT/gpu_check.json" >&2
