@@ -211,7 +211,9 @@ def test_pretrain_finetune_evaluate(arch, arch_models, synthetic_corpus, synthet
                           bootstrap_resamples=0)
     assert again["eval"]["auroc"] == pytest.approx(metrics["test"]["auroc"], abs=1e-6)
     original, rescored = pd.read_csv(out / "predictions.csv"), pd.read_csv(tmp_path / "eval" / "predictions.csv")
-    assert (rescored.iloc[:, 2:] - original.iloc[:, 2:]).abs().to_numpy().max() < 1e-5
+    columns = [c for c in original.columns if c.startswith("p_")]
+    assert columns and list(rescored["predicted"]) == list(original["predicted"])
+    assert (rescored[columns] - original[columns]).abs().to_numpy().max() < 1e-5
 
 
 def test_cpu_recipes_are_valid_and_target_modules_small_models_have():

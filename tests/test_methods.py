@@ -165,14 +165,10 @@ def test_packed_notes_stay_apart_or_the_method_falls_back(method, tiny_llama):
 
 @pytest.mark.parametrize("method", PEFT_METHODS)
 def test_perplexity_equals_a_direct_computation(method, tiny_llama):
-    """token_nll over the recipe's rows (packed, or the fallback's) = each note's own NLL, summed."""
+    """token_nll over the recipe's rows (packed whole notes, or the fallback's) = each note's own NLL, summed;
+    the fill layout predicts one token fewer per note it cuts at a block boundary."""
     tokenizer = load_tokenizer(tiny_llama)
     model = with_method(tiny_llama, method).eval()
-    packing = packing_fallback(method) is None
-    rows = Dataset.from_dict(tokenize_and_pack({"text": NOTES * 2}, tokenizer, "text", block_size=48, packing=packing))
-    if not packing:
-        rows = rows.remove_columns("position_ids")  # as pretrain.tokenize_corpus does
-    nll, n = token_nll(model, rows, batch_size=4, progress=False)
     direct_nll, direct_n = 0.0, 0
     with torch.no_grad():
         for note in NOTES * 2:
@@ -181,8 +177,19 @@ def test_perplexity_equals_a_direct_computation(method, tiny_llama):
             loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss.item()
             direct_nll += loss * (len(ids) - 1)
             direct_n += len(ids) - 1
-    assert n == direct_n
-    assert nll == pytest.approx(direct_nll, rel=1e-5)
+    packs = packing_fallback(method) is None
+    for layout in ("next_fit", "ffd", "fill") if packs else ("none",):
+        rows = tokenize_and_pack({"text": NOTES * 2}, tokenizer, "text", block_size=48, packing=layout)
+        cuts = sum(rows.pop("segment_starts_added", [0]))
+        rows = Dataset.from_dict(rows)
+        if not packs:
+            rows = rows.remove_columns("position_ids")  # as pretrain.tokenize_corpus does
+        nll, n = token_nll(model, rows, batch_size=4, progress=False)
+        assert n == direct_n - cuts, layout
+        if cuts == 0:
+            assert nll == pytest.approx(direct_nll, rel=1e-5), layout
+        else:  # only fill cuts notes at block boundaries (here it does: 48-token blocks)
+            assert layout == "fill"
 
 
 def test_adaption_prompt_layers_beyond_the_model_are_a_clear_error(tiny_llama):

@@ -14,6 +14,7 @@ import pytest
 import clinpeft
 from clinpeft.cli import main
 from clinpeft.config import FinetuneConfig, load_config
+from clinpeft.data.predictions import probability_columns
 from clinpeft.recipes import evaluate, finetune, predict
 
 
@@ -30,8 +31,8 @@ def diag_run(tiny_llama, clinical_run, synthetic_tasks, tmp_path_factory):
     return run
 
 
-def test_safe_columns_are_plain_and_unique():
-    assert predict.safe_columns(["<=3", "(3,7]", "V45.8", "a b", "a-b", ""]) == \
+def test_probability_columns_are_plain_and_unique():
+    assert probability_columns(["<=3", "(3,7]", "V45.8", "a b", "a-b", ""]) == \
         ["p_3", "p_3_7", "p_V45_8", "p_a_b", "p_a_b_2", "p_label"]
 
 
@@ -40,21 +41,24 @@ def test_predict_equals_evaluate_and_the_runs_predictions(diag_run, synthetic_ta
     assert main(["predict", str(diag_run), "--notes", str(test_csv), "--out", str(tmp_path / "p"),
                  "--batch-size", "3", "--quiet"]) == 0
     assert "notes scored for diag" in capsys.readouterr().out
-    scored = pd.read_csv(tmp_path / "p" / "predictions.csv", dtype={"id": str, "prediction": str},
+    scored = pd.read_csv(tmp_path / "p" / "predictions.csv", dtype={"id": str, "predicted": str},
                          keep_default_na=False)
     header = json.loads((tmp_path / "p" / "labels.json").read_text())
     labels = (synthetic_tasks["diag"] / "labels.txt").read_text().split()
     assert list(header["columns"].values()) == labels and header["threshold"] == 0.5
-    assert list(scored.columns) == ["id", *header["columns"], "prediction"]
+    assert list(scored.columns) == ["id", "predicted", *header["columns"]]
+    # the same columns and map as the run's own predictions.csv
+    assert json.loads((tmp_path / "p" / "predictions_columns.json").read_text()) == header["columns"]
+    assert json.loads((diag_run / "predictions_columns.json").read_text()) == header["columns"]
     own = pd.read_csv(diag_run / "predictions.csv", dtype={"id": str})
     assert scored["id"].tolist() == own["id"].tolist()  # input order restored
     probs = scored[list(header["columns"])].to_numpy()
-    np.testing.assert_allclose(probs, own.iloc[:, 2:].to_numpy(), atol=1e-5)
+    np.testing.assert_allclose(probs, own[list(header["columns"])].to_numpy(), atol=1e-5)
     evaluate.main(diag_run, test_csv, tmp_path / "e", progress=False, bootstrap_resamples=0)
-    np.testing.assert_allclose(probs, pd.read_csv(tmp_path / "e" / "predictions.csv").iloc[:, 2:].to_numpy(),
-                               atol=1e-5)
+    evaluated = pd.read_csv(tmp_path / "e" / "predictions.csv")
+    np.testing.assert_allclose(probs, evaluated[list(header["columns"])].to_numpy(), atol=1e-5)
     expected = [",".join(label for label, p in zip(labels, row) if p >= 0.5) for row in probs]
-    assert scored["prediction"].tolist() == expected
+    assert scored["predicted"].tolist() == expected
     # the Python API, for notebooks
     texts = pd.read_csv(test_csv)["text"].tolist()
     np.testing.assert_allclose(clinpeft.load(diag_run).predict(texts), probs, atol=1e-5)
@@ -81,10 +85,10 @@ def test_single_label_prediction_is_the_argmax(tiny_llama, synthetic_tasks, tmp_
         "model.pooling=mean"])
     finetune.main(config, run, progress=False)
     result = predict.main(run, synthetic_tasks["los"] / "val.csv", tmp_path / "p", progress=False)
-    scored = pd.read_csv(tmp_path / "p" / "predictions.csv", dtype={"prediction": str})
+    scored = pd.read_csv(tmp_path / "p" / "predictions.csv", dtype={"predicted": str})
     probs = scored[list(result["columns"])].to_numpy()
     labels = list(result["columns"].values())
-    assert scored["prediction"].tolist() == [labels[i] for i in probs.argmax(1)]
+    assert scored["predicted"].tolist() == [labels[i] for i in probs.argmax(1)]
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
 
 
@@ -145,4 +149,5 @@ def test_encoder_baseline_with_chunks_predicts_as_it_evaluates(tiny_bert, synthe
     result = predict.main(run, synthetic_tasks["mor"] / "test.csv", tmp_path / "p", progress=False)
     scored = pd.read_csv(tmp_path / "p" / "predictions.csv")
     own = pd.read_csv(run / "predictions.csv")
-    np.testing.assert_allclose(scored[list(result["columns"])].to_numpy(), own.iloc[:, 2:].to_numpy(), atol=1e-5)
+    columns = list(result["columns"])
+    np.testing.assert_allclose(scored[columns].to_numpy(), own[columns].to_numpy(), atol=1e-5)

@@ -73,9 +73,9 @@ def test_predictions_csv_has_predicted_class_safe_columns_and_subgroups(report):
     run = report["root"] / "lora/los"
     frame = pd.read_csv(run / "predictions.csv", dtype=str, keep_default_na=False)
     header = json.loads((run / "predictions_columns.json").read_text())
-    assert header == {"p_0": "<=3", "p_1": "3-7", "p_2": "7-14", "p_3": ">14"}  # no "=" or ">" in a header
+    assert header == {"p_3": "<=3", "p_3_7": "3-7", "p_7_14": "7-14", "p_14": ">14"}  # no "=" or ">" in a header
     probs = frame[list(header)].astype(float).to_numpy()
-    assert list(frame["predicted"]) == [header[f"p_{j}"] for j in probs.argmax(axis=1)]
+    assert list(frame["predicted"]) == [list(header.values())[j] for j in probs.argmax(axis=1)]
     mor = pd.read_csv(report["root"] / "lora/mor/predictions.csv", dtype=str)
     assert list(mor.columns) == ["id", "label", "predicted", "p_0", "p_1", "gender", "age_group"]
 

@@ -253,8 +253,9 @@ def run_evaluate(args: argparse.Namespace, progress: bool) -> int:
 
 def add_predict(sub) -> None:
     p = sub.add_parser("predict", help="score unlabelled notes with a saved fine-tuning run",
-                       description="Write OUT/predictions.csv (id, one probability column per label, the "
-                       "prediction) and OUT/labels.json (column -> label) for the notes of a CSV, CSV.GZ or JSONL.")
+                       description="Write OUT/predictions.csv (id, the predicted class or labels, one "
+                       "probability column per label) and OUT/labels.json (column -> label) for the notes "
+                       "of a CSV, CSV.GZ or JSONL.")
     p.add_argument("run", help="a `clinpeft finetune` run directory")
     p.add_argument("--notes", required=True, help="CSV, CSV.GZ or JSONL of notes (a label column is ignored)")
     p.add_argument("--text-column", default="text", help="column holding the note text (default: text)")

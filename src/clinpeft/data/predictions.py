@@ -4,10 +4,11 @@
 
 - `predicted`: the predicted class (argmax of the probabilities) for binary and multiclass tasks; for
   multilabel tasks the comma-joined labels with probability >= 0.5 (sigmoid), empty for none.
-- probability columns: `p_<label>` when the label is spreadsheet-safe (`SAFE_LABEL`: letters, digits,
-  `_` and `.`, starting with a letter or digit, so no `=`/`+`/`-`/`@` formula start and no quoting), else
-  `p_<index>` (position in labels.txt); names are unique. `predictions_columns.json` beside the file
-  maps each column to its label ({"p_3": "<=3"}). Old files (no map, every column `p_<label>`) still read.
+- probability columns: `p_` + the label with every run of characters outside [A-Za-z0-9_] replaced by `_`
+  (`<=3` -> p_3, `V45.8` -> p_V45_8, `(3,7]` -> p_3_7), made unique with _2, _3 ...: plain names in
+  every tool (no formula start, no quoting, valid R/pandas identifiers). `predictions_columns.json`
+  beside the file maps each column to its label ({"p_3": "<=3"}). Old files (no map, every column
+  `p_<label>`) still read. `clinpeft predict` writes the same columns.
 """
 
 from __future__ import annotations
@@ -19,28 +20,31 @@ from pathlib import Path
 import numpy as np
 
 HEADER_MAP_FILE = "predictions_columns.json"
-SAFE_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.]*$")
+UNSAFE = re.compile(r"[^0-9A-Za-z_]+")
 MULTILABEL_THRESHOLD = 0.5  # predicted labels of a multilabel task: sigmoid probability at or above this
 
 
 def probability_columns(labels: list[str]) -> list[str]:
     """One column name per label, in label order (see the module docstring)."""
-    names, seen = [], set()
-    for j, label in enumerate(labels):
-        name = f"p_{label}" if SAFE_LABEL.match(str(label)) else f"p_{j}"
-        if name in seen or (name != f"p_{label}" and f"p_{j}" in {f"p_{x}" for x in labels}):
-            name = f"p_{j}_"
-        seen.add(name)
+    names, used = [], set()
+    for label in labels:
+        stem = "p_" + (UNSAFE.sub("_", str(label)).strip("_") or "label")
+        name, k = stem, 2
+        while name in used:
+            name, k = f"{stem}_{k}", k + 1
+        used.add(name)
         names.append(name)
     return names
 
 
-def predicted_cells(task_type: str, probs: np.ndarray, labels: list[str]) -> list[str]:
-    """The `predicted` column: argmax label, or multilabel labels with probability >= 0.5 comma-joined."""
+def predicted_cells(task_type: str, probs: np.ndarray, labels: list[str],
+                    threshold: float = MULTILABEL_THRESHOLD) -> list[str]:
+    """The `predicted` column: the argmax label (binary, multiclass), or for multilabel tasks the labels with
+    probability >= `threshold`, comma-joined as in task files (empty: none)."""
     probs = np.asarray(probs, dtype=np.float64)
     if task_type == "multilabel":
-        return [",".join(labels[j] for j in np.flatnonzero(row >= MULTILABEL_THRESHOLD)) for row in probs]
-    return [labels[j] for j in probs.argmax(axis=1)]
+        return [",".join(str(labels[j]) for j in np.flatnonzero(row >= threshold)) for row in probs]
+    return [str(labels[j]) for j in probs.argmax(axis=1)]
 
 
 def header_map(labels: list[str]) -> dict[str, str]:

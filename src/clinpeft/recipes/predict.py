@@ -8,10 +8,12 @@ long-note settings it was trained with. Input: CSV, CSV.GZ or JSONL with a text 
 1, 2, ... when absent); a label column is ignored (`evaluate` scores labelled notes).
 
 Output directory (written whole or not at all):
-    predictions.csv   id, one probability column per label (p_<label>, sanitised to [A-Za-z0-9_]),
-                      prediction: the argmax class (single-label) or the labels whose probability
-                      is >= --threshold, comma-joined as in task files (multilabel; empty: none)
-    labels.json       column -> original label, the task, the threshold, the long-note settings
+    predictions.csv   id, predicted: the argmax class (single-label) or the labels whose probability
+                      is >= --threshold, comma-joined as in task files (multilabel; empty: none),
+                      then one probability column per label: the columns of a finetune run's
+                      predictions.csv (clinpeft/data/predictions.py: p_<label> sanitised to [A-Za-z0-9_])
+    predictions_columns.json   column -> original label, as beside a run's predictions.csv
+    labels.json       the same map, the task, the threshold, the long-note settings
 
 The threshold is one fixed value (default 0.5), not per-label thresholds tuned on the validation
 split: with DIAG/PROC's hundreds of labels most have a handful of validation positives, and a
@@ -24,38 +26,18 @@ padding), scored and written in input order, then the next chunk; memory holds o
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from clinpeft import __version__
 from clinpeft.data.note_files import check_note_file, read_note_chunks
+from clinpeft.data.predictions import HEADER_MAP_FILE, predicted_cells, probability_columns, write_header_map
 from clinpeft.errors import ClinpeftError
 from clinpeft.inference import Predictor, check_finetune_run
 from clinpeft.rundir import atomic_run_dir, check_out_dir, write_json
-
-
-def safe_columns(labels: list[str], prefix: str = "p_") -> list[str]:
-    """One column name per label, [A-Za-z0-9_] only, unique (suffix _2, _3 on collisions): `<=3` -> p_3."""
-    names, used = [], set()
-    for label in labels:
-        stem = prefix + (re.sub(r"[^0-9A-Za-z_]+", "_", str(label)).strip("_") or "label")
-        name, k = stem, 2
-        while name in used:
-            name, k = f"{stem}_{k}", k + 1
-        used.add(name)
-        names.append(name)
-    return names
-
-
-def predicted_labels(task_type: str, probs: np.ndarray, labels: list[str], threshold: float) -> list[str]:
-    if task_type == "multilabel":
-        return [",".join(labels[j] for j in np.flatnonzero(row >= threshold)) for row in probs]
-    return [labels[j] for j in probs.argmax(axis=1)]
 
 
 def main(run: str | Path, notes: str | Path, out: str | Path, *, text_column: str = "text", id_column: str = "id",
@@ -72,7 +54,7 @@ def main(run: str | Path, notes: str | Path, out: str | Path, *, text_column: st
     note_file = check_note_file(notes, text_column, id_column)  # the whole file, before any work
     predictor = Predictor(run, base=base, device=device, batch_size=batch_size)
     labels, task_type = predictor.labels, predictor.task_type
-    columns = safe_columns(labels)
+    columns = probability_columns(labels)
     cut = {"notes_cut": 0, "n_notes": 0, "seen": 0, "tokens": 0}
     with atomic_run_dir(out, overwrite) as out_dir:
         path = out_dir / "predictions.csv"
@@ -80,8 +62,8 @@ def main(run: str | Path, notes: str | Path, out: str | Path, *, text_column: st
         for n, (ids, texts) in enumerate(read_note_chunks(note_file, chunk_rows)):
             encoded = predictor.encode(texts)
             probs = predictor.predict(encoded)
-            frame = pd.DataFrame({"id": ids, **{c: probs[:, j] for j, c in enumerate(columns)},
-                                  "prediction": predicted_labels(task_type, probs, labels, threshold)})
+            frame = pd.DataFrame({"id": ids, "predicted": predicted_cells(task_type, probs, labels, threshold),
+                                  **{c: probs[:, j] for j, c in enumerate(columns)}})
             frame.to_csv(path, mode="w" if n == 0 else "a", header=n == 0, index=False, float_format="%.7g")
             stats = encoded.truncation()
             cut["notes_cut"] += stats["notes_cut"]
@@ -97,7 +79,7 @@ def main(run: str | Path, notes: str | Path, out: str | Path, *, text_column: st
             "task": predictor.meta["task"],
             "task_type": task_type,
             "columns": dict(zip(columns, labels)),  # predictions.csv column -> original label
-            "prediction": ("labels with probability >= threshold, comma-joined" if task_type == "multilabel"
+            "predicted": ("labels with probability >= threshold, comma-joined" if task_type == "multilabel"
                            else "the class of highest probability"),
             "threshold": threshold if task_type == "multilabel" else None,
             "long_notes": predictor.long_notes.to_json(),
@@ -108,6 +90,7 @@ def main(run: str | Path, notes: str | Path, out: str | Path, *, text_column: st
             "clinpeft_version": __version__,
         }
         write_json(out_dir / "labels.json", result)
+        write_header_map(out_dir / HEADER_MAP_FILE, labels)
     return result
 
 
