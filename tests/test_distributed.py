@@ -1,8 +1,6 @@
-"""The distributed parts, for real: a PostgreSQL sweep with two worker processes, one SIGKILLed mid-trial.
-
-Multi-process training on CPU is not here: `accelerate launch --cpu --num_processes 2` (accelerate 1.15)
-starts one process (its simple launcher), and `torchrun --nproc_per_node 2` on CPU starts two processes
-that each train alone (the Trainer sets up no gloo process group); a test on either would prove nothing.
+"""The distributed parts, for real: a PostgreSQL sweep with two worker processes, one SIGKILLed mid-trial,
+and data-parallel training with `torchrun --nproc_per_node 2` on the CPU (a gloo process group: the same
+Trainer/accelerate path as several GPUs, with the gradients all-reduced).
 
 PostgreSQL comes from conftest.postgres_url (skips, saying why, only when no server can start);
 `.ci/run` installs Debian's postgresql package so CI runs these.
@@ -18,6 +16,10 @@ import textwrap
 import time
 from pathlib import Path
 
+import json
+import math
+
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -78,3 +80,54 @@ def test_postgres_sweep_two_workers_one_killed(tmp_path, tiny_llama, synthetic_t
     table = pd.read_csv(out / "trials.csv")
     assert (table["state"] == "COMPLETE").sum() == trials  # exactly N, the killed one retried once
     assert (table["state"] != "COMPLETE").sum() == 1 and (out / "best.yaml").is_file()
+
+
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node 2 -m clinpeft.cli ARGS`: two processes on this machine."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "clinpeft.cli", *args, "--quiet"]
+    done = subprocess.run(command, env=env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_torchrun_two_processes_train_one_model_together(tmp_path, tiny_llama, synthetic_corpus, synthetic_tasks):
+    """pretrain and finetune under torchrun: one process group (half the optimizer steps of one process for
+    the same epoch), one run directory, one summary line, perplexities and test predictions exactly those
+    one process computes."""
+    from clinpeft.config import PretrainConfig, load_config
+    from clinpeft.recipes import evaluate, pretrain
+    from conftest import pretrain_overrides
+
+    overrides = [*pretrain_overrides(tiny_llama, synthetic_corpus), "train.max_steps=-1", "train.epochs=1"]
+    done = torchrun("pretrain", "configs/demo/pretrain_lora.yaml", *overrides, "--out", str(tmp_path / "clinical"))
+    assert done.stdout.count("trainable params") == 1  # printed by the main process only
+    run = json.loads((tmp_path / "clinical" / "run.json").read_text())
+    assert run["processes"] == 2
+    # one epoch, 4 blocks per process per step: the two processes share the blocks (DistributedSampler)
+    assert run["optimizer_steps"] == math.ceil(run["train_blocks"] / (4 * 2)) and run["optimizer_steps"] > 1
+    assert run["test_ppl"] < run["base_test_ppl"]
+    # the sharded perplexity pass adds up to one process's: same base model, same test blocks
+    single = pretrain.main(load_config(PretrainConfig, "configs/demo/pretrain_lora.yaml",
+                                       [*overrides, "train.max_steps=1"]), tmp_path / "single", progress=False)
+    assert single["processes"] == 1 and single["test_blocks"] == run["test_blocks"]
+    assert run["base_test_ppl"] == pytest.approx(single["base_test_ppl"], rel=1e-9)
+
+    task = synthetic_tasks["mor"]
+    done = torchrun("finetune", "configs/demo/finetune_clinical.yaml", f"model.base={tiny_llama}",
+                    f"clinical_adapter={tmp_path / 'clinical'}", f"task.path={task}", "task.max_seq_len=64",
+                    "train.batch_size=8", "train.epochs=1", "eval.bootstrap_resamples=0",
+                    "--out", str(tmp_path / "mor"))
+    assert done.stdout.count("test AUROC") == 1
+    metrics = json.loads((tmp_path / "mor" / "metrics.json").read_text())
+    n_train = len(pd.read_csv(task / "train.csv"))
+    assert metrics["processes"] == 2 and metrics["optimizer_steps"] == math.ceil(n_train / (8 * 2))
+    predictions = pd.read_csv(tmp_path / "mor" / "predictions.csv", dtype={"id": str})
+    assert predictions["id"].tolist() == pd.read_csv(task / "test.csv", dtype={"id": str})["id"].tolist()
+    again = evaluate.main(tmp_path / "mor", task / "test.csv", tmp_path / "eval", progress=False,
+                          bootstrap_resamples=0)
+    assert again["eval"]["auroc"] == pytest.approx(metrics["test"]["auroc"], abs=1e-9)
+    rescored = pd.read_csv(tmp_path / "eval" / "predictions.csv")
+    np.testing.assert_allclose(rescored[["p_0", "p_1"]], predictions[["p_0", "p_1"]], atol=1e-5)
+    leftovers = sorted(p.name for p in tmp_path.iterdir())
+    assert leftovers == ["clinical", "eval", "mor", "single"]  # no temporary directory of the other process

@@ -18,6 +18,7 @@ import sys
 
 from clinpeft import __version__
 from clinpeft.errors import ClinpeftError
+from clinpeft.rundir import is_main_process
 
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -67,6 +68,10 @@ def set_offline() -> None:
 
 
 def print_lines(lines: list[str], file=None) -> None:
+    """A command's result lines, on stdout; under torchrun / accelerate launch (every process runs the recipe)
+    only the main process prints them, once."""
+    if file is None and not is_main_process():
+        return
     for line in lines:
         print(line, file=file or sys.stdout)
 

@@ -262,9 +262,14 @@ def count_parameters(model) -> tuple[int, int]:
 
 
 def device_summary() -> dict:
+    """run.json / metrics.json: the device, GPUs on this machine, and `processes`: the data-parallel processes
+    that trained together (torchrun / accelerate launch; 1 otherwise)."""
+    import torch.distributed as dist
+
+    processes = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     if torch.cuda.is_available():
-        return {"device": torch.cuda.get_device_name(0), "n_gpus": torch.cuda.device_count()}
-    return {"device": "cpu", "n_gpus": 0}
+        return {"device": torch.cuda.get_device_name(0), "n_gpus": torch.cuda.device_count(), "processes": processes}
+    return {"device": "cpu", "n_gpus": 0, "processes": processes}
 
 
 def check_positions(base_path: Path, max_seq_len: int, key: str) -> None:

@@ -117,13 +117,16 @@ def upcast_trainable(model) -> int:
 
 
 def precision_flags(setting: str) -> dict:
-    """TrainingArguments flags for train.precision: bf16/fp16, and use_cpu for bf16 on a CPU (transformers
-    refuses bf16 without a GPU unless told the run is on the CPU; it then autocasts to bf16 on the CPU)."""
+    """TrainingArguments flags for train.precision (bf16/fp16) and the device: use_cpu on a machine without
+    CUDA. Two reasons: transformers refuses bf16 without a GPU unless told the run is on the CPU (it then
+    autocasts to bf16), and accelerate sets up multi-process CPU training (a gloo process group, gradients
+    all-reduced) only when told so: without use_cpu, `torchrun --nproc_per_node N` on a CPU machine starts
+    N processes that each train alone on the whole data."""
     import torch
 
     precision = resolve_precision(setting)
     flags = {"bf16": precision == "bf16", "fp16": precision == "fp16"}
-    if precision == "bf16" and not torch.cuda.is_available():
+    if not torch.cuda.is_available():
         flags["use_cpu"] = True
     return flags
 
