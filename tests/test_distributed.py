@@ -8,6 +8,8 @@ PostgreSQL comes from conftest.postgres_url (skips, saying why, only when no ser
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import signal
 import subprocess
@@ -15,9 +17,6 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-
-import json
-import math
 
 import numpy as np
 import pandas as pd
