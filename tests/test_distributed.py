@@ -81,42 +81,100 @@ def test_postgres_sweep_two_workers_one_killed(tmp_path, tiny_llama, synthetic_t
     assert (table["state"] != "COMPLETE").sum() == 1 and (out / "best.yaml").is_file()
 
 
-def torchrun(*args: str) -> subprocess.CompletedProcess:
-    """`torchrun --standalone --nproc_per_node 2 -m clinpeft.cli ARGS`: two processes on this machine."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "clinpeft.cli", *args, "--quiet"]
+LAUNCHERS = {  # two processes on this machine; on a CPU both give a gloo group (accelerate's --cpu would not)
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+    "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                   "--main_process_port", "0"],
+}
+
+
+def launch(launcher: str, *args: str, wait: bool = True):
+    command = [*LAUNCHERS[launcher], "-m", "clinpeft.cli", *args, "--quiet"]
+    if not wait:
+        return subprocess.Popen(command, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
     done = subprocess.run(command, env=env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
 
-def test_torchrun_two_processes_train_one_model_together(tmp_path, tiny_llama, synthetic_corpus, synthetic_tasks):
-    """pretrain and finetune under torchrun: one process group (half the optimizer steps of one process for
-    the same epoch), one run directory, one summary line, perplexities and test predictions exactly those
-    one process computes."""
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux /proc): the launcher's agent and the training processes."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def kill_all(process: subprocess.Popen) -> None:
+    """Pre-emption without a grace period: SIGKILL the launcher and every process it started."""
+    for pid in [*descendants(process.pid), process.pid]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the training processes through /proc")
+def test_two_processes_train_one_model_together_and_resume(tmp_path, tiny_llama, synthetic_corpus, synthetic_tasks):
+    """pretrain and finetune with two data-parallel processes (torchrun, accelerate launch): one process group
+    (half the optimizer steps of one process for the same epoch), one run directory, one summary line,
+    perplexities and test predictions exactly those one process computes; a pretraining SIGKILLed with all its
+    processes resumes from its checkpoint to the uninterrupted run's adapter (same test perplexity)."""
     from clinpeft.config import PretrainConfig, load_config
     from clinpeft.recipes import evaluate, pretrain
     from conftest import pretrain_overrides
 
-    overrides = [*pretrain_overrides(tiny_llama, synthetic_corpus), "train.max_steps=-1", "train.epochs=1"]
-    done = torchrun("pretrain", "configs/demo/pretrain_lora.yaml", *overrides, "--out", str(tmp_path / "clinical"))
+    recipe = "configs/demo/pretrain_lora.yaml"
+    overrides = [*pretrain_overrides(tiny_llama, synthetic_corpus), "train.max_steps=-1", "train.epochs=1",
+                 "train.checkpoint_every=5", "train.logging_steps=1"]  # a logged loss per step (the Trainer's
+    # logged value averages its window, and a window cut by the resumption averages only its resumed part)
+    done = launch("torchrun", "pretrain", recipe, *overrides, "--out", str(tmp_path / "clinical"))
     assert done.stdout.count("trainable params") == 1  # printed by the main process only
     run = json.loads((tmp_path / "clinical" / "run.json").read_text())
-    assert run["processes"] == 2
+    assert run["processes"] == 2 and run["resumed_from_step"] == 0
     # one epoch, 4 blocks per process per step: the two processes share the blocks (DistributedSampler)
-    assert run["optimizer_steps"] == math.ceil(run["train_blocks"] / (4 * 2)) and run["optimizer_steps"] > 1
+    assert run["optimizer_steps"] == math.ceil(run["train_blocks"] / (4 * 2)) and run["optimizer_steps"] > 5
     assert run["test_ppl"] < run["base_test_ppl"]
     # the sharded perplexity pass adds up to one process's: same base model, same test blocks
-    single = pretrain.main(load_config(PretrainConfig, "configs/demo/pretrain_lora.yaml",
-                                       [*overrides, "train.max_steps=1"]), tmp_path / "single", progress=False)
+    single = pretrain.main(load_config(PretrainConfig, recipe, [*overrides, "train.max_steps=1"]),
+                           tmp_path / "single", progress=False)
     assert single["processes"] == 1 and single["test_blocks"] == run["test_blocks"]
     assert run["base_test_ppl"] == pytest.approx(single["base_test_ppl"], rel=1e-9)
 
+    # pre-empted after its first checkpoint, all processes at once; the same command resumes it
+    out = tmp_path / "resumed"
+    killed = launch("accelerate", "pretrain", recipe, *overrides, "--out", str(out), wait=False)
+    deadline = time.time() + 300
+    while not list(Path(f"{out}.partial").glob("checkpoints/checkpoint-*/trainer_state.json")):
+        assert killed.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.05)
+    kill_all(killed)
+    assert not out.exists() and Path(f"{out}.partial").is_dir()
+    launch("accelerate", "pretrain", recipe, *overrides, "--out", str(out))
+    resumed = json.loads((out / "run.json").read_text())
+    assert resumed["resumed_from_step"] >= 5 and resumed["optimizer_steps"] == run["optimizer_steps"]
+    # same data order, schedule and all-reduced gradients: the uninterrupted run's adapter (fp32 sums in
+    # another order at most: 1e-6 relative)
+    assert resumed["test_ppl"] == pytest.approx(run["test_ppl"], rel=1e-6)
+    assert [p["loss"] for p in resumed["loss_curve"]] == pytest.approx([p["loss"] for p in run["loss_curve"]],
+                                                                         rel=1e-5)
+
     task = synthetic_tasks["mor"]
-    done = torchrun("finetune", "configs/demo/finetune_clinical.yaml", f"model.base={tiny_llama}",
-                    f"clinical_adapter={tmp_path / 'clinical'}", f"task.path={task}", "task.max_seq_len=64",
-                    "train.batch_size=8", "train.epochs=1", "eval.bootstrap_resamples=0",
-                    "--out", str(tmp_path / "mor"))
+    done = launch("torchrun", "finetune", "configs/demo/finetune_clinical.yaml", f"model.base={tiny_llama}",
+                  f"clinical_adapter={tmp_path / 'clinical'}", f"task.path={task}", "task.max_seq_len=64",
+                  "train.batch_size=8", "train.epochs=1", "eval.bootstrap_resamples=0", "--out", str(tmp_path / "mor"))
     assert done.stdout.count("test AUROC") == 1
     metrics = json.loads((tmp_path / "mor" / "metrics.json").read_text())
     n_train = len(pd.read_csv(task / "train.csv"))
@@ -129,4 +187,4 @@ def test_torchrun_two_processes_train_one_model_together(tmp_path, tiny_llama, s
     rescored = pd.read_csv(tmp_path / "eval" / "predictions.csv")
     np.testing.assert_allclose(rescored[["p_0", "p_1"]], predictions[["p_0", "p_1"]], atol=1e-5)
     leftovers = sorted(p.name for p in tmp_path.iterdir())
-    assert leftovers == ["clinical", "eval", "mor", "single"]  # no temporary directory of the other process
+    assert leftovers == ["clinical", "eval", "mor", "resumed", "single"]  # no other process's temporary directory

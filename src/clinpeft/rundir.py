@@ -30,6 +30,7 @@ from clinpeft.errors import ClinpeftError
 PARTIAL_SUFFIX = ".partial"
 CHECKPOINTS = "checkpoints"  # inside OUT.partial/: the HF Trainer's checkpoint-N folders
 LOCK_FILE = ".lock"
+RANK_SCRATCH = ".rank-"  # inside OUT.partial/: scratch of the other data-parallel processes, .rank-1, ...
 # keys that may change between an interrupted run and its resumption (they do not change the result)
 RESUME_FREE_KEYS = {"train.checkpoint_every", "train.checkpoint_minutes", "train.keep_checkpoints", "train.threads",
                     "train.report_to", "train.logging_steps", "train.dataloader_num_workers", "data.num_proc"}
@@ -154,9 +155,24 @@ def _lock(partial: Path):
     return handle
 
 
+def process_rank() -> int:
+    """This process's rank under torchrun / accelerate launch (RANK, else LOCAL_RANK); 0 outside them."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+
+
 def is_main_process() -> bool:
     """True on the one process that writes results (always, outside `accelerate launch`)."""
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+    return process_rank() == 0
+
+
+def _barrier() -> None:
+    """Wait for every data-parallel process (no-op outside torchrun / accelerate launch). torch is already
+    loaded by then: only training runs have a process group."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
 
 
 @contextlib.contextmanager
@@ -169,12 +185,23 @@ def atomic_run_dir(out: str | Path, overwrite: bool = False, *, resumable: bool 
 
     resumable: the directory is `OUT.partial/` (see the module docstring). `config` (the resolved
     config as a dict) is written there as config.yaml; a partial run with another config is refused,
-    naming the differing keys, unless `restart` (which discards it). On the other DDP processes a
-    private temporary directory is yielded (their checkpoints go to checkpoint_dir(out), shared).
+    naming the differing keys, unless `restart` (which discards it). The other DDP processes get
+    `OUT.partial/.rank-N/` for their scratch files (their checkpoints go to checkpoint_dir(out), shared):
+    inside the partial run, so a pre-empted run leaves nothing (no Arrow copy of the notes) beside it, and
+    the main process clears them, after every process has left the block, before renaming it to `out`.
     """
-    if resumable and is_main_process():
-        with _resumable_run_dir(Path(out), overwrite, config, restart) as partial:
-            yield partial
+    if resumable:
+        if is_main_process():
+            with _resumable_run_dir(Path(out), overwrite, config, restart) as partial:
+                yield partial
+        else:
+            scratch = partial_dir(out) / f"{RANK_SCRATCH}{process_rank()}"
+            scratch.mkdir(parents=True, exist_ok=True)
+            try:
+                yield scratch
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+            _barrier()  # on success only, as the main process (a failed process ends the whole launch)
         return
     main = is_main_process()
     out = check_out_dir(out, overwrite) if main else Path(out)
@@ -210,8 +237,8 @@ def _resumable_run_dir(out: Path, overwrite: bool, config: dict | None, restart:
     try:
         saved = partial / "config.yaml"
         if not fresh and restart:
-            for child in partial.iterdir():
-                if child.name != LOCK_FILE:
+            for child in partial.iterdir():  # another process's scratch may already be in use
+                if child.name != LOCK_FILE and not child.name.startswith(RANK_SCRATCH):
                     shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
         elif not fresh and saved.exists() and config is not None:
             try:
@@ -231,7 +258,10 @@ def _resumable_run_dir(out: Path, overwrite: bool, config: dict | None, restart:
             if not complete_checkpoints(partial / CHECKPOINTS):  # nothing to resume from: leave nothing behind
                 shutil.rmtree(partial, ignore_errors=True)
             raise
+        _barrier()  # the other processes have left their scratch directories
         shutil.rmtree(partial / CHECKPOINTS, ignore_errors=True)
+        for scratch in partial.glob(f"{RANK_SCRATCH}*"):  # a pre-empted process's, from an earlier attempt
+            shutil.rmtree(scratch, ignore_errors=True)
         (partial / LOCK_FILE).unlink(missing_ok=True)
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
