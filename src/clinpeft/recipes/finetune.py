@@ -55,7 +55,7 @@ from clinpeft.modeling.classifier import Classifier, build_classifier, save_bund
 from clinpeft.modeling.pooling import check_pooling
 from clinpeft.rundir import atomic_run_dir, check_free_space, checkpoint_dir, expected_run_bytes, write_json
 from clinpeft.training.classification import make_trainer, split_metrics, truncation_lines, write_predictions
-from clinpeft.training.common import loss_curve, resume_point, set_threads
+from clinpeft.training.common import end_mixed_precision, loss_curve, resolve_precision, resume_point, set_threads
 
 
 def main(config: FinetuneConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True,
@@ -67,6 +67,7 @@ def main(config: FinetuneConfig, out: str | Path, *, overwrite: bool = False, pr
     the per-epoch val AUROC)."""
     check_pooling(config.model.base, config.model.pooling)  # before any work: encoders read [CLS]
     check_quantization(config.model.quantization)  # before any work: 4bit/8bit need a GPU and bitsandbytes
+    resolve_precision(config.train.precision)  # before any work: fp16 needs a GPU
     task = load_task(config.task.path, config.task.name, config.task.kind, config.task.max_examples)
     check_classes(task, Path(config.task.path))  # one class in train or val: refused before training
     clinical = clinical_adapter(config)
@@ -133,6 +134,7 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
         print(f"resuming from {resume} (optimizer step {resumed_from})")
     fit_started = time.time()
     trainer.train(resume_from_checkpoint=resume)
+    end_mixed_precision(trainer)  # scores below in the model's dtype, as evaluate/predict do
     train_time = time.time() - fit_started
     checkpointing.raise_if_interrupted(trainer.state, run_dir)
     keep_best.restore(clf.model)
@@ -194,6 +196,7 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
         "train_time_s": train_time,
         "wall_time_s": time.time() - started,
         "cpu_threads": threads,
+        "precision": resolve_precision(config.train.precision),  # as resolved on this machine (auto -> fp32 or bf16)
         **device_summary(),
         "clinpeft_version": __version__,
     }

@@ -47,6 +47,7 @@ from clinpeft.training.common import (
     WARMUP_STEPS,
     Checkpointing,
     StepClock,
+    end_mixed_precision,
     loss_curve,
     model_dtype,
     resolve_precision,
@@ -211,6 +212,7 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True, checkpoint
         print(f"resuming from {resume} (optimizer step {resumed_from})")
     fit_started = time.time()
     trainer.train(resume_from_checkpoint=resume)
+    end_mixed_precision(trainer)  # scores below in the model's dtype, as evaluate/predict do
     train_time = time.time() - fit_started
     checkpointing.raise_if_interrupted(trainer.state, run_dir)
     # block tokens (padding included) per second over all devices, in this process's share of the steps

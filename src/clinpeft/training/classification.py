@@ -23,7 +23,7 @@ from clinpeft.evaluation.clinical import MIN_POSITIVES, bootstrap_clinical, clas
 from clinpeft.evaluation.metrics import probabilities, task_metrics
 from clinpeft.modeling.classifier import Classifier, pad_batch
 from clinpeft.modeling.pooling import pool_windows
-from clinpeft.training.common import Checkpointing, silence_trainer, training_arguments
+from clinpeft.training.common import Checkpointing, own_forward, silence_trainer, training_arguments
 
 
 def class_weights(targets: np.ndarray, num_labels: int) -> torch.Tensor:
@@ -66,6 +66,10 @@ class TaskLossTrainer(Trainer):
                  chunk_pooling: str = "max", **kwargs):
         super().__init__(*args, **kwargs)
         self.multilabel, self.label_weights, self.chunk_pooling = multilabel, label_weights, chunk_pooling
+
+    def evaluate(self, *args, **kwargs):
+        with own_forward(self.model):  # the epoch is selected on the scores evaluate/predict would give
+            return super().evaluate(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")

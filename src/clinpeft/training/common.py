@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -54,12 +55,15 @@ class StepClock:
         return units_per_step * steps / seconds if seconds > 0 else None
 
 
+CPUINFO = Path("/proc/cpuinfo")
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices natively: the AVX512-BF16 or AMX-BF16 flag in
     /proc/cpuinfo (the instructions oneDNN's bf16 GEMMs use; without them PyTorch emulates bf16 and
     it runs slower than fp32). Not Linux, or no flags line: False."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        text = CPUINFO.read_text()
     except OSError:
         return False
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
@@ -69,7 +73,8 @@ def cpu_has_native_bf16() -> bool:
 def resolve_precision(setting: str) -> str:
     """train.precision -> fp32 | bf16 | fp16 on this machine, or a ClinpeftError saying why not.
 
-    auto: bf16 on a GPU that supports it, fp32 elsewhere (CPUs included, for now).
+    auto: bf16 on a GPU that supports it; on a CPU, bf16 (autocast, fp32 weights and optimizer state) where it
+    multiplies bf16 natively (cpu_has_native_bf16), fp32 elsewhere (emulated bf16 is slower than fp32).
     Called before any work, so a wrong setting fails at once."""
     import torch
 
@@ -79,9 +84,7 @@ def resolve_precision(setting: str) -> str:
     if setting == "auto":
         if cuda:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-        # a CPU with native bf16 (cpu_has_native_bf16) could train in bf16 too; kept at fp32 until the
-        # bf16 loss/logit tolerance is tested (README "bf16 on CPU"): train.precision=bf16 asks for it
-        return "fp32"
+        return "bf16" if cpu_has_native_bf16() else "fp32"
     if setting == "fp16" and not cuda:
         raise ClinpeftError("train.precision=fp16 needs a GPU (fp16 training on a CPU is neither supported nor "
                             "faster); use train.precision=bf16 or fp32")
@@ -101,6 +104,33 @@ def model_dtype(setting: str, precision: str) -> str:
     if not torch.cuda.is_available():
         return "float32"
     return {"bf16": "bfloat16", "fp16": "float16"}.get(precision, "float32")
+
+
+@contextlib.contextmanager
+def own_forward(model):
+    """Within the block, `model` runs its own forward, without accelerate's mixed-precision wrapper.
+
+    Under train.precision=bf16 (fp16) accelerate wraps `model.forward` in autocast for training (keeping the
+    original as `model._original_forward`). Scoring notes (the per-epoch validation that selects the epoch,
+    val/test predictions) runs in the model's own dtype instead, as `evaluate` and `predict` do on the saved
+    run: otherwise their numbers would differ (by ~1e-3 in logits on the tiny test models). The model's dtype
+    is the portable choice: the same scores on a machine without bf16."""
+    original = model.__dict__.get("_original_forward")
+    if original is None:
+        yield model
+        return
+    wrapped = model.__dict__["forward"]
+    model.forward = original
+    try:
+        yield model
+    finally:
+        model.forward = wrapped
+
+
+def end_mixed_precision(trainer) -> None:
+    """After training: remove accelerate's mixed-precision wrapper for good (see own_forward), in place (the
+    recipes hold the unwrapped model)."""
+    trainer.accelerator.unwrap_model(trainer.model_wrapped, keep_fp32_wrapper=False)
 
 
 def upcast_trainable(model) -> int:
