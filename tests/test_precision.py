@@ -22,11 +22,15 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU preci
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_auto_is_bf16_only_where_the_cpu_has_native_bf16(native, monkeypatch):
+def test_auto_is_bf16_only_where_the_cpu_has_native_bf16_and_the_model_is_wide(native, monkeypatch, tiny_llama):
     monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: native)
     assert common.resolve_precision("auto") == ("bf16" if native else "fp32")
-    assert common.resolve_precision("fp32") == "fp32" and common.resolve_precision("bf16") == "bf16"
-    assert common.precision_flags("auto") == {"bf16": native, "fp16": False, "use_cpu": True}
+    assert common.resolve_precision("auto", 4096) == ("bf16" if native else "fp32")
+    assert common.resolve_precision("auto", common.CPU_BF16_MIN_HIDDEN - 1) == "fp32"  # tiny: casts cost more
+    assert common.hidden_size_of(tiny_llama) < common.CPU_BF16_MIN_HIDDEN  # so the test models train in fp32
+    assert common.resolve_precision("fp32") == "fp32" and common.resolve_precision("bf16", 64) == "bf16"
+    assert common.precision_flags("bf16") == {"bf16": True, "fp16": False, "use_cpu": True}
+    assert common.precision_flags("fp32") == {"bf16": False, "fp16": False, "use_cpu": True}
     with pytest.raises(ClinpeftError, match="train.precision=fp16 needs a GPU"):
         common.resolve_precision("fp16")
 
@@ -53,6 +57,7 @@ def test_bf16_pretraining_learns_and_stays_close_to_fp32(tiny_llama, synthetic_c
                                         progress=False)
     bf16 = runs["bf16"]
     assert bf16["precision"] == "bf16" and bf16["model_dtype"] == "float32"  # autocast, fp32 weights
+    assert runs["fp32"]["precision"] == "fp32"
     losses = [point["loss"] for point in bf16["loss_curve"]]
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
     assert bf16["test_ppl"] < bf16["base_test_ppl"]

@@ -55,7 +55,14 @@ from clinpeft.modeling.classifier import Classifier, build_classifier, save_bund
 from clinpeft.modeling.pooling import check_pooling
 from clinpeft.rundir import atomic_run_dir, check_free_space, checkpoint_dir, expected_run_bytes, write_json
 from clinpeft.training.classification import make_trainer, split_metrics, truncation_lines, write_predictions
-from clinpeft.training.common import end_mixed_precision, loss_curve, resolve_precision, resume_point, set_threads
+from clinpeft.training.common import (
+    end_mixed_precision,
+    hidden_size_of,
+    loss_curve,
+    resolve_precision,
+    resume_point,
+    set_threads,
+)
 
 
 def main(config: FinetuneConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True,
@@ -125,7 +132,8 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
 
     # --- fit, selecting the epoch by validation AUROC
     checkpoints = checkpoints or run_dir / "checkpoints"
-    trainer, keep_best, checkpointing = make_trainer(clf, task, config, checkpoints, progress, callbacks)
+    precision = resolve_precision(config.train.precision, hidden_size_of(base_path))
+    trainer, keep_best, checkpointing = make_trainer(clf, task, config, checkpoints, progress, callbacks, precision)
     resume = resume_point(checkpoints)  # an interrupted run's last checkpoint: same data order, schedule, RNG
     resumed_from = int(Path(resume).name.split("-")[-1]) if resume else 0
     checkpointing.resume = resume
@@ -196,7 +204,7 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
         "train_time_s": train_time,
         "wall_time_s": time.time() - started,
         "cpu_threads": threads,
-        "precision": resolve_precision(config.train.precision),  # as resolved on this machine (auto -> fp32 or bf16)
+        "precision": precision,  # train.precision as resolved on this machine and model (auto -> fp32 or bf16)
         **device_summary(),
         "clinpeft_version": __version__,
     }

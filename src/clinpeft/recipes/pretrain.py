@@ -48,6 +48,7 @@ from clinpeft.training.common import (
     Checkpointing,
     StepClock,
     end_mixed_precision,
+    hidden_size_of,
     loss_curve,
     model_dtype,
     resolve_precision,
@@ -169,7 +170,7 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True, checkpoint
     train_tokens = count_predicted_tokens(train_blocks)
     ppl_train_blocks = sample_blocks(train_blocks, config.eval.train_max_blocks, config.data.split_seed)
 
-    precision = resolve_precision(config.train.precision)
+    precision = resolve_precision(config.train.precision, hidden_size_of(base_path))
     model = load_causal_lm(base_path, model_dtype(config.model.dtype, precision), config.model.attn_implementation,
                            config.model.quantization)
     fingerprint = base_fingerprint(model)
@@ -200,7 +201,7 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True, checkpoint
     clock = StepClock(warmup_steps=WARMUP_STEPS)
     trainer = silence_trainer(Trainer(
         model=model,
-        args=training_arguments(config.train, checkpoints, progress),
+        args=training_arguments(config.train, checkpoints, progress, precision),
         train_dataset=train_blocks,
         data_collator=default_data_collator,  # rows are fixed-size; no attention_mask on purpose (see packing)
         callbacks=[checkpointing, clock.callback()],

@@ -147,7 +147,8 @@ def validation_auroc(task: TaskData, prediction) -> dict:
 
 
 def make_trainer(clf: Classifier, task: TaskData, config: FinetuneConfig, checkpoints: Path, progress: bool,
-                 callbacks: list | tuple = ()) -> tuple[TaskLossTrainer, KeepBest, Checkpointing]:
+                 callbacks: list | tuple = (), precision: str | None = None
+                 ) -> tuple[TaskLossTrainer, KeepBest, Checkpointing]:
     """HF Trainer with the task's loss, validation AUROC each epoch and the best epoch restored;
     a checkpoint into `checkpoints` every epoch (and as Checkpointing says)."""
     multilabel = task.task_type == "multilabel"
@@ -155,7 +156,7 @@ def make_trainer(clf: Classifier, task: TaskData, config: FinetuneConfig, checkp
     keep_best, checkpointing = KeepBest(), Checkpointing(config.train)
     trainer = TaskLossTrainer(
         model=clf.model,
-        args=training_arguments(config.train, checkpoints, progress, eval_strategy="epoch",
+        args=training_arguments(config.train, checkpoints, progress, precision, eval_strategy="epoch",
                                 per_device_eval_batch_size=config.eval.batch_size, label_names=["labels"],
                                 save_strategy="epoch"),
         train_dataset=to_dataset(task, "train", clf.tokenizer, long_notes),
