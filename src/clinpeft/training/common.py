@@ -168,10 +168,10 @@ def upcast_trainable(model) -> int:
 
 def precision_flags(precision: str) -> dict:
     """TrainingArguments flags for a resolved precision (bf16/fp16, see resolve_precision) and the device:
-    use_cpu on a machine without CUDA. Two reasons: transformers refuses bf16 without a GPU unless told the
-    run is on the CPU (it then autocasts to bf16), and accelerate sets up multi-process CPU training (a gloo process group, gradients
-    all-reduced) only when told so: without use_cpu, `torchrun --nproc_per_node N` on a CPU machine starts
-    N processes that each train alone on the whole data."""
+    use_cpu on a machine without CUDA. Two reasons: transformers refuses bf16 without a GPU unless told
+    the run is on the CPU (it then autocasts to bf16), and accelerate sets up multi-process CPU training
+    (a gloo process group, gradients all-reduced) only when told so: without use_cpu, `torchrun
+    --nproc_per_node N` on a CPU machine starts N processes that each train alone on the whole data."""
     import torch
 
     flags = {"bf16": precision == "bf16", "fp16": precision == "fp16"}
