@@ -129,7 +129,7 @@ class TrainSection(Section):
     lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear"
     seed: int = 42
     gradient_checkpointing: bool = False  # trade ~30% speed for activation memory
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPUs with bf16, and on CPUs with native bf16 for models >= 256 wide (README "bf16 on CPU")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: README "bf16 on CPU"
     logging_steps: int = Field(10, ge=1)
     report_to: list[str] = []  # opt-in trackers (e.g. ["tensorboard"]); none by default
     dataloader_num_workers: int = Field(0, ge=0)
