@@ -191,14 +191,20 @@ def jsonl_records(path: Path, on_bad: str, bad: BadRows, position: dict | None =
         if problem:
             _bad(path, number, problem, on_bad, bad)
             continue
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError:
-            record = None
-        if not isinstance(record, dict):
+        record = json_object(text)
+        if record is None:
             _bad(path, number, "not a JSON object", on_bad, bad, " (JSONL: one {...} object per line)")
             continue
         yield number, record
+
+
+def json_object(text: str) -> dict | None:
+    """One JSONL line as a dict, None when it is not JSON or not an object."""
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def records(path: Path, fmt: str, on_bad: str = "error", bad: BadRows | None = None,
@@ -229,11 +235,8 @@ def header(path: Path, fmt: str) -> list[str]:
     for number, text in numbered_lines(path):
         if not text.strip():
             continue
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError:
-            record = None
-        if not isinstance(record, dict):
+        record = json_object(text)
+        if record is None:
             raise ClinpeftError(f"{path} line {number}: not a JSON object; JSONL needs one note object per line")
         return list(record)
     return []
