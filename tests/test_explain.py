@@ -76,8 +76,11 @@ def test_explain_command_on_a_finetuned_run(tiny_llama, tmp_path, capsys):
         pd.DataFrame({"id": [f"n{i}" for i in range(60)][part], "text": texts[part],
                       "label": y[part].astype(str)}).to_csv(task / f"{split}.csv", index=False)
     (task / "labels.txt").write_text("0\n1\n")
+    # notes longer than 32 tokens, read in chunks: explain must score them as the run does
     config = load_config(FinetuneConfig, None, [f"model.base={tiny_llama}", f"task.path={task}", "variant=head",
-                                                "task.max_seq_len=96", "train.epochs=1", "eval.bootstrap_resamples=0"])
+                                                "task.max_seq_len=32", "task.long_notes=chunks",
+                                                "task.chunk_stride=8", "task.max_chunks=8", "train.epochs=1",
+                                                "eval.bootstrap_resamples=0"])
     finetune.main(config, tmp_path / "run", progress=False)
     out = tmp_path / "explain"
     assert main(["explain", str(tmp_path / "run"), "--notes", str(task / "test.csv"), "--out", str(out),
@@ -90,3 +93,6 @@ def test_explain_command_on_a_finetuned_run(tiny_llama, tmp_path, capsys):
     record = json.loads((out / "attributions.json").read_text())
     note = record["notes"][0]
     assert len(note["attributions"]) == len(note["spans"]) and len(note["probs"]) == 2
+    own = pd.read_csv(tmp_path / "run" / "predictions.csv", dtype={"id": str}).set_index("id")
+    explained = np.array([n["probs"] for n in record["notes"]])
+    np.testing.assert_allclose(explained, own.loc[[n["id"] for n in record["notes"]], ["p_0", "p_1"]], atol=1e-5)

@@ -3,10 +3,11 @@
     clinpeft explain runs/mor-lora --notes tasks/mor/test.csv --out explain/mor --max-notes 50
 
 Reads a CSV with `id,text` (a `label` column, if any, is shown as the gold label), rebuilds the classifier
-from its run directory (as `evaluate`), and computes sentence occlusion (evaluation/attribution.py: why
-occlusion, and its exact definition). Writes OUT/index.html (every note highlighted for its predicted
-label: red up, blue down; the top sentences per label across the set; inline CSS only, nothing loaded
-from anywhere) and OUT/attributions.json (per note: sentence spans, probabilities, attributions). Note
+from its run directory and scores as `predict` does (the run's long-note settings), and computes sentence
+occlusion (evaluation/attribution.py: why occlusion, and its exact definition). Writes OUT/index.html (every
+note highlighted for its predicted label: red up, blue down; the top sentences per label across the set;
+inline CSS only, nothing loaded from anywhere) and OUT/attributions.json (per note: sentence spans,
+probabilities, attributions). Note
 text goes only into these two files, never to the console.
 """
 
@@ -14,13 +15,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from clinpeft.errors import ClinpeftError
 from clinpeft.evaluation.attribution import occlusion, top_phrases
-from clinpeft.evaluation.metrics import probabilities
-from clinpeft.modeling.classifier import load_bundle, predict_logits
+from clinpeft.inference import Predictor
 from clinpeft.reporting.explain_html import write_explain_page
 from clinpeft.rundir import atomic_run_dir, write_json
 
@@ -50,12 +49,10 @@ def main(run: str | Path, notes: str | Path, out: str | Path, *, max_notes: int 
          batch_size: int = 16, overwrite: bool = False, progress: bool = True) -> dict:
     """Explain the run's predictions on the notes; returns {"notes", "labels", "top_phrases", "out"}."""
     frame = read_notes(notes, max_notes)
-    clf, meta = load_bundle(run, base=base)
-    labels, task_type = list(meta["labels"]), meta["task_type"]
-
-    def score(texts: list[str]) -> np.ndarray:
-        logits = predict_logits(clf, texts, meta["max_seq_len"], batch_size, progress=False)
-        return probabilities(task_type, logits)
+    # the run's own scoring (its long-note settings: chunks are pooled as in training, evaluate and predict)
+    predictor = Predictor(run, base=base, batch_size=batch_size)
+    labels = predictor.labels
+    score = predictor.predict
 
     texts = frame["text"].tolist()
     from tqdm.auto import tqdm
