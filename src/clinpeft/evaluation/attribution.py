@@ -11,8 +11,8 @@ sentence pushes label k up (shown red); < 0: it pushes it down (blue). Cost: S +
 Why occlusion and not integrated gradients: it needs nothing but the model's forward pass, so it works the
 same for every variant clinpeft trains (stacked LoRAs, prompt/p-tuning adapters whose virtual tokens are
 not input embeddings, full fine-tunes, BERT encoders, last-token or mean pooling) and through the same
-batched `predict_logits` that produced predictions.csv; its unit, a sentence, is what a clinician reads
-and checks; and its numbers are differences of probabilities, readable without a baseline choice.
+batched scoring that produced predictions.csv (inference.Predictor, long-note settings included); its
+unit, a sentence, is what a clinician reads and checks; and its numbers are differences of probabilities, readable without a baseline choice.
 Integrated gradients would need gradients through peft's adapters and pooling hooks, an arbitrary
 baseline embedding, and would spread credit over subword tokens. Occlusion's known weakness: a fact
 stated in two sentences is redundant, so removing either one alone changes little.

@@ -7,8 +7,7 @@ from its run directory and scores as `predict` does (the run's long-note setting
 occlusion (evaluation/attribution.py: why occlusion, and its exact definition). Writes OUT/index.html (every
 note highlighted for its predicted label: red up, blue down; the top sentences per label across the set;
 inline CSS only, nothing loaded from anywhere) and OUT/attributions.json (per note: sentence spans,
-probabilities, attributions). Note
-text goes only into these two files, never to the console.
+probabilities, attributions). Note text goes only into these two files, never to the console.
 """
 
 from __future__ import annotations
