@@ -12,7 +12,8 @@ Why occlusion and not integrated gradients: it needs nothing but the model's for
 same for every variant clinpeft trains (stacked LoRAs, prompt/p-tuning adapters whose virtual tokens are
 not input embeddings, full fine-tunes, BERT encoders, last-token or mean pooling) and through the same
 batched scoring that produced predictions.csv (inference.Predictor, long-note settings included); its
-unit, a sentence, is what a clinician reads and checks; and its numbers are differences of probabilities, readable without a baseline choice.
+unit, a sentence, is what a clinician reads and checks; and its numbers are differences of
+probabilities, readable without a baseline choice.
 Integrated gradients would need gradients through peft's adapters and pooling hooks, an arbitrary
 baseline embedding, and would spread credit over subword tokens. Occlusion's known weakness: a fact
 stated in two sentences is redundant, so removing either one alone changes little.
