@@ -38,7 +38,12 @@ class ModelSection(Section):
     base: str = "demo"
     name: str | None = None  # display name in the reports (Table 3 row); default: the base model's directory name
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPUs with bf16, else fp32
-    attn_implementation: Literal["sdpa", "eager"] = "sdpa"  # packing keeps notes apart with these two
+    # Attention kernel (README "Attention and kernels"). Each keeps packed notes apart by the position-id
+    # restarts: sdpa and eager as a block-diagonal mask over the whole block, flex_attention as a block
+    # mask that skips the blocks of other notes, flash_attention_2 as variable-length sequences (varlen,
+    # no mask at all). flash_attention_2: a CUDA GPU, flash-attn and bf16/fp16; flex_attention: trains on
+    # a GPU only (PyTorch has no CPU backward for it). Saved runs are scored with sdpa anywhere.
+    attn_implementation: Literal["sdpa", "eager", "flex_attention", "flash_attention_2"] = "sdpa"
     # QLoRA: the frozen base model loaded quantized by bitsandbytes (needs a CUDA GPU and clinpeft[gpu]).
     # 4bit: NF4 + double quantization, bf16 compute (~0.55 bytes/weight: an 8B base in ~5.5 GB); 8bit:
     # LLM.int8() (~1 byte/weight). Adapters and the head train in full precision on top of it.
@@ -141,6 +146,20 @@ class TrainSection(Section):
     # CPU threads of this process (torch.set_num_threads). None: CLINPEFT_THREADS, else OMP_NUM_THREADS, else
     # the cores divided among the processes of this machine (`sweep --workers N`, `accelerate launch`)
     threads: int | None = Field(None, ge=1)
+    # torch.compile the model for training (TrainingArguments.torch_compile; inductor). Off by default: on a
+    # CPU it measured no faster (README "Training speed") and costs ~20 s of compilation per run; on a CPU it
+    # needs a C++ compiler. Scoring (perplexity, predictions) runs the uncompiled model.
+    compile: bool = False
+
+
+class PretrainTrainSection(TrainSection):
+    """Pretraining's `train:`: the shared options plus the language-model loss's kernels."""
+
+    # Liger-Kernel's fused linear cross-entropy (the LM head and the loss in chunks, never the whole
+    # tokens x vocabulary logits: most of the activation memory of a 128k-vocabulary model such as Llama 3)
+    # and its RMSNorm, RoPE and SwiGLU kernels (TrainingArguments.use_liger_kernel). A CUDA GPU and
+    # `pip install 'clinpeft[gpu]'`. Off by default until measured (benchmarks/gpu_check.sh).
+    fused_loss: bool = False
 
 
 class FinetuneTrainSection(TrainSection):
@@ -192,7 +211,7 @@ class PretrainConfig(Section):
     model: ModelSection = ModelSection()
     peft: PeftSection = PeftSection()
     data: CorpusSection = CorpusSection()
-    train: TrainSection = TrainSection()
+    train: PretrainTrainSection = PretrainTrainSection()
     eval: PerplexitySection = PerplexitySection()
 
     @model_validator(mode="after")

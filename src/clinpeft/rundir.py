@@ -31,9 +31,12 @@ PARTIAL_SUFFIX = ".partial"
 CHECKPOINTS = "checkpoints"  # inside OUT.partial/: the HF Trainer's checkpoint-N folders
 LOCK_FILE = ".lock"
 RANK_SCRATCH = ".rank-"  # inside OUT.partial/: scratch of the other data-parallel processes, .rank-1, ...
-# keys that may change between an interrupted run and its resumption (they do not change the result)
+# keys that may change between an interrupted run and its resumption: they do not change the result, or (the
+# kernels: threads, attention, compilation, fused loss) compute the same mathematics with other rounding, so a run
+# pre-empted on one kind of machine can resume on another
 RESUME_FREE_KEYS = {"train.checkpoint_every", "train.checkpoint_minutes", "train.keep_checkpoints", "train.threads",
-                    "train.report_to", "train.logging_steps", "train.dataloader_num_workers", "data.num_proc"}
+                    "train.report_to", "train.logging_steps", "train.dataloader_num_workers", "data.num_proc",
+                    "model.attn_implementation", "train.compile", "train.fused_loss"}
 
 
 def check_out_dir(out: str | Path, overwrite: bool = False) -> Path:

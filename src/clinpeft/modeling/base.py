@@ -149,6 +149,42 @@ def check_quantization(setting: str) -> None:
                             "pip install 'clinpeft[gpu]', or set model.quantization=none")
 
 
+ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2")  # model.attn_implementation
+
+
+def check_attention(attn_implementation: str, dtype: torch.dtype) -> None:
+    """One line, before any work, when `model.attn_implementation` cannot run here.
+
+    flash_attention_2 (varlen: packed notes as separate sequences, no mask) needs a CUDA GPU, the
+    flash-attn package and half-precision weights (`dtype`: the weights' dtype the run loads).
+    flex_attention (a block mask that skips other notes' blocks) needs a CUDA GPU: PyTorch 2.13 has no
+    backward for it on a CPU, and its compiled CPU forward failed to build for a second note length
+    (inductor's C++ for dynamic shapes). sdpa and eager run everywhere."""
+    if attn_implementation not in ATTENTION:
+        raise ClinpeftError(f"model.attn_implementation={attn_implementation}: use one of {', '.join(ATTENTION)}")
+    cuda = torch.cuda.is_available()
+    if attn_implementation == "flash_attention_2":
+        import importlib.util
+
+        if not cuda or importlib.util.find_spec("flash_attn") is None:
+            raise ClinpeftError("model.attn_implementation=flash_attention_2 needs a CUDA GPU and the flash-attn "
+                                "package (pip install flash-attn --no-build-isolation)"
+                                + ("" if cuda else "; this machine has no CUDA GPU") + ": use sdpa (the default)")
+        if dtype not in (torch.bfloat16, torch.float16):
+            name = str(dtype).removeprefix("torch.")
+            raise ClinpeftError(f"model.attn_implementation=flash_attention_2 runs in bf16/fp16 only, the model "
+                                f"would load in {name}: set train.precision=bf16 (model.dtype=auto), or use sdpa")
+    if attn_implementation == "flex_attention":
+        from transformers.utils import is_torch_flex_attn_available
+
+        if not cuda:
+            raise ClinpeftError("model.attn_implementation=flex_attention needs a CUDA GPU (PyTorch has no "
+                                "flex-attention backward on a CPU): use sdpa (the default) here")
+        if not is_torch_flex_attn_available():
+            raise ClinpeftError(f"model.attn_implementation=flex_attention needs PyTorch >= 2.5 (this is "
+                                f"{torch.__version__}): use sdpa (the default)")
+
+
 def _quantized_kwargs(quantization: str, skip_modules: list[str] | None = None) -> dict:
     """from_pretrained arguments of a quantized load: the config, and this process's GPU (bitsandbytes
     places weights at load time; a quantized model cannot be moved afterwards)."""

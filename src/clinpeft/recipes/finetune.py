@@ -44,18 +44,21 @@ from clinpeft.modeling import methods
 from clinpeft.modeling.adapters import ClinicalAdapter, check_variant, find_clinical_adapter, full_model_variant
 from clinpeft.modeling.base import (
     base_fingerprint,
+    check_attention,
     check_positions,
     check_quantization,
     count_parameters,
     device_summary,
     is_encoder,
     resolve_base,
+    torch_dtype,
 )
 from clinpeft.modeling.classifier import Classifier, build_classifier, save_bundle, score_notes
 from clinpeft.modeling.pooling import check_pooling
 from clinpeft.rundir import atomic_run_dir, check_free_space, checkpoint_dir, expected_run_bytes, write_json
 from clinpeft.training.classification import make_trainer, split_metrics, truncation_lines, write_predictions
 from clinpeft.training.common import (
+    check_kernels,
     end_mixed_precision,
     hidden_size_of,
     loss_curve,
@@ -75,6 +78,8 @@ def main(config: FinetuneConfig, out: str | Path, *, overwrite: bool = False, pr
     check_pooling(config.model.base, config.model.pooling)  # before any work: encoders read [CLS]
     check_quantization(config.model.quantization)  # before any work: 4bit/8bit need a GPU and bitsandbytes
     resolve_precision(config.train.precision)  # before any work: fp16 needs a GPU
+    check_attention(config.model.attn_implementation, torch_dtype(config.model.dtype))
+    check_kernels(config.train)  # train.compile on a CPU: a C++ compiler
     task = load_task(config.task.path, config.task.name, config.task.kind, config.task.max_examples)
     check_classes(task, Path(config.task.path))  # one class in train or val: refused before training
     clinical = clinical_adapter(config)
@@ -205,6 +210,7 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
         "wall_time_s": time.time() - started,
         "cpu_threads": threads,
         "precision": precision,  # train.precision as resolved on this machine and model (auto -> fp32 or bf16)
+        "kernels": {"attn_implementation": config.model.attn_implementation, "compile": config.train.compile},
         **device_summary(),
         "clinpeft_version": __version__,
     }

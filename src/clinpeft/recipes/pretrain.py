@@ -33,6 +33,7 @@ from clinpeft.data.packing import count_predicted_tokens, packing_mode, slot_sha
 from clinpeft.modeling.adapters import add_pretraining_adapter, packing_fallback, write_adapter_meta
 from clinpeft.modeling.base import (
     base_fingerprint,
+    check_attention,
     check_positions,
     check_quantization,
     count_parameters,
@@ -40,6 +41,7 @@ from clinpeft.modeling.base import (
     load_causal_lm,
     load_tokenizer,
     resolve_base,
+    torch_dtype,
 )
 from clinpeft.modeling.methods import lora_flavours
 from clinpeft.rundir import atomic_run_dir, check_free_space, checkpoint_dir, expected_run_bytes, write_json
@@ -47,6 +49,7 @@ from clinpeft.training.common import (
     WARMUP_STEPS,
     Checkpointing,
     StepClock,
+    check_kernels,
     end_mixed_precision,
     hidden_size_of,
     loss_curve,
@@ -68,8 +71,10 @@ def main(config: PretrainConfig, out: str | Path, *, overwrite: bool = False, pr
     """Run one pretraining job into `out` (created whole, or not at all). Returns run.json.
 
     Unfinished, it lives in `OUT.partial/` with its checkpoints; the same call resumes it (`restart`: discard it)."""
-    resolve_precision(config.train.precision)  # before any work: fp16 on a CPU is refused here
+    precision = resolve_precision(config.train.precision)  # before any work: fp16 on a CPU is refused here
     check_quantization(config.model.quantization)  # before any work: 4bit/8bit need a GPU and bitsandbytes
+    check_attention(config.model.attn_implementation, torch_dtype(model_dtype(config.model.dtype, precision)))
+    check_kernels(config.train)  # train.compile: a C++ compiler on a CPU; train.fused_loss: a GPU, liger-kernel
     with atomic_run_dir(out, overwrite, resumable=True, config=config.model_dump(mode="json"),
                         restart=restart) as run_dir:
         save_config(config, run_dir)
@@ -278,6 +283,8 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True, checkpoint
         **data_info,
         "cpu_threads": threads,
         "precision": precision,  # train.precision as resolved on this machine (auto -> fp32 or bf16)
+        "kernels": {"attn_implementation": config.model.attn_implementation, "compile": config.train.compile,
+                    "fused_loss": config.train.fused_loss},
         "model_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         **device_summary(),
         "clinpeft_version": __version__,

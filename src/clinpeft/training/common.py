@@ -182,6 +182,41 @@ def precision_flags(precision: str) -> dict:
     return flags
 
 
+def check_kernels(train: TrainSection) -> None:
+    """One line, before any work, when `train.compile` or `train.fused_loss` cannot run here: compiling on a
+    CPU needs a C++ compiler (inductor writes C++), the fused loss a CUDA GPU and liger-kernel."""
+    import importlib.util
+    import os
+    import shutil
+
+    import torch
+
+    from clinpeft.errors import ClinpeftError
+
+    cuda = torch.cuda.is_available()
+    if train.compile and not cuda and not any(shutil.which(c) for c in (os.environ.get("CXX"), "g++", "c++") if c):
+        raise ClinpeftError("train.compile on a CPU needs a C++ compiler (g++), and none is on PATH: install one "
+                            "(apt install g++) or set train.compile=false")
+    if getattr(train, "fused_loss", False):
+        if not cuda:
+            raise ClinpeftError("train.fused_loss needs a CUDA GPU (Liger-Kernel's Triton kernels) and this machine "
+                                "has none: set train.fused_loss=false")
+        if importlib.util.find_spec("liger_kernel") is None:
+            raise ClinpeftError("train.fused_loss needs liger-kernel, which is not installed: "
+                                "pip install 'clinpeft[gpu]', or set train.fused_loss=false")
+
+
+def kernel_flags(train: TrainSection) -> dict:
+    """TrainingArguments flags of train.compile and (pretraining) train.fused_loss; see check_kernels."""
+    flags = {"torch_compile": train.compile}
+    if getattr(train, "fused_loss", False):
+        # Liger's defaults for a causal LM, named so the run says what it used; cross_entropy stays off
+        # because the fused linear one replaces it
+        flags.update(use_liger_kernel=True, liger_kernel_config={
+            "fused_linear_cross_entropy": True, "cross_entropy": False, "rms_norm": True, "rope": True, "swiglu": True})
+    return flags
+
+
 def training_arguments(train: TrainSection, output_dir: Path, progress: bool = True, precision: str | None = None,
                        **extra):
     """The paper's hyperparameters as HF TrainingArguments, in `precision` (resolved by the recipe for its model;
@@ -221,6 +256,7 @@ def training_arguments(train: TrainSection, output_dir: Path, progress: bool = T
         remove_unused_columns=False,
         disable_tqdm=not progress,
         **precision_flags(precision or resolve_precision(train.precision)),
+        **kernel_flags(train),
         **{"save_strategy": "no", **extra},
     )
 
