@@ -7,11 +7,19 @@
 # What it runs (benchmarks/throughput.py, nothing downloaded): a random-init LLaMA-7B-shaped model
 # (hidden 4096, 32 layers, 32 heads, MLP 11008, vocab 32000), LoRA r=16 on q_proj/v_proj, bf16
 # base weights with fp32 LoRA weights under bf16 autocast, 512-token rows of the MIMIC-IV-Note-like
-# mix (88% ~300-token notes, 12% 2,000-3,000), batch 16, in clinpeft's packed layout (fill) and the
-# paper's (one note per row, truncated, padded), for each attention path importable here (sdpa;
-# flash_attention_2 when flash_attn is installed). Reports tokens/s, useful tokens/s, MFU against
-# the measured bf16 GEMM ceiling and against the published dense bf16 peak (H100 SXM / H200: 989
-# TFLOPS; A100: 312), peak memory, and the projected time of one epoch over MIMIC-IV-Note.
+# mix (88% ~300-token notes, 12% 2,000-3,000), batch 16, in three parts (each its own time limit):
+#   1. attention: clinpeft's packed layout (fill), the same blocks without a mask (packed-unmasked:
+#      what keeping notes apart costs) and the paper's (one note per row, truncated, padded), for each
+#      attention path that runs here: sdpa, flex_attention, flash_attention_2 (when flash_attn is
+#      installed) -> gpu_check.md / .json;
+#   2. kernels: packed + sdpa, plain against torch.compile (train.compile) and Liger's fused loss
+#      (train.fused_loss, when liger_kernel is installed) -> gpu_check_kernels.md / .json;
+#   3. correctness: tests/test_packing.py's packed-logits-equal-per-note test for every attention path
+#      found (when pytest and clinpeft's dependencies import) -> gpu_check_tests.txt.
+# Reports tokens/s, useful tokens/s, MFU against the measured bf16 GEMM ceiling and against the
+# published dense bf16 peak (H100 SXM / H200: 989 TFLOPS; A100: 312), peak memory, the loss of the
+# first and last step (the kernels must train the same model), and the projected time of one epoch
+# over MIMIC-IV-Note.
 #
 # MIMIC-IV-Note size assumed for the projection: 2,653,149 notes (the paper's count: 331,794
 # discharge + 2,321,355 radiology, MIMIC-IV-Note v2.2) and 2.0e9 LLaMA tokens: 7.4e9 characters
@@ -34,7 +42,7 @@ smoke=0
 for arg in "$@"; do
   case "$arg" in
     --cpu-smoke) smoke=1 ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $arg (expected --cpu-smoke)" >&2; exit 2 ;;
   esac
 done
@@ -76,18 +84,39 @@ else
          --n-notes 4000 --rounds 2 --steps 5 --warmup 2 --gemm-size 8192)
 fi
 
-attn=sdpa
-if "$PY" -c 'import flash_attn' 2>/dev/null; then attn=sdpa,flash_attention_2; fi
+attn=sdpa,flex_attention
+if "$PY" -c 'import flash_attn' 2>/dev/null; then attn=$attn,flash_attention_2; fi
+kernels=plain,compile
+if "$PY" -c 'import liger_kernel' 2>/dev/null; then kernels=$kernels,liger; fi
+common=(--device "$device" "${shape[@]}" ${peak[@]+"${peak[@]}"} --lora-r 16 --block 512 --precisions bf16-weights
+        --corpus-tokens "${CORPUS_TOKENS:-2.0e9}" --corpus-notes 2653149)
 
-timeout 480 "$PY" benchmarks/throughput.py --device "$device" "${shape[@]}" ${peak[@]+"${peak[@]}"} \
-  --lora-r 16 --block 512 --layouts packed,paper --precisions bf16-weights --attn "$attn" \
-  --corpus-tokens "${CORPUS_TOKENS:-2.0e9}" --corpus-notes 2653149 \
-  --json "$OUT/gpu_check.json" --md "$OUT/gpu_check.md"
+echo "gpu_check.sh: 1/3 attention paths ($attn)" >&2
+timeout 240 "$PY" benchmarks/throughput.py "${common[@]}" --layouts packed,packed-unmasked,paper --attn "$attn" \
+  --json "$OUT/gpu_check.json" --md "$OUT/gpu_check.md" || echo "gpu_check.sh: part 1 failed or ran out of time" >&2
 
-{
-  echo
-  echo "Projection: one epoch over MIMIC-IV-Note, ${CORPUS_TOKENS:-2.0e9} tokens / 2,653,149 notes (assumptions:"
-  echo "benchmarks/gpu_check.sh header), column 'corpus epoch h'. The paper: 21.6 h for one epoch of LoRA on one A100-80GB."
-  [ "$smoke" = 1 ] && echo "(--cpu-smoke: tiny shape on CPU; the numbers only prove the script runs.)"
-} >> "$OUT/gpu_check.md"
-echo "gpu_check.sh: wrote $OUT/gpu_check.md and $OUT/gpu_check.json" >&2
+echo "gpu_check.sh: 2/3 kernels ($kernels)" >&2
+timeout 170 "$PY" benchmarks/throughput.py "${common[@]}" --layouts packed --attn sdpa --kernels "$kernels" \
+  --json "$OUT/gpu_check_kernels.json" --md "$OUT/gpu_check_kernels.md" \
+  || echo "gpu_check.sh: part 2 failed or ran out of time" >&2
+
+echo "gpu_check.sh: 3/3 packed logits equal per-note logits, each attention path" >&2
+if "$PY" -c 'import pytest, pydantic, datasets, sklearn' 2>/dev/null; then
+  PYTHONPATH="$here/src" timeout 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_packing.py \
+    -k packed_logits_equal > "$OUT/gpu_check_tests.txt" 2>&1 || true
+  tail -1 "$OUT/gpu_check_tests.txt" >&2
+else
+  echo "not run: pytest or clinpeft's dependencies (pydantic, datasets, scikit-learn) not importable" \
+    > "$OUT/gpu_check_tests.txt"
+fi
+
+if [ -f "$OUT/gpu_check.md" ]; then
+  {
+    echo
+    echo "Projection: one epoch over MIMIC-IV-Note, ${CORPUS_TOKENS:-2.0e9} tokens / 2,653,149 notes (assumptions:"
+    echo "benchmarks/gpu_check.sh header), column 'corpus epoch h'. The paper: 21.6 h for one epoch of LoRA on one A100-80GB."
+    echo "packed-unmasked: the same blocks with notes attending to each other (timing reference for the mask's cost)."
+    [ "$smoke" = 1 ] && echo "(--cpu-smoke: tiny shape on CPU; the numbers only prove the script runs.)"
+  } >> "$OUT/gpu_check.md"
+fi
+echo "gpu_check.sh: wrote $OUT/gpu_check.md, gpu_check_kernels.md, gpu_check_tests.txt (+ .json)" >&2

@@ -4,6 +4,7 @@
     python benchmarks/throughput.py --json out.json --md out.md
     python benchmarks/throughput.py --device cuda --hidden 4096 --layers 32 --heads 32 --kv-heads 32 \
         --intermediate 11008 --lora-r 16 --layouts packed --precisions bf16-weights --attn sdpa,flash_attention_2
+    python benchmarks/throughput.py --layouts packed,packed-unmasked --attn sdpa,eager --kernels plain,compile
 
 One process builds a random-init LLaMA of the given shape with LoRA on q/v (peft), a corpus of note
 lengths (the MIMIC-IV-Note-like mix by default: 88% notes of ~300 tokens, 12% of 2,000-3,000;
@@ -13,15 +14,28 @@ down mid-run slows every configuration alike:
 
 - paper: one note per row, truncated to --block tokens, right-padded (attention_mask for the pad);
 - packed: clinpeft's data.packing default (`fill`), blocks of --block tokens, notes kept apart by
-  position ids (attention_mask=None), as `clinpeft pretrain` trains.
+  position ids (attention_mask=None), as `clinpeft pretrain` trains;
+- packed-unmasked (timing reference only, opt in): the same blocks without position ids, so every
+  position attends to the whole block before it, notes to each other: no mask at all. Its step time
+  against `packed` is what keeping notes apart costs the attention path in use (sdpa and eager build
+  a block-diagonal mask; flash_attention_2 passes sequence boundaries, varlen; flex_attention a block
+  mask that skips other notes' blocks).
+
+Attention (--attn): sdpa, eager, and on a CUDA GPU flex_attention and flash_attention_2 (flash-attn
+installed); an implementation that cannot run here is listed as not measured, with why. Kernels
+(--kernels): plain (eager PyTorch), compile (torch.compile of the model, inductor: what
+`train.compile` does), liger (Liger-Kernel's fused linear cross-entropy, RMSNorm, RoPE and SwiGLU on a
+CUDA GPU: what `train.fused_loss` does). LoRA dropout (--lora-dropout, a comma list; default 0.1
+as the recipes): 0 makes peft skip the dropout mask and its multiply in every LoRA forward.
 
 Precisions (each where the device runs it): fp32; bf16-autocast (fp32 weights, bf16 autocast:
 what the Trainer's bf16 flag does); bf16-weights (bf16 base weights, fp32 LoRA weights and
 optimizer state, bf16 autocast: `model.dtype=bfloat16 train.precision=bf16`).
 
 The GEMM ceiling (fp32 and bf16) is measured in the same run: the best of several square
-matmuls (--gemm-size). MFU = model FLOPs per second / ceiling of the precision in use, with the
-model FLOPs of a step counted exactly for a frozen base with LoRA:
+matmuls (--gemm-size), before the first round and after each. MFU = model FLOPs per second /
+ceiling of the precision in use, with the model FLOPs of a step counted exactly for a frozen base
+with LoRA:
 
     per processed position (padding included: the device computes it):
       forward   2 (N + N_lora)
@@ -134,7 +148,7 @@ def cpu_has_native_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
 
 
-def build_model(args, precision: str, attn: str):
+def build_model(args, precision: str, attn: str, kernels: str = "plain", dropout: float = 0.1):
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -153,10 +167,16 @@ def build_model(args, precision: str, attn: str):
             model = LlamaForCausalLM(config)
     finally:
         torch.set_default_dtype(previous)
-    lora = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=args.lora_dropout,
+    if kernels == "liger":
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+        # what TrainingArguments.use_liger_kernel does with train.fused_loss's config (training/common.kernel_flags)
+        _apply_liger_kernel_to_instance(model=model, fused_linear_cross_entropy=True, cross_entropy=False,
+                                        rms_norm=True, rope=True, swiglu=True)
+    lora = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=dropout,
                       target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)  # autocast_adapter_dtype: LoRA weights in fp32 on a bf16 base
-    if args.compile:
+    if kernels == "compile":
         model = torch.compile(model)
     return model
 
@@ -174,16 +194,18 @@ def linear_params(model) -> tuple[int, int]:
 
 
 class Runner:
-    """One (layout, precision, attention) configuration: its model, optimizer and batches."""
+    """One (layout, precision, attention, kernels) configuration: its model, optimizer and batches."""
 
-    def __init__(self, args, layout: str, rows: dict, precision: str, attn: str, models: dict):
-        self.args, self.layout, self.precision, self.attn = args, layout, precision, attn
+    def __init__(self, args, layout: str, rows: dict, precision: str, attn: str, kernels: str, dropout: float,
+                 models: dict):
+        self.args, self.layout, self.precision, self.attn, self.kernels = args, layout, precision, attn, kernels
+        self.dropout = dropout
         self.rows = rows
-        # one model (and optimizer) per weight dtype and attention: fp32 and bf16-autocast share fp32
+        # one model (and optimizer) per weight dtype, attention and kernels: fp32 and bf16-autocast share fp32
         # weights, the layouts share everything (fits a 7B model on one 80 GB GPU)
-        key = (precision == "bf16-weights", attn)
+        key = (precision == "bf16-weights", attn, kernels, dropout)
         if key not in models:
-            model = build_model(args, precision, attn)
+            model = build_model(args, precision, attn, kernels, dropout)
             model.train()
             models[key] = (model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4))
         self.model, self.optimizer = models[key]
@@ -237,7 +259,8 @@ class Runner:
         layout_useful = labelled(self.rows["labels"])
         epoch_steps = math.ceil(len(self.rows["input_ids"]) / cfg.batch)
         out = {
-            "layout": self.layout, "precision": self.precision, "attn": self.attn,
+            "layout": self.layout, "precision": self.precision, "attn": self.attn, "kernels": self.kernels,
+            "lora_dropout": self.dropout,
             "timed_steps": steps, "step_s": step,
             "tokens_per_s": self.positions / seconds, "useful_tokens_per_s": self.useful / seconds,
             "slot_share": layout_useful / self.rows["input_ids"].numel(),
@@ -263,7 +286,7 @@ def parse_args(argv=None):
     p.add_argument("--intermediate", type=int, default=None, help="MLP width (default 4 x hidden; LLaMA-7B: 11008)")
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--lora-r", type=int, default=8)
-    p.add_argument("--lora-dropout", type=float, default=0.1)
+    p.add_argument("--lora-dropout", default="0.1", help="comma list, e.g. 0.1,0")
     p.add_argument("--block", type=int, default=512, help="tokens per row (max_seq_len)")
     p.add_argument("--batch", type=int, default=4, help="rows per step")
     p.add_argument("--notes", type=Path, default=None, help="one note length (tokens) per line instead of the mix")
@@ -271,12 +294,13 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=2, help="steps per configuration per round")
     p.add_argument("--warmup", type=int, default=1, help="first steps of each configuration left out of the timing")
-    p.add_argument("--layouts", default="paper,packed")
+    p.add_argument("--layouts", default="paper,packed", help="comma list: paper,packed,packed-unmasked")
     p.add_argument("--packing", default=DEFAULT_PACKING, help="clinpeft layout for `packed`")
     p.add_argument("--precisions", default="auto",
                    help="comma list of fp32,bf16-autocast,bf16-weights; auto: fp32 + both bf16 where runnable")
-    p.add_argument("--attn", default="sdpa", help="comma list: sdpa,eager,flash_attention_2")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--attn", default="sdpa", help="comma list: sdpa,eager,flex_attention,flash_attention_2")
+    p.add_argument("--kernels", default="plain", help="comma list: plain,compile,liger")
+    p.add_argument("--compile", action="store_true", help="same as --kernels compile")
     p.add_argument("--device", default="cpu")
     p.add_argument("--gemm-size", type=int, default=2048)
     p.add_argument("--corpus-tokens", type=float, default=None,
@@ -290,16 +314,32 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def available_attn(names: list[str]) -> tuple[list[str], list[str]]:
+def available_attn(names: list[str], device: str) -> tuple[list[str], list[str]]:
+    """The attention implementations of `names` that train on `device`, and the others with why not."""
+    import importlib.util
+
+    cuda = device.startswith("cuda")
     keep, skipped = [], []
     for name in names:
-        if name == "flash_attention_2":
-            try:
-                import flash_attn  # noqa: F401
-            except ImportError:
-                skipped.append(f"{name} (flash_attn not installed)")
-                continue
-        keep.append(name)
+        if name == "flash_attention_2" and not (cuda and importlib.util.find_spec("flash_attn")):
+            skipped.append(f"{name} ({'flash_attn not installed' if cuda else 'needs a CUDA GPU'})")
+        elif name == "flex_attention" and not cuda:
+            skipped.append(f"{name} (PyTorch {torch.__version__} has no flex-attention backward on a CPU)")
+        else:
+            keep.append(name)
+    return keep, skipped
+
+
+def available_kernels(names: list[str], device: str) -> tuple[list[str], list[str]]:
+    """The kernel settings of `names` that run on `device`, and the others with why not."""
+    import importlib.util
+
+    keep, skipped = [], []
+    for name in names:
+        if name == "liger" and not (device.startswith("cuda") and importlib.util.find_spec("liger_kernel")):
+            skipped.append("liger (needs a CUDA GPU and liger-kernel: pip install 'clinpeft[gpu]')")
+        else:
+            keep.append(name)
     return keep, skipped
 
 
@@ -311,7 +351,10 @@ def main(argv=None) -> dict:
     native_bf16 = (torch.cuda.is_bf16_supported() if cuda else cpu_has_native_bf16())
     precisions = (["fp32", "bf16-autocast", "bf16-weights"] if args.precisions == "auto"
                   else args.precisions.split(","))
-    attns, skipped = available_attn(args.attn.split(","))
+    attns, skipped = available_attn(args.attn.split(","), args.device)
+    kernels, skipped_kernels = available_kernels(["compile"] if args.compile else args.kernels.split(","),
+                                                 args.device)
+    skipped += skipped_kernels
 
     lengths = ([int(x) for x in args.notes.read_text().split()] if args.notes
                else mimic_like_lengths(args.n_notes, args.seed))
@@ -320,24 +363,32 @@ def main(argv=None) -> dict:
     layouts = {}
     for name in args.layouts.split(","):
         rows = paper_layout(docs, args.block) if name == "paper" else packed_layout(docs, args.block, args.packing)
+        if name == "packed-unmasked":
+            rows.pop("position_ids")  # timing reference: one causal sequence per block, notes see each other
         layouts[name] = to_tensors(rows)
 
-    ceilings = {"fp32": gemm_ceiling(torch.float32, args.device, args.gemm_size),
-                "bf16": gemm_ceiling(torch.bfloat16, args.device, args.gemm_size)}
+    def measure_ceilings(best: dict) -> dict:
+        """The best GEMM FLOP/s seen so far: a co-tenant slowing one measurement must not make MFU exceed 100%."""
+        now = {"fp32": gemm_ceiling(torch.float32, args.device, args.gemm_size),
+               "bf16": gemm_ceiling(torch.bfloat16, args.device, args.gemm_size)}
+        return {k: max(best.get(k, 0.0), v) for k, v in now.items()}
+
+    ceilings = measure_ceilings({})
     models: dict = {}
-    runners = [Runner(args, layout, rows, precision, attn, models)
-               for layout, rows in layouts.items() for precision in precisions for attn in attns]
+    dropouts = [float(x) for x in args.lora_dropout.split(",")]
+    runners = [Runner(args, layout, rows, precision, attn, kernel, dropout, models)
+               for layout, rows in layouts.items() for precision in precisions for attn in attns for kernel in kernels
+               for dropout in dropouts]
     for r in range(args.rounds):
         order = runners if r % 2 == 0 else runners[::-1]
         for runner in order:
             for _ in range(args.steps + (args.warmup if r == 0 else 0)):
                 runner.step()
+        ceilings = measure_ceilings(ceilings)  # before, between and after the rounds
         print(f"round {r + 1}/{args.rounds} done ({time.time() - started:.0f} s)", file=sys.stderr)
-    ceilings_after = {"fp32": gemm_ceiling(torch.float32, args.device, args.gemm_size),
-                      "bf16": gemm_ceiling(torch.bfloat16, args.device, args.gemm_size)}
-    ceilings = {k: max(ceilings[k], ceilings_after[k]) for k in ceilings}
     results = [runner.result(ceilings, corpus_tokens, layouts) for runner in runners]
-    base = next((x for x in results if x["layout"] == "paper" and x["precision"] == "fp32"), None)
+    base = next((x for x in results if x["layout"] == "paper" and x["precision"] == "fp32"
+                 and x["attn"] == "sdpa" and x["kernels"] == "plain"), None)
     for x in results:
         x["useful_vs_paper_fp32"] = x["useful_tokens_per_s"] / base["useful_tokens_per_s"] if base else None
         if args.corpus_tokens:
@@ -351,7 +402,7 @@ def main(argv=None) -> dict:
         "cpu_native_bf16": native_bf16 if not cuda else None,
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "shape": {k: getattr(args, k) for k in ("hidden", "layers", "heads", "kv_heads", "intermediate", "vocab",
-                                                "lora_r", "block", "batch")},
+                                                "lora_r", "lora_dropout", "block", "batch")},
         "params": {"linear": runners[0].n, "lora": runners[0].n_lora},
         "corpus": {"notes": len(docs), "predictable_tokens": corpus_tokens, "packing": args.packing},
         "gemm_ceiling_tflops": {k: v / 1e12 for k, v in ceilings.items()},
@@ -375,17 +426,19 @@ def markdown(report: dict) -> str:
         f"{report['params']['lora'] / 1e6:.2f}M LoRA; corpus {report['corpus']['notes']} notes, "
         f"{report['corpus']['predictable_tokens']:,} tokens; {report['wall_s']:.0f} s",
         "",
-        "| layout | precision | attn | step s | tokens/s | useful tokens/s | x paper fp32 | slot share "
-        "| corpus trained on | epoch h | MFU | loss first -> last |"
+        "| layout | precision | attn | kernels | LoRA dropout | step s | tokens/s | useful tokens/s | x paper fp32 "
+        "| slot share | corpus trained on | epoch h | MFU | loss first -> last |"
         + (" peak GiB |" if "peak_mem_gib" in report["results"][0] else "")
         + (" MFU vs published peak |" if "mfu_vs_published_peak" in report["results"][0] else "")
         + (" corpus epoch h |" if "corpus_epoch_h" in report["results"][0] else ""),
-        "|---" * (12 + sum(k in report["results"][0] for k in ("peak_mem_gib", "mfu_vs_published_peak",
+        "|---" * (14 + sum(k in report["results"][0] for k in ("peak_mem_gib", "mfu_vs_published_peak",
                                                                  "corpus_epoch_h"))) + "|",
     ]
     for x in report["results"]:
         ratio = f"{x['useful_vs_paper_fp32']:.2f}" if x["useful_vs_paper_fp32"] else "-"
-        line = (f"| {x['layout']} | {x['precision']} | {x['attn']} | {x['step_s']:.3f} | {x['tokens_per_s']:,.0f} | "
+        line = (f"| {x['layout']} | {x['precision']} | {x['attn']} | {x['kernels']} | {x['lora_dropout']:g} | "
+                f"{x['step_s']:.3f} | "
+                f"{x['tokens_per_s']:,.0f} | "
                 f"{x['useful_tokens_per_s']:,.0f} | {ratio} | {x['slot_share']:.1%} | {x['corpus_share']:.1%} | "
                 f"{x['epoch_h']:.3g} | {x['mfu']:.1%} | {x['first_loss']:.2f} -> {x['last_loss']:.2f} |")
         if "peak_mem_gib" in x:
