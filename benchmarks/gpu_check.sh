@@ -92,11 +92,11 @@ common=(--device "$device" "${shape[@]}" ${peak[@]+"${peak[@]}"} --lora-r 16 --b
         --corpus-tokens "${CORPUS_TOKENS:-2.0e9}" --corpus-notes 2653149)
 
 echo "gpu_check.sh: 1/3 attention paths ($attn)" >&2
-timeout 240 "$PY" benchmarks/throughput.py "${common[@]}" --layouts packed,packed-unmasked,paper --attn "$attn" \
+timeout 210 "$PY" benchmarks/throughput.py "${common[@]}" --layouts packed,packed-unmasked,paper --attn "$attn" \
   --json "$OUT/gpu_check.json" --md "$OUT/gpu_check.md" || echo "gpu_check.sh: part 1 failed or ran out of time" >&2
 
 echo "gpu_check.sh: 2/3 kernels ($kernels)" >&2
-timeout 170 "$PY" benchmarks/throughput.py "${common[@]}" --layouts packed --attn sdpa --kernels "$kernels" \
+timeout 200 "$PY" benchmarks/throughput.py "${common[@]}" --layouts packed --attn sdpa --kernels "$kernels" \
   --json "$OUT/gpu_check_kernels.json" --md "$OUT/gpu_check_kernels.md" \
   || echo "gpu_check.sh: part 2 failed or ran out of time" >&2
 

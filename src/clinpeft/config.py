@@ -41,8 +41,8 @@ class ModelSection(Section):
     # Attention kernel (README "Attention and kernels"). Each keeps packed notes apart by the position-id
     # restarts: sdpa and eager as a block-diagonal mask over the whole block, flex_attention as a block
     # mask that skips the blocks of other notes, flash_attention_2 as variable-length sequences (varlen,
-    # no mask at all). flash_attention_2: a CUDA GPU, flash-attn and bf16/fp16; flex_attention: trains on
-    # a GPU only (PyTorch has no CPU backward for it). Saved runs are scored with sdpa anywhere.
+    # no mask at all). flash_attention_2: a CUDA GPU, flash-attn and bf16/fp16; flex_attention: a CUDA GPU
+    # (PyTorch has no CPU backward for it). Saved runs are scored with sdpa on any machine.
     attn_implementation: Literal["sdpa", "eager", "flex_attention", "flash_attention_2"] = "sdpa"
     # QLoRA: the frozen base model loaded quantized by bitsandbytes (needs a CUDA GPU and clinpeft[gpu]).
     # 4bit: NF4 + double quantization, bf16 compute (~0.55 bytes/weight: an 8B base in ~5.5 GB); 8bit:
@@ -146,9 +146,10 @@ class TrainSection(Section):
     # CPU threads of this process (torch.set_num_threads). None: CLINPEFT_THREADS, else OMP_NUM_THREADS, else
     # the cores divided among the processes of this machine (`sweep --workers N`, `accelerate launch`)
     threads: int | None = Field(None, ge=1)
-    # torch.compile the model for training (TrainingArguments.torch_compile; inductor). Off by default: on a
-    # CPU it measured no faster (README "Training speed") and costs ~20 s of compilation per run; on a CPU it
-    # needs a C++ compiler. Scoring (perplexity, predictions) runs the uncompiled model.
+    # torch.compile the model for training (TrainingArguments.torch_compile; inductor; a C++ compiler on a
+    # CPU). Off by default: on a CPU steps ran 1.07x (fp32) to 1.18x (bf16) faster once compiled, but
+    # compiling (at the first step and again for an epoch's last, smaller batch) took longer than a 50-step
+    # run saved (README "Attention and kernels"); not yet measured on a GPU. Scoring runs uncompiled.
     compile: bool = False
 
 
