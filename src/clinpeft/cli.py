@@ -67,6 +67,15 @@ def set_offline() -> None:
             os.environ.setdefault(key, value)
 
 
+def quiet_library_deprecations() -> None:
+    """Deprecation notices between our libraries that a user cannot act on: peft still calls transformers'
+    old `is_gradient_checkpointing` (renamed activation checkpointing in 5.x), which printed a FutureWarning
+    into every training command's output, even before a one-line error. Other warnings still show."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
 def print_lines(lines: list[str], file=None) -> None:
     """A command's result lines, on stdout; under torchrun / accelerate launch (every process runs the recipe)
     only the main process prints them, once."""
@@ -503,6 +512,7 @@ def output_umask(shared: bool) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     set_offline()
+    quiet_library_deprecations()
     argv = list(sys.argv[1:] if argv is None else argv)
     shared = "--shared" in argv  # accepted anywhere on the line, not only before the command
     args = parse_args([a for a in argv if a != "--shared"])
