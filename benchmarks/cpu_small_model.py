@@ -80,10 +80,15 @@ def main() -> None:
             f"model.base={base}", f"data.paths=[{corpus['discharge']}, {corpus['radiology']}]",
             "eval.base_model=false", "eval.train_max_blocks=8", f"data.max_documents={args.max_notes}", *args.set])
         run = pretrain.main(config, tmp / "pretrain", progress=False)
+        result = {
+            "shape": args.shape, "overrides": args.set, "threads": os.environ.get("OMP_NUM_THREADS"),
+            "pretrain_notes": run["train_notes"], "pretrain_tokens": run["train_tokens"],
+            "pretrain_train_s": run["train_time_s"],
+            "pretrain_s_per_1000_notes": 1000 * run["train_time_s"] / run["train_notes"],
+            "pretrain_useful_tokens_per_s": run["useful_tokens_per_s"],
+        }
         if args.pretrain_only:
-            print(json.dumps({"shape": args.shape, "overrides": args.set, "pretrain_notes": run["train_notes"],
-                              "pretrain_train_s": run["train_time_s"],
-                              "useful_tokens_per_s": run["useful_tokens_per_s"]}, indent=2))
+            print(json.dumps(result, indent=2))
             return
         ft_config = load_config(FinetuneConfig, recipes / "finetune_clinical.yaml", [
             f"model.base={base}", f"clinical_adapter={tmp / 'pretrain'}", f"task.path={tasks['mor']}",
@@ -91,15 +96,10 @@ def main() -> None:
         started = time.time()
         metrics = finetune.main(ft_config, tmp / "finetune", progress=False)
         ft_wall = time.time() - started
-    result = {
-        "shape": args.shape, "overrides": args.set, "threads": os.environ.get("OMP_NUM_THREADS"),
-        "pretrain_notes": run["train_notes"], "pretrain_tokens": run["train_tokens"],
-        "pretrain_train_s": run["train_time_s"],
-        "pretrain_s_per_1000_notes": 1000 * run["train_time_s"] / run["train_notes"],
-        "pretrain_useful_tokens_per_s": run["useful_tokens_per_s"],
+    result.update({
         "finetune_notes": metrics["n_train"], "finetune_train_s": metrics["train_time_s"], "finetune_wall_s": ft_wall,
         "finetune_s_per_1000_notes": 1000 * metrics["train_time_s"] / metrics["n_train"],
-    }
+    })
     print(json.dumps(result, indent=2))
 
 

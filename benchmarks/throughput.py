@@ -68,6 +68,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from clinpeft.data.packing import DEFAULT_PACKING, IGNORE_INDEX, pack_documents  # noqa: E402
+from clinpeft.errors import ClinpeftError  # noqa: E402
+from clinpeft.modeling.base import check_attention  # noqa: E402
+from clinpeft.training.common import cpu_has_native_bf16  # noqa: E402
 
 BOS, EOS, PAD = 1, 2, 0
 
@@ -138,15 +141,6 @@ def gemm_ceiling(dtype: torch.dtype, device: str, size: int, reps: int = 5) -> f
         sync()
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX-BF16 in /proc/cpuinfo (the flags oneDNN's bf16 GEMM kernels need)."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return False
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
 
 
 def build_model(args, precision: str, attn: str, kernels: str = "plain", dropout: float = 0.1):
@@ -316,16 +310,16 @@ def parse_args(argv=None):
 
 
 def available_attn(names: list[str], device: str) -> tuple[list[str], list[str]]:
-    """The attention implementations of `names` that train on `device`, and the others with why not."""
-    import importlib.util
-
-    cuda = device.startswith("cuda")
+    """The attention implementations of `names` that train on `device` (clinpeft's own check, for bf16
+    weights), and the others with why not."""
     keep, skipped = [], []
     for name in names:
-        if name == "flash_attention_2" and not (cuda and importlib.util.find_spec("flash_attn")):
-            skipped.append(f"{name} ({'flash_attn not installed' if cuda else 'needs a CUDA GPU'})")
-        elif name == "flex_attention" and not cuda:
-            skipped.append(f"{name} (PyTorch {torch.__version__} has no flex-attention backward on a CPU)")
+        try:
+            if not device.startswith("cuda") and name in ("flex_attention", "flash_attention_2"):
+                raise ClinpeftError("needs a CUDA GPU")  # --device cpu on a machine that has one
+            check_attention(name, torch.bfloat16)
+        except ClinpeftError as err:
+            skipped.append(f"{name} ({err})")
         else:
             keep.append(name)
     return keep, skipped
