@@ -52,8 +52,9 @@ trainable parameters of a recipe, without weights (the paper's Table 2 counts):
 hyperparameter search (Optuna GP, resumable; --workers N, --storage postgresql://... for several machines):
   clinpeft sweep configs/demo/sweep_lora.yaml --out sweeps/demo-mor --trials 6
 
-the recipes shipped with clinpeft (their configs/... paths work from any directory):
+the recipes shipped with clinpeft (their configs/... paths work from any directory), and the named base models:
   clinpeft recipes
+  clinpeft bases
 """
 
 # `clinpeft prepare DATASET`: each builder module registers its own subcommand with
@@ -433,6 +434,24 @@ def run_recipes(args: argparse.Namespace, progress: bool) -> int:
     return 0
 
 
+def add_bases(sub) -> None:
+    p = sub.add_parser("bases", help="list the named base models (model.base=NAME) and where each comes from",
+                       description="List the base models model.base accepts by name: the tiny demo models (built "
+                       "on first use) and real models that a Python package ships as a GGUF file (dequantized "
+                       "once into $CLINPEFT_HOME/gguf/). model.base also takes any local Hugging Face folder, a "
+                       ".gguf file, or a folder holding one.")
+    p.set_defaults(handler=run_bases)
+
+
+def run_bases(args: argparse.Namespace, progress: bool) -> int:
+    from clinpeft.modeling.gguf import bases_table  # no torch: reads package metadata only
+
+    for row in bases_table():
+        state = "" if row["installed"] else f"  [not installed: {row['install']}]"
+        print(f"{row['name']:<14} {row['source']}{state}")
+    return 0
+
+
 def add_prepare(sub) -> None:
     p = sub.add_parser("prepare", help="build the pretraining corpus or the task datasets from raw MIMIC files",
                        description="Turn raw clinical tables into what `pretrain` and `finetune` read.")
@@ -448,7 +467,7 @@ def run_prepare(args: argparse.Namespace, progress: bool) -> int:
 
 
 COMMANDS = (add_demo, add_pretrain, add_params, add_finetune, add_experiment, add_evaluate, add_predict,
-            add_export, add_explain, add_report, add_sweep, add_recipes, add_prepare)  # `clinpeft --help` order
+            add_export, add_explain, add_report, add_sweep, add_recipes, add_bases, add_prepare)  # --help order
 
 
 # --------------------------------------------------------------------------- entry point

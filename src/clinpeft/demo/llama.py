@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from clinpeft.errors import ClinpeftError
+from clinpeft.home import clinpeft_home  # noqa: F401  (re-exported: demo.bert and older callers import it here)
 
 if TYPE_CHECKING:  # heavy imports are deferred to the functions that need them
     from transformers import LlamaConfig, PreTrainedTokenizerFast
@@ -104,12 +105,6 @@ _CLINICAL_PROBE = (
 
 
 # --- locations -------------------------------------------------------------------------------
-def clinpeft_home() -> Path:
-    """$CLINPEFT_HOME if set, else ~/.cache/clinpeft."""
-    env = os.environ.get("CLINPEFT_HOME")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "clinpeft"
-
-
 def demo_base_dir() -> Path:
     """clinpeft_home() / f"demo-base-{DEMO_BASE_VERSION}"."""
     return clinpeft_home() / f"demo-base-{DEMO_BASE_VERSION}"

@@ -121,8 +121,11 @@ def packing_fallback(method: str) -> str | None:
     return methods.method(method).packing_fallback
 
 
-def write_adapter_meta(adapter_dir: Path, base_fingerprint: str, base_model: str, method: str) -> None:
-    meta = {"base_fingerprint": base_fingerprint, "base_model": base_model, "method": method}
+def write_adapter_meta(adapter_dir: Path, base_fingerprint: str, base_model: str, method: str,
+                       base_spec: str | None = None) -> None:
+    """clinpeft's note beside a clinical adapter: the base it was trained on (folder, fingerprint, and
+    `base_spec`: the model.base as written, so a dequantized GGUF base can be rebuilt where the folder is gone)."""
+    meta = {"base_fingerprint": base_fingerprint, "base_model": base_model, "method": method, "base_spec": base_spec}
     (Path(adapter_dir) / ADAPTER_META).write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -132,6 +135,7 @@ class ClinicalAdapter:
     base_fingerprint: str | None  # of the base model it was trained on
     base_model: str | None
     method: str  # a peft.method of pretraining
+    base_spec: str | None = None  # model.base as written at pretraining (a named base, a .gguf file, a folder)
 
 
 def find_clinical_adapter(location: str | Path) -> ClinicalAdapter:
@@ -146,6 +150,7 @@ def find_clinical_adapter(location: str | Path) -> ClinicalAdapter:
                 base_fingerprint=meta.get("base_fingerprint"),
                 base_model=meta.get("base_model"),
                 method=meta.get("method", str(getattr(peft_type, "value", peft_type)).lower()),
+                base_spec=meta.get("base_spec"),
             )
     for candidate in (location / "model", location):
         meta = _read_meta(candidate)

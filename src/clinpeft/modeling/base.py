@@ -17,7 +17,11 @@ from clinpeft.errors import ClinpeftError
 
 
 def resolve_base(base: str, *, progress: bool = True) -> Path:
-    """`model.base` -> a local model directory, building the demo model on first use."""
+    """`model.base` -> a local Hugging Face model directory.
+
+    "demo" / "demo-bert": the tiny demo models, built on first use. A named real base
+    (`smollm2-135m`, modeling/gguf.NAMED_BASES), a `.gguf` file or a folder holding one: dequantized
+    once into a cached folder (modeling/gguf.py). Anything else: a folder with config.json."""
     if base == "demo":
         from clinpeft.demo.llama import ensure_demo_base
 
@@ -26,14 +30,75 @@ def resolve_base(base: str, *, progress: bool = True) -> Path:
         from clinpeft.demo.bert import ensure_demo_bert
 
         return ensure_demo_bert(progress=progress)
+    from clinpeft.modeling.gguf import NAMED_BASES, is_gguf_spec, resolve_gguf
+
+    if is_gguf_spec(base):
+        return resolve_gguf(base, progress=progress)
     path = Path(base).expanduser()
     if not (path / "config.json").is_file():
         what = "does not exist" if not path.exists() else "has no config.json"
         raise ClinpeftError(
             f"model.base {base} {what}; give the local directory of a Hugging Face model "
-            "(config.json, tokenizer, *.safetensors), or model.base=demo for the tiny demo model"
+            f"(config.json, tokenizer, *.safetensors), a .gguf file, a named base ({', '.join(NAMED_BASES)}), "
+            "or model.base=demo for the tiny demo model"
         )
     return path
+
+
+def check_base(base: str) -> None:
+    """One line, before any work, when `model.base` cannot be read: a missing folder or config.json, a
+    GGUF file that is not one, truncated, of an unreadable architecture or tensor type, a named base whose
+    package is missing. Cheap: reads headers only (the demo bases are built later, on first use)."""
+    if base in ("demo", "demo-bert"):
+        return
+    from clinpeft.modeling.gguf import find_gguf, is_gguf_spec, read_header
+
+    if is_gguf_spec(base):
+        read_header(find_gguf(base))
+    else:
+        resolve_base(base, progress=False)
+
+
+def reopen_base(recorded: str | None, base: str | None = None, spec: str | None = None) -> Path:
+    """The base model folder of a saved run: `base` (--base: a folder, .gguf file or named base) when given,
+    else the folder the run recorded, else, when that folder is gone (a cleared cache, another machine),
+    the run's `base_spec` (the model.base it was trained with) resolved again: a GGUF is dequantized anew
+    to the same weights. The caller still checks the fingerprint."""
+    if base:
+        return resolve_base(base)
+    if recorded and (Path(recorded) / "config.json").is_file():
+        return Path(recorded)
+    if spec and spec not in ("demo", "demo-bert"):
+        from clinpeft.modeling.gguf import is_gguf_spec
+
+        if is_gguf_spec(spec):
+            return resolve_base(spec)
+    raise ClinpeftError(f"its base model {recorded} is not there; pass --base with the local path of that model "
+                        "(a Hugging Face folder or the .gguf file it was trained from)")
+
+
+def base_record(spec: str, base_path: Path) -> dict:
+    """What run.json / metrics.json / bundle.json record of the base beyond its folder: `base_spec`, the
+    model.base as written (a named base, a .gguf file, a folder), and `base_source` for a dequantized GGUF
+    (file, sha256, architecture, quantization type, cache key; modeling/gguf.py)."""
+    from clinpeft.modeling.gguf import base_source
+
+    record = {"base_spec": spec}
+    source = base_source(base_path)
+    if source is not None:
+        record["base_source"] = source
+    return record
+
+
+def base_display_name(base_path: Path) -> str:
+    """Table rows' name of a base: the folder's name, or for a dequantized GGUF its named base or file stem
+    (the cache folder is named by a hash)."""
+    from clinpeft.modeling.gguf import base_source
+
+    source = base_source(base_path)
+    if source is None:
+        return Path(base_path).name
+    return source.get("named_base") or Path(source.get("gguf_file", base_path)).stem
 
 
 def is_encoder(base: str | Path) -> bool:

@@ -45,6 +45,7 @@ from clinpeft.modeling.base import (
     classification_head,
     load_sequence_classifier,
     load_tokenizer,
+    reopen_base,
 )
 from clinpeft.modeling.pooling import apply_pooling, check_pooling, pool_windows
 from clinpeft.rundir import read_json, write_json
@@ -129,11 +130,10 @@ def load_bundle(run_dir: str | Path, base: str | None = None, dtype: str = "auto
     meta = read_json(run_dir / "bundle.json")
     if meta.get("model_dir"):  # variant full: the saved classifier is complete, no base model needed
         return _load_full_bundle(run_dir, meta, dtype), meta
-    base_path = Path(base or meta["base_model"])
-    if not (base_path / "config.json").is_file():
-        raise ClinpeftError(
-            f"{run_dir}: its base model {base_path} is not there; pass --base with the local path of that model"
-        )
+    try:
+        base_path = reopen_base(meta.get("base_model"), base, meta.get("base_spec"))
+    except ClinpeftError as exc:
+        raise ClinpeftError(f"{run_dir}: {exc}") from None
     tokenizer = load_tokenizer(base_path, padding_side=meta.get("padding_side", "right"))
     model = load_sequence_classifier(
         base_path, len(meta["labels"]), tokenizer.pad_token_id, PROBLEM_TYPES[meta["task_type"]], dtype,

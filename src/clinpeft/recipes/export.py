@@ -104,17 +104,18 @@ def export_causal_lm(run: Path, out: str | Path, dtype: str, base: str | None, o
     from peft import PeftModel
 
     from clinpeft.modeling.adapters import find_clinical_adapter
-    from clinpeft.modeling.base import load_causal_lm, load_tokenizer
+    from clinpeft.modeling.base import load_causal_lm, load_tokenizer, reopen_base
 
     adapter = find_clinical_adapter(run)
     if adapter.method == "full":
         model_dir, adapter_dir = adapter.path, None
     else:
         refuse_unmergeable(run, peft_types([adapter.path]))
-        model_dir, adapter_dir = Path(base or adapter.base_model or ""), adapter.path
-        if not (model_dir / "config.json").is_file():
-            raise ClinpeftError(f"{run}: its base model {model_dir} is not there; pass --base with the local path "
-                                "of that model")
+        try:
+            model_dir = reopen_base(adapter.base_model, base, adapter.base_spec)
+        except ClinpeftError as exc:
+            raise ClinpeftError(f"{run}: {exc}") from None
+        adapter_dir = adapter.path
     model = load_causal_lm(model_dir, "float32")
     if adapter_dir is not None:
         model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()

@@ -43,8 +43,11 @@ from clinpeft.evaluation.metrics import probabilities
 from clinpeft.modeling import methods
 from clinpeft.modeling.adapters import ClinicalAdapter, check_variant, find_clinical_adapter, full_model_variant
 from clinpeft.modeling.base import (
+    base_display_name,
     base_fingerprint,
+    base_record,
     check_attention,
+    check_base,
     check_positions,
     check_quantization,
     count_parameters,
@@ -83,6 +86,8 @@ def main(config: FinetuneConfig, out: str | Path, *, overwrite: bool = False, pr
     task = load_task(config.task.path, config.task.name, config.task.kind, config.task.max_examples)
     check_classes(task, Path(config.task.path))  # one class in train or val: refused before training
     clinical = clinical_adapter(config)
+    if clinical is None or clinical.method != "full":  # a full clinical model replaces model.base
+        check_base(config.model.base)  # before any work: the folder, or the GGUF file's header
     with atomic_run_dir(out, overwrite, resumable=True, config=config.model_dump(mode="json"),
                         restart=restart) as run_dir:
         save_config(config, run_dir)
@@ -170,6 +175,7 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
         "padding_side": clf.tokenizer.padding_side,
         "quantization": config.model.quantization,  # evaluate reloads the base the same way
         "clinical_adapter": clinical_dir,
+        **base_record(config.model.base, base_path),  # a GGUF base is rebuilt from base_spec where the folder is gone
     })
     (run_dir / "labels.txt").write_text("\n".join(task.labels) + "\n")
     extras = extra_columns(task.splits["test"])
@@ -184,6 +190,7 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
         "base_model": str(base_path),
         "base_model_name": base_name,
         "base_fingerprint": fingerprint,
+        **base_record(config.model.base, base_path),
         "data": data_provenance(config.task.path, task.splits),  # file hashes, rows, cohort rules: the model card
         "model_kind": "encoder" if encoder else "decoder",
         "pooling": "cls" if encoder else config.model.pooling,  # what the head read: last / mean token(s), [CLS]
@@ -252,7 +259,7 @@ def variant_base(config: FinetuneConfig, clinical: ClinicalAdapter | None,
         base_name = config.model.name or f"Clinical {Path(clinical.base_model or 'model').name}"  # "Clinical LLaMA"
         return clinical.path, variant, None, base_name
     base_path = resolve_base(config.model.base, progress=progress)
-    return base_path, config.variant, clinical, config.model.name or base_path.name
+    return base_path, config.variant, clinical, config.model.name or base_display_name(base_path)
 
 
 def score_split(clf: Classifier, task: TaskData, split: str, config: FinetuneConfig,

@@ -32,8 +32,11 @@ from clinpeft.data.notes import cache_file, load_corpus
 from clinpeft.data.packing import count_predicted_tokens, packing_mode, slot_share, tokenize_and_pack
 from clinpeft.modeling.adapters import add_pretraining_adapter, packing_fallback, write_adapter_meta
 from clinpeft.modeling.base import (
+    base_display_name,
     base_fingerprint,
+    base_record,
     check_attention,
+    check_base,
     check_positions,
     check_quantization,
     count_parameters,
@@ -72,6 +75,7 @@ def main(config: PretrainConfig, out: str | Path, *, overwrite: bool = False, pr
 
     Unfinished, it lives in `OUT.partial/` with its checkpoints; the same call resumes it (`restart`: discard it)."""
     precision = resolve_precision(config.train.precision)  # before any work: fp16 on a CPU is refused here
+    check_base(config.model.base)  # before any work: the folder, or the GGUF file's header
     check_quantization(config.model.quantization)  # before any work: 4bit/8bit need a GPU and bitsandbytes
     check_attention(config.model.attn_implementation, torch_dtype(model_dtype(config.model.dtype, precision)))
     check_kernels(config.train)  # train.compile: a C++ compiler on a CPU; train.fused_loss: a GPU, liger-kernel
@@ -133,7 +137,8 @@ def sample_blocks(blocks, max_blocks: int | None, seed: int):
     return blocks.shuffle(seed=seed).select(range(max_blocks))
 
 
-def save_clinical(model, method: str, run_dir: Path, base_path: Path, fingerprint: str) -> Path:
+def save_clinical(model, method: str, run_dir: Path, base_path: Path, fingerprint: str,
+                  base_spec: str | None = None) -> Path:
     """adapter/ in PEFT layout, or for `full` model/ (safetensors + tokenizer), with its metadata."""
     model.eval()  # peft saves p-tuning's encoder *output*: computed without dropout
     if method == "full":
@@ -143,7 +148,7 @@ def save_clinical(model, method: str, run_dir: Path, base_path: Path, fingerprin
     else:
         out_dir = run_dir / "adapter"
         model.save_pretrained(out_dir, safe_serialization=True)
-    write_adapter_meta(out_dir, fingerprint, str(base_path), method)
+    write_adapter_meta(out_dir, fingerprint, str(base_path), method, base_spec)
     return out_dir
 
 
@@ -243,7 +248,7 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True, checkpoint
                else split_perplexity(model, val_blocks, batch_size, "ppl (val)", progress, precision))
 
     # --- save: adapter in PEFT layout (full: the whole model + tokenizer) + what it was trained on
-    save_clinical(model, method, run_dir, base_path, fingerprint)
+    save_clinical(model, method, run_dir, base_path, fingerprint, config.model.base)
     shutil.rmtree(cache_dir, ignore_errors=True)
 
     result = {
@@ -251,8 +256,9 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True, checkpoint
         "method": method,
         "lora_flavours": lora_flavours(config.peft) if method == "lora" else [],  # e.g. ["use_dora"]: Table 2 says DoRA
         "base_model": str(base_path),
-        "base_model_name": config.model.name or base_path.name,
+        "base_model_name": config.model.name or base_display_name(base_path),
         "base_fingerprint": fingerprint,
+        **base_record(config.model.base, base_path),  # base_spec, and base_source for a GGUF base
         "trainable_params": trainable,
         "total_params": total,
         "trainable_percent": 100.0 * trainable / total,
