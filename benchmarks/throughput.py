@@ -5,6 +5,11 @@
     python benchmarks/throughput.py --device cuda --hidden 4096 --layers 32 --heads 32 --kv-heads 32 \
         --intermediate 11008 --lora-r 16 --layouts packed --precisions bf16-weights --attn sdpa,flash_attention_2
     python benchmarks/throughput.py --layouts packed,packed-unmasked --attn sdpa,eager --kernels plain,compile
+    python benchmarks/throughput.py --base smollm2-135m --block 256 --lora-r 16 --precisions fp32,bf16-autocast
+
+--base (a named base, a Hugging Face folder or a .gguf file): the real pretrained model instead of a
+random-init shape, trained on synthetic clinical notes (clinpeft.demo.synthetic, --patients) cut into
+tokens by the model's own tokenizer, with its own BOS/EOS/pad; the shape columns come from its config.
 
 One process builds a random-init LLaMA of the given shape with LoRA on q/v (peft), a corpus of note
 lengths (the MIMIC-IV-Note-like mix by default: 88% notes of ~300 tokens, 12% of 2,000-3,000;
@@ -88,23 +93,40 @@ def documents(lengths: list[int], vocab: int, seed: int) -> list[list[int]]:
     return [[BOS, *rng.integers(3, vocab, n).tolist(), EOS] for n in lengths]
 
 
-def paper_layout(docs: list[list[int]], block: int) -> dict:
+def real_documents(tokenizer, n_patients: int, seed: int) -> list[list[int]]:
+    """Synthetic discharge summaries and radiology reports (clinpeft's demo corpus), tokenized by the real
+    model's tokenizer as clinpeft pretrain does (its BOS when it adds one, its end-of-text after each note)."""
+    import tempfile
+
+    import pandas as pd
+
+    from clinpeft.demo.synthetic import write_pretraining_corpus
+
+    with tempfile.TemporaryDirectory() as tmp:
+        files = write_pretraining_corpus(tmp, n_patients=n_patients, seed=seed)
+        texts = [t for f in files.values() for t in pd.read_csv(f)["text"].astype(str)]
+    encoded = tokenizer(texts, add_special_tokens=True)["input_ids"]
+    return [ids + [tokenizer.eos_token_id] for ids in encoded]
+
+
+def paper_layout(docs: list[list[int]], block: int, pad: int = PAD) -> dict:
     """One note per row, truncated to `block`, right-padded; labels -100 on padding (as the paper's script)."""
     rows = {"input_ids": [], "attention_mask": [], "labels": []}
+    pad_id = pad
     for doc in docs:
         kept = doc[:block]
-        pad = block - len(kept)
-        rows["input_ids"].append(kept + [PAD] * pad)
-        rows["attention_mask"].append([1] * len(kept) + [0] * pad)
-        rows["labels"].append(kept + [IGNORE_INDEX] * pad)
+        n_pad = block - len(kept)
+        rows["input_ids"].append(kept + [pad_id] * n_pad)
+        rows["attention_mask"].append([1] * len(kept) + [0] * n_pad)
+        rows["labels"].append(kept + [IGNORE_INDEX] * n_pad)
     return rows
 
 
-def packed_layout(docs: list[list[int]], block: int, mode: str, window: int = 1000) -> dict:
+def packed_layout(docs: list[list[int]], block: int, mode: str, window: int = 1000, pad: int = PAD) -> dict:
     """clinpeft's layout, packed in windows of `window` notes as `clinpeft pretrain` does."""
     rows: dict = {"input_ids": [], "position_ids": [], "labels": []}
     for start in range(0, len(docs), window):
-        part = pack_documents(docs[start : start + window], block, PAD, mode)
+        part = pack_documents(docs[start : start + window], block, pad, mode)
         for key in rows:
             rows[key] += part[key]
     return rows
@@ -144,8 +166,13 @@ def gemm_ceiling(dtype: torch.dtype, device: str, size: int, reps: int = 5) -> f
 
 
 def build_model(args, precision: str, attn: str, kernels: str = "plain", dropout: float = 0.1):
-    from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    if args.base_path is not None:  # the real model, as clinpeft pretrain loads it
+        from clinpeft.modeling.base import load_causal_lm
+
+        model = load_causal_lm(args.base_path, "bfloat16" if precision == "bf16-weights" else "float32", attn)
+        return add_lora(model, args, kernels, dropout)
 
     config = LlamaConfig(
         vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate or 4 * args.hidden,
@@ -162,6 +189,12 @@ def build_model(args, precision: str, attn: str, kernels: str = "plain", dropout
             model = LlamaForCausalLM(config)
     finally:
         torch.set_default_dtype(previous)
+    return add_lora(model, args, kernels, dropout)
+
+
+def add_lora(model, args, kernels: str, dropout: float):
+    from peft import LoraConfig, get_peft_model
+
     if kernels == "liger":
         from liger_kernel.transformers import _apply_liger_kernel_to_instance
 
@@ -207,6 +240,7 @@ class Runner:
         self.n, self.n_lora = linear_params(self.model)
         self.peak = 0.0
         self.times: list[float] = []
+        self.all_times: list[float] = []  # warm-up steps included: the wall-time share spent in training steps
         self.cursor = 0
         self.steps_done = 0
         self.positions = self.useful = self.keys = 0
@@ -234,6 +268,7 @@ class Runner:
         self.optimizer.zero_grad(set_to_none=True)
         sync()
         elapsed = time.perf_counter() - start
+        self.all_times.append(elapsed)
         self.steps_done += 1
         self.losses.append(float(loss.detach()))
         if device_type == "cuda":
@@ -304,6 +339,10 @@ def parse_args(argv=None):
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="the device's published dense peak of the precision in use (H100 SXM / H200 bf16: 989)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--base", default=None, help="a real model: a named base (smollm2-135m), a Hugging Face folder "
+                   "or a .gguf file; its shape replaces --hidden/--layers/--heads/--kv-heads/--intermediate/--vocab")
+    p.add_argument("--patients", type=int, default=60,
+                   help="--base: synthetic patients whose discharge and radiology notes make the corpus")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--md", type=Path, default=None)
     return p.parse_args(argv)
@@ -353,13 +392,24 @@ def main(argv=None) -> dict:
     if "compile" in kernels and len(kernels) > 1:
         return finish(args, kernels_apart(sys.argv[1:] if argv is None else list(argv), kernels, skipped))
 
-    lengths = ([int(x) for x in args.notes.read_text().split()] if args.notes
-               else mimic_like_lengths(args.n_notes, args.seed))
-    docs = documents(lengths, args.vocab, args.seed)
-    corpus_tokens = sum(len(d) - 1 for d in docs)  # predictable: every token after the note's BOS
+    pad = PAD
+    args.base_path = None
+    if args.base:  # the real model: its shape, its tokenizer, clinical-style notes
+        from clinpeft.modeling.base import load_tokenizer, resolve_base
+
+        args.base_path = resolve_base(args.base)
+        read_shape(args, args.base_path)
+        tokenizer = load_tokenizer(args.base_path)
+        docs, pad = real_documents(tokenizer, args.patients, args.seed), tokenizer.pad_token_id
+    else:
+        lengths = ([int(x) for x in args.notes.read_text().split()] if args.notes
+                   else mimic_like_lengths(args.n_notes, args.seed))
+        docs = documents(lengths, args.vocab, args.seed)
+    corpus_tokens = sum(len(d) - 1 for d in docs)  # predictable: every token after the note's first
     layouts = {}
     for name in args.layouts.split(","):
-        rows = paper_layout(docs, args.block) if name == "paper" else packed_layout(docs, args.block, args.packing)
+        rows = (paper_layout(docs, args.block, pad) if name == "paper"
+                else packed_layout(docs, args.block, args.packing, pad=pad))
         if name == "packed-unmasked":
             rows.pop("position_ids")  # timing reference: one causal sequence per block, notes see each other
         layouts[name] = to_tensors(rows)
@@ -384,6 +434,7 @@ def main(argv=None) -> dict:
         ceilings = measure_ceilings(ceilings)  # before, between and after the rounds
         print(f"round {r + 1}/{args.rounds} done ({time.time() - started:.0f} s)", file=sys.stderr)
     results = [runner.result(ceilings, corpus_tokens, layouts) for runner in runners]
+    step_seconds = sum(sum(runner.all_times) for runner in runners)
     add_paper_ratio(results)
     for x in results:
         if args.corpus_tokens:
@@ -402,8 +453,28 @@ def main(argv=None) -> dict:
         "corpus": {"notes": len(docs), "predictable_tokens": corpus_tokens, "packing": args.packing},
         "gemm_ceiling_tflops": {k: v / 1e12 for k, v in ceilings.items()},
         "skipped_attn": skipped, "results": results, "wall_s": time.time() - started,
+        "base": str(args.base) if args.base else None,
+        # the whole process: model loading, the corpus, GEMM ceilings and warm-up steps included
+        "peak_rss_gib": peak_rss_gib(),
+        "steps_share_of_wall": step_seconds / (time.time() - started),
     }
     return finish(args, report)
+
+
+def read_shape(args, path: Path) -> None:
+    """--base: the shape arguments (used in the FLOP count and the report) from the model's config.json."""
+    config = json.loads((Path(path) / "config.json").read_text())
+    args.hidden, args.layers = config["hidden_size"], config["num_hidden_layers"]
+    args.heads = config["num_attention_heads"]
+    args.kv_heads = config.get("num_key_value_heads") or args.heads
+    args.intermediate, args.vocab = config["intermediate_size"], config["vocab_size"]
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def finish(args, report: dict) -> dict:
@@ -460,7 +531,10 @@ def markdown(report: dict) -> str:
         f"{report['load_average']}; GEMM ceiling fp32 {ceil['fp32'] * 1e3:.0f} GFLOP/s, bf16 "
         f"{ceil['bf16'] * 1e3:.0f} GFLOP/s; model {report['params']['linear'] / 1e6:.1f}M linear weights + "
         f"{report['params']['lora'] / 1e6:.2f}M LoRA; corpus {report['corpus']['notes']} notes, "
-        f"{report['corpus']['predictable_tokens']:,} tokens; {report['wall_s']:.0f} s",
+        f"{report['corpus']['predictable_tokens']:,} tokens; {report['wall_s']:.0f} s"
+        + (f"; base {report['base']}" if report.get("base") else "")
+        + (f"; peak RSS {report['peak_rss_gib']:.1f} GiB, {report['steps_share_of_wall']:.0%} of the wall time in "
+           "training steps" if report.get("peak_rss_gib") else ""),
         "",
         "| layout | precision | attn | kernels | LoRA dropout | step s | tokens/s | useful tokens/s | x paper fp32 "
         "| slot share | corpus trained on | epoch h | MFU | loss first -> last |"

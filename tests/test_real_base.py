@@ -130,6 +130,19 @@ def test_the_packaged_gguf_becomes_a_cached_llama_with_its_source_recorded(real_
     assert resolve_base(source["gguf_file"], progress=False) == real_base  # the file itself: same key
 
 
+def test_the_dequantized_folder_gives_the_gguf_files_own_logits(real_base):
+    """The cached folder holds exactly what transformers reads from the GGUF file: same logits, bit for bit."""
+    from transformers import AutoModelForCausalLM
+
+    gguf_file = Path(gg.base_source(real_base)["gguf_file"])
+    direct = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name,
+                                                  dtype=torch.float32).eval()
+    cached = load_causal_lm(real_base, "float32").eval()
+    ids = load_tokenizer(real_base)("Pt is a 67 yo M w/ hx of CHF, HTN p/w SOB.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(cached(input_ids=ids).logits, direct(input_ids=ids).logits, atol=0, rtol=0)
+
+
 def test_real_tokenizer_packs_notes_with_the_models_own_end_of_text(real_base):
     from clinpeft.data.packing import tokenize_and_pack
 
