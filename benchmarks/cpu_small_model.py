@@ -1,16 +1,19 @@
-"""Time per 1,000 notes of configs/cpu/ on a CPU, for a small real causal LM's shape (random weights).
+"""Time per 1,000 notes of configs/cpu/ on a CPU: pretraining, fine-tuning per epoch, predict.
 
-    python benchmarks/cpu_small_model.py                     # SmolLM2-135M's shape
-    python benchmarks/cpu_small_model.py --shape qwen2.5-0.5b
+    python benchmarks/cpu_small_model.py                     # the real SmolLM2-135M (model.base=smollm2-135m)
+    python benchmarks/cpu_small_model.py --base /models/Qwen2.5-0.5B-Instruct-Q8_0.gguf
+    python benchmarks/cpu_small_model.py --shape qwen2.5-0.5b  # a random-init model of that shape instead
     python benchmarks/cpu_small_model.py --set train.compile=true   # any recipe key, both steps
 
-Builds a random-init model with the published config.json shape (SmolLM2-135M: hidden 576, 30
-layers, 9/3 heads, vocabulary 49,152, tied; Qwen2.5-0.5B: hidden 896, 24 layers, 14/2 heads,
-vocabulary 151,936, tied) and a small BPE tokenizer trained on the synthetic notes (its ids
-cover part of the vocabulary; the embedding and output layer keep the full size, so the compute
-is the real model's). Runs the recipes of configs/cpu/ on synthetic MIMIC-style notes through
-`clinpeft pretrain` / `finetune` and prints the training seconds per 1,000 notes (pretraining: the
-corpus notes; fine-tuning: training notes x epochs). Timings depend on the CPU and its load.
+Runs the recipes of configs/cpu/ as they are (their perplexity passes included) on synthetic
+MIMIC-style notes through `clinpeft pretrain` / `finetune` / `predict` and prints seconds per 1,000
+notes (pretraining: the corpus notes; fine-tuning: training notes x epochs; predict: notes scored),
+useful tokens/s, and the share of pretraining's wall time outside its training steps (the perplexity
+passes, tokenisation, loading). --shape builds a random-init model with the published config.json
+shape (SmolLM2-135M: hidden 576, 30 layers, 9/3 heads, vocabulary 49,152, tied; Qwen2.5-0.5B:
+hidden 896, 24 layers, 14/2 heads, vocabulary 151,936, tied) and a small BPE tokenizer trained on the
+notes (the embedding and output layer keep the full size, so the compute is the real model's).
+Timings depend on the CPU and its load: the result records the load average.
 """
 
 from __future__ import annotations
@@ -57,10 +60,13 @@ def main() -> None:
 
     from clinpeft.config import BUNDLED_CONFIGS, FinetuneConfig, PretrainConfig, load_config
     from clinpeft.demo.synthetic import write_pretraining_corpus, write_tasks
-    from clinpeft.recipes import finetune, pretrain
+    from clinpeft.modeling.base import resolve_base
+    from clinpeft.recipes import finetune, predict, pretrain
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", choices=list(SHAPES), default="smollm2-135m")
+    parser.add_argument("--base", default="smollm2-135m", help="a named base, a Hugging Face folder or a .gguf file")
+    parser.add_argument("--shape", choices=list(SHAPES), default=None,
+                        help="a random-init model of this shape instead of --base")
     parser.add_argument("--patients", type=int, default=12, help="synthetic patients of the corpus")
     parser.add_argument("--task-patients", type=int, default=60, help="synthetic patients of the MOR task")
     parser.add_argument("--max-notes", type=int, default=24,
@@ -75,13 +81,18 @@ def main() -> None:
         corpus = write_pretraining_corpus(tmp / "corpus", n_patients=args.patients, seed=0)
         tasks = write_tasks(tmp / "tasks", n_patients=args.task_patients, seed=0, tasks=["mor"])
         texts = list(pd.read_csv(corpus["discharge"])["text"])
-        base = build(args.shape, tmp / "model", texts)
-        config = load_config(PretrainConfig, recipes / RECIPES[args.shape], [
+        base = build(args.shape, tmp / "model", texts) if args.shape else resolve_base(args.base)
+        config = load_config(PretrainConfig, recipes / RECIPES[args.shape or "smollm2-135m"], [
             f"model.base={base}", f"data.paths=[{corpus['discharge']}, {corpus['radiology']}]",
-            "eval.base_model=false", "eval.train_max_blocks=8", f"data.max_documents={args.max_notes}", *args.set])
+            f"data.max_documents={args.max_notes}", *args.set])
         run = pretrain.main(config, tmp / "pretrain", progress=False)
         result = {
-            "shape": args.shape, "overrides": args.set, "threads": os.environ.get("OMP_NUM_THREADS"),
+            "base": f"random-init {args.shape}" if args.shape else args.base, "overrides": args.set,
+            "threads": run["cpu_threads"], "load_average": os.getloadavg(),
+            "pretrain_wall_s": run["wall_time_s"],
+            # what is not optimizer steps: tokenisation, loading, the four perplexity passes
+            "pretrain_share_outside_training": 1 - run["train_time_s"] / run["wall_time_s"],
+            "pretrain_test_ppl": run["test_ppl"], "pretrain_base_test_ppl": run["base_test_ppl"],
             "pretrain_notes": run["train_notes"], "pretrain_tokens": run["train_tokens"],
             "pretrain_train_s": run["train_time_s"],
             "pretrain_s_per_1000_notes": 1000 * run["train_time_s"] / run["train_notes"],
@@ -96,9 +107,15 @@ def main() -> None:
         started = time.time()
         metrics = finetune.main(ft_config, tmp / "finetune", progress=False)
         ft_wall = time.time() - started
+        notes = pd.read_csv(tasks["mor"] / "test.csv")
+        started = time.time()
+        predict.main(tmp / "finetune", tasks["mor"] / "test.csv", tmp / "predict", progress=False)
+        predict_s = time.time() - started
     result.update({
         "finetune_notes": metrics["n_train"], "finetune_train_s": metrics["train_time_s"], "finetune_wall_s": ft_wall,
         "finetune_s_per_1000_notes": 1000 * metrics["train_time_s"] / metrics["n_train"],
+        "finetune_val_auroc": metrics["val"]["auroc"],
+        "predict_notes": len(notes), "predict_s": predict_s, "predict_s_per_1000_notes": 1000 * predict_s / len(notes),
     })
     print(json.dumps(result, indent=2))
 
