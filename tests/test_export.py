@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from clinpeft.cli import main
 from clinpeft.config import DownstreamLoraSection
-from clinpeft.errors import ClinpeftError
 from clinpeft.modeling.adapters import find_clinical_adapter
 from clinpeft.modeling.classifier import build_classifier, load_bundle, pad_batch, save_bundle
 from clinpeft.modeling.methods import variant as variant_info
@@ -99,10 +99,36 @@ def test_pretraining_run_exports_a_causal_lm(tiny_llama, clinical_run, tmp_path)
         torch.testing.assert_close(merged(**ids).logits, adapted(**ids).logits, atol=1e-5, rtol=1e-4)
 
 
-def test_mean_pooling_and_prompt_methods_are_refused(tiny_llama, clinical_run, tmp_path, capsys):
-    run = make_bundle(tmp_path / "mean", tiny_llama, clinical_run, "lora", pooling="mean")
-    with pytest.raises(ClinpeftError, match="model.pooling=mean"):
-        export.main(run, tmp_path / "out", progress=False)
+@pytest.mark.parametrize("variant", ["lora", "clinical_frozen+downstream"])
+def test_mean_pooled_run_exports_and_load_exported_reproduces_its_probabilities(variant, tiny_llama, clinical_run,
+                                                                                 tmp_path):
+    from clinpeft.inference import load, load_exported
+
+    run = make_bundle(tmp_path / "run", tiny_llama, clinical_run, variant, pooling="mean")
+    info = export.main(run, tmp_path / "out", progress=False)
+    assert info["pooling"] == "mean"
+    exported = load_exported(tmp_path / "out", device="cpu")
+    expected = load(run, device="cpu").predict(NOTES)
+    np.testing.assert_allclose(exported.predict(NOTES), expected, atol=1e-5, rtol=0)
+    assert exported.labels == LABELS
+    # transformers' own forward reads the last token: not what the run was trained with
+    assert not np.allclose(torch.sigmoid(exported_logits(tmp_path / "out")[0]).numpy(), expected, atol=1e-3)
+    serving = json.loads((tmp_path / "out" / "serving.json").read_text())
+    assert serving["vllm"]["pooler_config"] == {"seq_pooling_type": "MEAN", "use_activation": False}
+    assert serving["activation"] == "sigmoid" and "--pooler-config" in serving["vllm"]["command"]
+
+
+def test_last_token_export_says_last_pooling_and_softmax(tiny_llama, clinical_run, tmp_path):
+    run = make_bundle(tmp_path / "run", tiny_llama, clinical_run, "lora")
+    meta = json.loads((run / "bundle.json").read_text())
+    (run / "bundle.json").write_text(json.dumps({**meta, "task_type": "binary", "labels": ["0", "1", "2"]}))
+    export.main(run, tmp_path / "out", progress=False)
+    serving = json.loads((tmp_path / "out" / "serving.json").read_text())
+    assert serving["vllm"]["pooler_config"] == {"seq_pooling_type": "LAST", "use_activation": True}
+    assert serving["activation"] == "softmax"
+
+
+def test_prompt_methods_are_refused(tmp_path, capsys):
     prompt = tmp_path / "prompt"
     (prompt / "adapters" / "clinical").mkdir(parents=True)
     (prompt / "adapters" / "clinical" / "adapter_config.json").write_text(json.dumps({"peft_type": "PROMPT_TUNING"}))

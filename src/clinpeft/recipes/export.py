@@ -9,17 +9,21 @@ label2id, pad_token_id, problem_type) and tokenizer (pad token set): a plain
 `AutoModelForSequenceClassification.from_pretrained(DIR)` reproduces the bundle's logits. A
 pretraining run: the clinical LoRA merged into an `AutoModelForCausalLM`.
 
+Every classifier export also writes `serving.json`: how a server must pool the note for this run's
+head (vLLM's pooler setting `seq_pooling_type`: LAST, or MEAN for a run trained with model.pooling=mean),
+the activation (softmax, or a sigmoid per label for multilabel tasks) and a `vllm serve` command. A
+mean-pooled run exports the same standard folder: transformers' own forward reads the last token, so
+score it with `clinpeft.inference.load_exported(DIR)` (transformers alone: the final hidden states
+averaged over the note's tokens, then the head) or a server set to MEAN pooling.
+
 Refused, with one line saying why:
 - prompt methods (prompt tuning, p-tuning, prefix tuning) and adaption prompt: they are not weight
   updates but extra tokens or gated attention prompts computed at run time; there is nothing to merge,
-  serve such runs through clinpeft (`clinpeft predict`, `clinpeft.load`);
-- model.pooling=mean: transformers' sequence classifier reads the last non-pad token and a config
-  cannot ask for a mean; a server reproduces it by taking the final hidden states (e.g. vLLM's
-  embedding task with mean pooling / TEI with --pooling mean on the exported causal LM), averaging
-  over the note's tokens and applying the head `score` (in clinpeft_export.json).
+  serve such runs through clinpeft (`clinpeft predict`, `clinpeft.load`).
 
 The exported model reads one window of max_seq_len tokens: a run trained with task.long_notes=chunks
-needs the caller to cut notes into windows and pool their logits (clinpeft_export.json records how).
+needs the caller to cut notes into windows and pool their logits (clinpeft_export.json records how;
+`load_exported` does it).
 """
 
 from __future__ import annotations
@@ -70,11 +74,6 @@ def export_classifier(run: Path, out: str | Path, dtype: str, base: str | None, 
     from clinpeft.modeling.classifier import load_bundle
 
     meta = read_json(run / "bundle.json")
-    if meta.get("pooling", "last") == "mean":
-        raise ClinpeftError(f"{run}: trained with model.pooling=mean, which transformers' sequence classifier cannot "
-                            "express (it reads the last token); serve it through clinpeft, or export the base and "
-                            "average the final hidden states over the note's tokens before the head (README, "
-                            "'Use a trained model')")
     refuse_unmergeable(run, peft_types([run / "adapters" / name for name in meta.get("adapters", [])]))
     clf, meta = load_bundle(run, base=base, dtype="float32")
     model = clf.model
@@ -89,14 +88,37 @@ def export_classifier(run: Path, out: str | Path, dtype: str, base: str | None, 
             "variant": meta["variant"], "auto_class": "AutoModelForSequenceClassification", "dtype": dtype,
             "pooling": meta.get("pooling", "last"), "long_notes": meta.get("long_notes") or {"mode": "truncate"},
             "max_seq_len": meta["max_seq_len"], "padding_side": clf.tokenizer.padding_side,
-            "clinpeft_version": __version__}
+            "head": clf.head_name, "labels": labels, "clinpeft_version": __version__}
     with atomic_run_dir(out, overwrite) as out_dir:
         model.save_pretrained(out_dir, safe_serialization=True)
         clf.tokenizer.save_pretrained(out_dir)
         if (run / "labels.txt").is_file():
             shutil.copy(run / "labels.txt", out_dir / "labels.txt")
         write_json(out_dir / "clinpeft_export.json", info)
+        write_json(out_dir / "serving.json", serving_config(info, str(out)))
     return info
+
+
+def serving_config(info: dict, model_dir: str) -> dict:
+    """serving.json: what a server needs to score notes as the run did (vLLM's names; hedged: vLLM itself is
+    not run by the tests). The pooling is the run's (LAST: the last token, what transformers' classifier
+    reads; MEAN: the mean of the final hidden states over the note's tokens, BOS included, as
+    model.pooling=mean trained it), then the head. Activation: softmax over the classes for single-label
+    tasks (vLLM's classify default), a sigmoid per label for multilabel ones (raw scores out, sigmoid by
+    the caller)."""
+    multilabel = info["task_type"] == "multilabel"
+    encoder = info.get("head") == "classifier"  # BERT family: its head reads [CLS] through BERT's pooler
+    seq_pooling = "MEAN" if info["pooling"] == "mean" else ("CLS" if encoder else "LAST")
+    pooler = {"seq_pooling_type": seq_pooling, "use_activation": not multilabel}
+    command = (f"vllm serve {model_dir} --runner pooling --convert classify --max-model-len {info['max_seq_len']} "
+               f"--pooler-config '{json.dumps(pooler)}'")
+    return {"pooling": info["pooling"], "activation": "sigmoid" if multilabel else "softmax",
+            "max_seq_len": info["max_seq_len"], "long_notes": info["long_notes"],
+            "vllm": {"runner": "pooling", "convert": "classify", "pooler_config": pooler,
+                     "max_model_len": info["max_seq_len"], "command": command},
+            "transformers": "clinpeft.inference.load_exported(DIR).predict(notes) (README, 'Use a trained model')",
+            "note": "vLLM's flags change between versions (older: --task classify, --override-pooler-config "
+                    "'{\"pooling_type\": \"MEAN\"}'); check the docs of the one you run"}
 
 
 def export_causal_lm(run: Path, out: str | Path, dtype: str, base: str | None, overwrite: bool) -> dict:
@@ -134,6 +156,9 @@ def summary(result: dict, out: str | Path) -> list[str]:
     """What `clinpeft export` prints: what was written and how to load it."""
     lines = [f"{out}: standalone {result['dtype']} model; load with transformers.{result['auto_class']}"
              f".from_pretrained({str(out)!r})"]
+    if result.get("pooling") == "mean":
+        lines.append("note: trained with model.pooling=mean; transformers' own forward reads the last token: score "
+                     "with clinpeft.inference.load_exported(DIR), or a server with mean pooling (serving.json)")
     if (result.get("long_notes") or {}).get("mode") == "chunks":
         lines.append("note: trained with task.long_notes=chunks; the exported model reads one window of "
                      f"{result['max_seq_len']} tokens: cut notes into windows and pool their logits as "
