@@ -53,14 +53,21 @@ def refuse_unmergeable(run: Path, types: list[str]) -> None:
 
 
 def main(run: str | Path, out: str | Path, *, dtype: str = "fp32", base: str | None = None, overwrite: bool = False,
-         progress: bool = True) -> dict:
-    """Merge and write `run` into `out` (written whole, or not at all). Returns clinpeft_export.json."""
+         progress: bool = True, as_adapter: bool = False) -> dict:
+    """Merge and write `run` into `out` (written whole, or not at all). Returns clinpeft_export.json.
+
+    as_adapter: write one peft LoRA adapter (with the head) instead of a merged model (finetune runs)."""
     run = Path(run)
     if dtype not in DTYPES:
         raise ClinpeftError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
     if not run.is_dir():
         raise ClinpeftError(f"{run}: no such directory; give a `clinpeft finetune` or `clinpeft pretrain` run")
     check_out_dir(out, overwrite)
+    if as_adapter:
+        if not (run / "bundle.json").is_file():
+            raise ClinpeftError(f"{run}: --as-adapter ships a finetune run's LoRAs and head as one adapter; this is "
+                                "not a finetune run (no bundle.json): a pretrain run's adapter/ folder already is one")
+        return export_task_adapter(run, out, dtype, base, overwrite)
     if (run / "bundle.json").is_file():
         return export_classifier(run, out, dtype, base, overwrite)
     if (run / "run.json").is_file():
@@ -121,6 +128,66 @@ def serving_config(info: dict, model_dir: str) -> dict:
                     "'{\"pooling_type\": \"MEAN\"}'); check the docs of the one you run"}
 
 
+def export_task_adapter(run: Path, out: str | Path, dtype: str, base: str | None, overwrite: bool) -> dict:
+    """One peft LoRA adapter (+ head) for the run's task, loadable onto the plain base classifier
+    (modeling/task_adapter.py: the clinical and downstream LoRAs concatenated, scales folded in)."""
+    import torch
+
+    from clinpeft.modeling.adapters import head_module
+    from clinpeft.modeling.base import load_sequence_classifier
+    from clinpeft.modeling.classifier import PROBLEM_TYPES, load_bundle
+    from clinpeft.modeling.task_adapter import build_task_adapter, concatenated_updates, zero_updates
+
+    meta = read_json(run / "bundle.json")
+    if meta.get("model_dir"):
+        raise ClinpeftError(f"{run}: variant full changed every base weight, so no adapter on the base can hold it; "
+                            "export it merged: `clinpeft export RUN --out DIR`")
+    refuse_unmergeable(run, peft_types([run / "adapters" / name for name in meta.get("adapters", [])]))
+    clf, meta = load_bundle(run, base=base, dtype="float32")
+    # a head-only run: peft wants one LoRA module at least, so its update is an exact zero of rank 1
+    updates = concatenated_updates(clf.model, list(meta["adapters"])) or zero_updates(clf.model)
+    head_state = {k: v.detach().clone() for k, v in head_module(clf.model, meta["head"]).state_dict().items()}
+    tokenizer, head_name, pooling = clf.tokenizer, clf.head_name, clf.pooling
+    del clf  # one base model in memory at a time
+    base_path = Path(base or meta["base_model"])
+    labels = list(meta["labels"])
+    problem_type = PROBLEM_TYPES[meta["task_type"]]
+    plain = load_sequence_classifier(base_path, len(labels), tokenizer.pad_token_id, problem_type, "float32")
+    model = build_task_adapter(plain, updates, head_state, head_name, str(base_path))
+    model.to(getattr(torch, DTYPES[dtype]))
+    ranks = sorted({u.rank for u in updates.values()})
+    info = {"kind": "export", "run": str(run), "task": meta["task"], "task_type": meta["task_type"],
+            "variant": meta["variant"], "auto_class": "AutoModelForSequenceClassification", "as_adapter": True,
+            "base_model": str(base_path), "base_fingerprint": meta["base_fingerprint"], "dtype": dtype,
+            "num_labels": len(labels), "problem_type": problem_type, "pad_token_id": tokenizer.pad_token_id,
+            "labels": labels, "head": head_name, "pooling": pooling, "ranks": ranks,
+            "long_notes": meta.get("long_notes") or {"mode": "truncate"}, "max_seq_len": meta["max_seq_len"],
+            "padding_side": tokenizer.padding_side, "clinpeft_version": __version__}
+    with atomic_run_dir(out, overwrite) as out_dir:
+        model.save_pretrained(out_dir, safe_serialization=True)
+        tokenizer.save_pretrained(out_dir)
+        if (run / "labels.txt").is_file():
+            shutil.copy(run / "labels.txt", out_dir / "labels.txt")
+        write_json(out_dir / "clinpeft_export.json", info)
+        write_json(out_dir / "serving.json", adapter_serving_config(info, str(out)))
+    return info
+
+
+def adapter_serving_config(info: dict, adapter_dir: str) -> dict:
+    """serving.json of a task adapter: the pooler as the run was trained (the server's job, not the adapter's)
+    and a vLLM multi-LoRA command over the plain base (hedged: not run here)."""
+    config = serving_config(info, info["base_model"])
+    name = info["task"] or "task"
+    lora = (f"--enable-lora --lora-modules {name}={adapter_dir} --max-lora-rank {max(info['ranks'])} "
+            f"--max-loras 4")
+    config["vllm"]["command"] = config["vllm"]["command"].replace(" --max-model-len", f" {lora} --max-model-len")
+    config["vllm"]["lora_modules"] = {name: adapter_dir}
+    config["transformers"] = ("PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(BASE, "
+                              "num_labels=..., problem_type=..., pad_token_id=...), DIR) (README, 'One adapter per "
+                              "task')")
+    return config
+
+
 def export_causal_lm(run: Path, out: str | Path, dtype: str, base: str | None, overwrite: bool) -> dict:
     import torch
     from peft import PeftModel
@@ -154,8 +221,13 @@ def export_causal_lm(run: Path, out: str | Path, dtype: str, base: str | None, o
 
 def summary(result: dict, out: str | Path) -> list[str]:
     """What `clinpeft export` prints: what was written and how to load it."""
-    lines = [f"{out}: standalone {result['dtype']} model; load with transformers.{result['auto_class']}"
-             f".from_pretrained({str(out)!r})"]
+    if result.get("as_adapter"):
+        lines = [f"{out}: one {result['dtype']} LoRA adapter (rank {'/'.join(map(str, result['ranks']))}) with the "
+                 f"head; load with peft.PeftModel.from_pretrained(<{result['base_model']} as "
+                 f"{result['auto_class']}, num_labels={result['num_labels']}>, {str(out)!r})"]
+    else:
+        lines = [f"{out}: standalone {result['dtype']} model; load with transformers.{result['auto_class']}"
+                 f".from_pretrained({str(out)!r})"]
     if result.get("pooling") == "mean":
         lines.append("note: trained with model.pooling=mean; transformers' own forward reads the last token: score "
                      "with clinpeft.inference.load_exported(DIR), or a server with mean pooling (serving.json)")
