@@ -42,7 +42,7 @@ from peft.utils import load_peft_weights
 
 from clinpeft.config import LoraSection, PeftSection
 from clinpeft.errors import ClinpeftError
-from clinpeft.modeling import methods
+from clinpeft.modeling import lora_init, methods
 
 CLINICAL = "clinical"
 DOWNSTREAM = "downstream"
@@ -95,10 +95,13 @@ def check_target_modules(model, targets, key: str) -> None:
                             "(LLaMA-family: [q_proj,v_proj], BERT: [query,value])")
 
 
-def add_pretraining_adapter(model, section: PeftSection, tokenizer_path: str | Path | None = None):
+def add_pretraining_adapter(model, section: PeftSection, tokenizer_path: str | Path | None = None,
+                            init_batches: list[dict] | None = None):
     """Wrap a causal LM with a fresh trainable clinical adapter (the only trainable weights).
 
     `full` returns the model itself with every parameter trainable (the paper's Clinical LLaMA).
+    `init_batches`: calibration batches of the training notes for a data-driven `init_lora_weights`
+    (eva, corda, lora_ga: modeling/lora_init.py).
     """
     if section.method == "full":
         for param in model.parameters():
@@ -110,8 +113,14 @@ def add_pretraining_adapter(model, section: PeftSection, tokenizer_path: str | P
                             f"{layers} layers; set peft.adapter_layers to at most {layers}")
     if section.method == "lora":
         check_target_modules(model, section.target_modules, "peft.target_modules")
+    config = pretraining_peft_config(section, tokenizer_path)
     try:
-        return get_peft_model(model, pretraining_peft_config(section, tokenizer_path))
+        if section.method == "lora":
+            lora_init.before_adapter(model, config, init_batches)  # corda, lora_ga: statistics of the base
+        model = get_peft_model(model, config)
+        if section.method == "lora":
+            lora_init.after_adapter(model, config, init_batches)  # eva: A from the layers' inputs
+        return model
     except ValueError as exc:  # e.g. target_modules not in this architecture
         raise ClinpeftError(f"peft: cannot add {section.method} to {type(model).__name__}: {exc}") from None
 
