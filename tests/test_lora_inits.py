@@ -197,3 +197,67 @@ def test_pretraining_saves_an_adapter_that_reloads_on_the_unchanged_base(init, t
     reloaded = PeftModel.from_pretrained(load_causal_lm(tiny_llama, "float32"), tmp_path / "run" / "adapter").eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(input_ids=IDS).logits, trained["logits"], atol=1e-5, rtol=1e-4)
+
+
+# the downstream LoRA (lora.init_lora_weights), stacked on the clinical one
+
+def classifier(tiny_llama, clinical_run, init, variant="clinical_frozen+downstream", notes=None):
+    from clinpeft.modeling.adapters import find_clinical_adapter
+    from clinpeft.modeling.classifier import build_classifier
+
+    lora = load_config(FinetuneConfig, None, ["lora.r=4", "lora.lora_dropout=0",
+                                              f"lora.init_lora_weights={init}"]).lora
+    torch.manual_seed(0)  # the same random head in every build
+    clinical = find_clinical_adapter(clinical_run) if "clinical" in variant else None
+    return build_classifier(tiny_llama, "binary", 2, variant, clinical, lora, "float32", init_notes=notes)
+
+
+def clf_logits(clf):
+    with torch.no_grad():
+        return clf.model.eval()(input_ids=IDS).logits
+
+
+def test_downstream_pissa_keeps_the_forward_and_saves_a_plain_lora_on_the_unchanged_base(tiny_llama, clinical_run,
+                                                                                         tmp_path):
+    from clinpeft.modeling.adapters import DOWNSTREAM
+    from clinpeft.modeling.classifier import head_module, load_bundle, save_bundle
+
+    default, pissa = classifier(tiny_llama, clinical_run, "true"), classifier(tiny_llama, clinical_run, "pissa")
+    torch.testing.assert_close(clf_logits(pissa), clf_logits(default), atol=1e-5, rtol=1e-4)
+    with torch.no_grad():  # "training": the downstream LoRA and the head move
+        for name, param in pissa.model.named_parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 0.05)
+    trained = clf_logits(pissa)
+    save_bundle(pissa, tmp_path / "run", {"base_model": str(tiny_llama), "variant": "clinical_frozen+downstream",
+                                          "task": "mor", "task_type": "binary", "labels": ["0", "1"],
+                                          "max_seq_len": 64, "padding_side": "right"})
+    saved = json.loads((tmp_path / "run" / "adapters" / DOWNSTREAM / "adapter_config.json").read_text())
+    assert saved["r"] == 8 and saved["init_lora_weights"] is True  # [B | B0] [A ; -A0]: rank 2r, no re-init on load
+    reloaded, _ = load_bundle(tmp_path / "run", dtype="float32")  # onto the unchanged base
+    torch.testing.assert_close(clf_logits(reloaded), trained, atol=1e-5, rtol=1e-4)
+    assert head_module(reloaded.model, "score").weight.shape == (2, 32)
+
+
+def test_downstream_mica_trains_a_only(tiny_llama, clinical_run):
+    clf = classifier(tiny_llama, clinical_run, "mica", variant="lora")
+    params = dict(clf.model.named_parameters())
+    assert all(not p.requires_grad for n, p in params.items() if "lora_B.downstream" in n)
+    assert all(p.requires_grad for n, p in params.items() if "lora_A.downstream" in n)
+
+
+def test_downstream_eva_reads_the_training_notes(tiny_llama, clinical_run):
+    notes = ["Chief complaint: shortness of breath. Pt s/p CABG, hx CHF, HTN."] * 3 + \
+            ["Discharge diagnosis: pneumonia, sepsis, acute kidney injury."] * 3
+    clf = classifier(tiny_llama, clinical_run, "eva", notes=notes)
+    torch.testing.assert_close(clf_logits(clf), clf_logits(classifier(tiny_llama, clinical_run, "true")),
+                               atol=1e-5, rtol=1e-4)  # B = 0
+    layers = {n: m for n, m in clf.model.named_modules() if hasattr(m, "lora_A") and "downstream" in m.lora_A}
+    assert sum(m.r["downstream"] for m in layers.values()) == 4 * len(layers)
+    assert any(m.lora_A["downstream"].weight.abs().sum() > 0 for m in layers.values())
+
+
+def test_downstream_lora_ga_is_refused_before_any_work():
+    with pytest.raises(ClinpeftError, match=r"'lora.init_lora_weights': .*lora_ga: LoRA-GA estimates the task loss"):
+        load_config(FinetuneConfig, None, ["lora.init_lora_weights=lora_ga"])
+    assert load_config(PretrainConfig, None, ["peft.init_lora_weights=lora_ga"]).peft.init_lora_weights == "lora_ga"

@@ -278,6 +278,17 @@ class DownstreamLoraSection(LoraSection):
     r: int = Field(8, ge=1)
     lora_alpha: int = Field(16, ge=1)
 
+    @field_validator("init_lora_weights")
+    @classmethod
+    def _usable_downstream(cls, value):
+        try:
+            entry = lora_init(value)
+        except ClinpeftError:
+            return value  # LoraSection's own check names the known values
+        if entry is not None and entry.downstream_refusal:
+            raise ValueError(f"{value}: {entry.downstream_refusal}")
+        return value
+
 
 class ClassifierEvalSection(Section):
     batch_size: int = Field(16, ge=1)

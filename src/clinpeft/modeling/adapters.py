@@ -244,8 +244,12 @@ def attach_adapter(model, adapter_dir: Path, name: str, trainable: bool = True):
     return model
 
 
-def stack_adapters(model, variant: str, clinical: ClinicalAdapter | None, downstream: LoraSection):
-    """Build the model of one Table 3 variant. Returns (model, active adapter names)."""
+def stack_adapters(model, variant: str, clinical: ClinicalAdapter | None, downstream: LoraSection,
+                   init_batches: list[dict] | None = None):
+    """Build the model of one Table 3 variant. Returns (model, active adapter names).
+
+    init_batches: calibration batches of the training notes (input_ids, attention_mask) for a data-driven
+    `lora.init_lora_weights` (eva)."""
     active: list[str] = []
     entry = methods.variant(variant)
     if entry.needs_clinical:
@@ -256,17 +260,26 @@ def stack_adapters(model, variant: str, clinical: ClinicalAdapter | None, downst
         active.append(CLINICAL)
     if entry.downstream_lora:
         check_target_modules(model, downstream.target_modules, "lora.target_modules")
+        check_downstream_init(downstream)
         config = lora_config(downstream, task_type=None)
         if isinstance(model, PeftModel):
             model.add_adapter(DOWNSTREAM, config)  # added inactive and frozen: activated below
         else:
             model = get_peft_model(model, config, adapter_name=DOWNSTREAM)
+        lora_init.after_adapter(model, config, init_batches, adapter_name=DOWNSTREAM)  # eva
         active.append(DOWNSTREAM)
     if len(active) > 1:
         model.base_model.set_adapter(active)  # PeftModel.set_adapter takes one name only
     elif active:
         model.set_adapter(active[0])
     return model, active
+
+
+def check_downstream_init(section: LoraSection) -> None:
+    """The downstream LoRA's init_lora_weights, refused where it cannot work (FinetuneConfig checks it first)."""
+    entry = lora_init.init_entry(section)
+    if entry is not None and entry.downstream_refusal:
+        raise ClinpeftError(f"lora.init_lora_weights={section.init_lora_weights}: {entry.downstream_refusal}")
 
 
 def trainable_adapters(variant: str) -> list[str]:
@@ -301,6 +314,12 @@ def set_trainable(model, adapters: list[str], head_name: str) -> None:
         in_head = ((f".{head_name}." in f".{name}" or name.startswith(f"{head_name}."))
                    and ".original_module." not in name)
         param.requires_grad = in_head or any(is_adapter_param(name, a) for a in adapters)
+    for module in model.modules():  # weights peft keeps frozen by design (MiCA's lora_B) stay frozen
+        for adapter, weights in (getattr(module, "frozen_peft_weight_names", None) or {}).items():
+            for weight in weights:
+                if adapter in getattr(module, weight, {}):
+                    for param in getattr(module, weight)[adapter].parameters():
+                        param.requires_grad = False
 
 
 def head_module(model, head_name: str) -> torch.nn.Module:

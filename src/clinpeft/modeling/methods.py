@@ -37,6 +37,7 @@ class LoraInit:
     mutates_base: bool = False
     refusal: str | None = None  # why it cannot be used here (None: it can)
     requires: str | None = None  # a module peft imports for it that clinpeft does not install
+    downstream_refusal: str | None = None  # why the downstream LoRA (lora.init_lora_weights) cannot use it
 
 
 # peft 0.21's LoRA initialisations, each one entry (orthogonal / False: peft's, not exposed here).
@@ -47,8 +48,15 @@ LORA_INITS: dict[str, LoraInit] = {i.name: i for i in (
     LoraInit("olora", "OLoRA", mutates_base=True),  # A, B: from the QR decomposition of W
     LoraInit("eva", "EVA", needs_data=True),  # A: top right-singular vectors of the layer inputs; ranks redistributed
     # SVD of W times the input covariance; peft's corda.py imports the attrs package
-    LoraInit("corda", "CorDA", needs_data=True, mutates_base=True, requires="attr"),
-    LoraInit("lora_ga", "LoRA-GA", needs_data=True, mutates_base=True),  # A, B: SVD of the estimated full gradient
+    LoraInit("corda", "CorDA", needs_data=True, mutates_base=True, requires="attr",
+             downstream_refusal="peft's preprocess_corda does not see layers a clinical LoRA already wraps; use it "
+                                "on the clinical LoRA (peft.init_lora_weights=corda)"),
+    # A, B: SVD of the estimated full gradient
+    LoraInit("lora_ga", "LoRA-GA", needs_data=True, mutates_base=True,
+             downstream_refusal="LoRA-GA estimates the task loss's gradient before training, through a "
+                                "classification head that is still random then, and peft's preprocess_loraga does "
+                                "not see layers a clinical LoRA already wraps; use it on the clinical LoRA "
+                                "(peft.init_lora_weights=lora_ga), or pissa/olora/eva here"),
     LoraInit("mica", "MiCA"),  # B: the r minor left-singular vectors of W (frozen), A = 0: only A trains
     LoraInit("loftq", "LoftQ", refusal="LoftQ initialises the LoRA against a quantized copy of the base and replaces "
                                        "the base weights with it, so its adapter is only valid on that re-saved base; "
