@@ -261,3 +261,15 @@ def test_downstream_lora_ga_is_refused_before_any_work():
     with pytest.raises(ClinpeftError, match=r"'lora.init_lora_weights': .*lora_ga: LoRA-GA estimates the task loss"):
         load_config(FinetuneConfig, None, ["lora.init_lora_weights=lora_ga"])
     assert load_config(PretrainConfig, None, ["peft.init_lora_weights=lora_ga"]).peft.init_lora_weights == "lora_ga"
+
+
+@pytest.mark.parametrize("init,trainable", [
+    ("mica", 32 * 2 * 16 * 4096),  # only A trains: layers x (q, v) x r x d_in
+    ("eva", 8_388_608),  # counted at the configured ranks (no notes here); EVA keeps that budget
+])
+def test_params_counts_what_the_init_trains_on_llama_7b(init, trainable, capsys):
+    from clinpeft.cli import main
+
+    assert main(["params", "llama-7b", "configs/llama-7b/pretrain_lora.yaml", f"peft.init_lora_weights={init}",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["trainable_params"] == trainable
