@@ -119,6 +119,19 @@ def test_mean_pooled_run_exports_and_load_exported_reproduces_its_probabilities(
     assert serving["activation"] == "sigmoid" and "--pooler-config" in serving["vllm"]["command"]
 
 
+def test_load_exported_cuts_and_pools_long_notes_as_the_run_did(tiny_llama, clinical_run, tmp_path):
+    from clinpeft.inference import load, load_exported
+
+    run = make_bundle(tmp_path / "run", tiny_llama, clinical_run, "lora", pooling="mean")
+    meta = json.loads((run / "bundle.json").read_text())
+    chunks = {"mode": "chunks", "chunk_stride": 4, "chunk_pooling": "max", "max_chunks": 8, "truncate_side": "right"}
+    (run / "bundle.json").write_text(json.dumps({**meta, "max_seq_len": 12, "long_notes": chunks}))
+    export.main(run, tmp_path / "out", progress=False)
+    exported = load_exported(tmp_path / "out", device="cpu")
+    assert len(exported.logits(NOTES[2:])) == 1 and exported.long_notes.mode == "chunks"
+    np.testing.assert_allclose(exported.predict(NOTES), load(run, device="cpu").predict(NOTES), atol=1e-5, rtol=0)
+
+
 def test_last_token_export_says_last_pooling_and_softmax(tiny_llama, clinical_run, tmp_path):
     run = make_bundle(tmp_path / "run", tiny_llama, clinical_run, "lora")
     meta = json.loads((run / "bundle.json").read_text())

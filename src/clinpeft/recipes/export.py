@@ -2,12 +2,16 @@
 
     clinpeft export runs/mor-ct-ds --out exported/mor --dtype bf16
     clinpeft export runs/clinical-lora --out exported/clinical-llama      # a pretraining run
+    clinpeft export runs/mor-ct-ds --as-adapter --out adapters/mor        # one peft LoRA adapter for the task
 
 A finetune run: the clinical and downstream LoRAs (DoRA and rsLoRA included) are merged into the base
 weights with peft's merge_and_unload, and the classifier is written with its head, config (id2label,
 label2id, pad_token_id, problem_type) and tokenizer (pad token set): a plain
 `AutoModelForSequenceClassification.from_pretrained(DIR)` reproduces the bundle's logits. A
 pretraining run: the clinical LoRA merged into an `AutoModelForCausalLM`.
+
+--as-adapter (a finetune run): no merge; the clinical and downstream LoRAs concatenated into one peft LoRA
+adapter with the head in modules_to_save (modeling/task_adapter.py), for serving many tasks over one base.
 
 Every classifier export also writes `serving.json`: how a server must pool the note for this run's
 head (vLLM's pooler setting `seq_pooling_type`: LAST, or MEAN for a run trained with model.pooling=mean),
