@@ -249,3 +249,22 @@ def test_task_adapter_refusals_name_the_reason(variant, lora, says, tiny_llama, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and re.search(says, err)
     assert not (tmp_path / "adapter").exists()
+
+
+def test_ranks_that_differ_within_a_module_name_get_exact_path_patterns(tiny_llama):
+    """EVA redistributes ranks per layer: q_proj of layer 1 may differ from layer 0's; the pattern names that path."""
+    from peft import get_peft_model
+
+    from clinpeft.modeling.task_adapter import LoraUpdate, rank_patterns, task_lora_config
+
+    def update(rank):
+        return LoraUpdate(torch.zeros(rank, 32), torch.zeros(32, rank))
+
+    updates = {"model.layers.0.self_attn.q_proj": update(8), "model.layers.1.self_attn.q_proj": update(6),
+               "model.layers.0.self_attn.v_proj": update(8), "model.layers.1.self_attn.v_proj": update(8),
+               "model.layers.0.self_attn.k_proj": update(4), "model.layers.1.self_attn.k_proj": update(4)}
+    assert rank_patterns(updates) == (8, {r"model\.layers\.1\.self_attn\.q_proj": 6, "k_proj": 4})
+    model = get_peft_model(plain_base(tiny_llama), task_lora_config(updates, "score", str(tiny_llama)))
+    ranks = {n.split("base_model.model.")[-1]: m.r["default"] for n, m in model.named_modules()
+             if hasattr(m, "lora_A") and "default" in m.lora_A}
+    assert ranks == {path: u.rank for path, u in updates.items()}

@@ -105,7 +105,7 @@ def task_lora_config(updates: dict[str, LoraUpdate], head_name: str, base_model:
     return LoraConfig(r=r, lora_alpha=r, rank_pattern=dict(pattern), alpha_pattern=dict(pattern),
                       target_modules=targets, lora_dropout=0.0, bias="none", use_rslora=False, use_dora=False,
                       modules_to_save=[head_name], task_type="SEQ_CLS", base_model_name_or_path=base_model,
-                      init_lora_weights=False)
+                      init_lora_weights=True)  # what a loader runs before the saved weights replace it
 
 
 def build_task_adapter(base_classifier, updates: dict[str, LoraUpdate], head_state: dict, head_name: str,
