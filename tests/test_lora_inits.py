@@ -273,3 +273,29 @@ def test_params_counts_what_the_init_trains_on_llama_7b(init, trainable, capsys)
     assert main(["params", "llama-7b", "configs/llama-7b/pretrain_lora.yaml", f"peft.init_lora_weights={init}",
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["trainable_params"] == trainable
+
+
+@pytest.mark.parametrize("init", ["olora", "eva"])
+def test_finetune_with_a_downstream_init_records_it_and_evaluate_reproduces_its_predictions(
+        init, tiny_llama, clinical_run, synthetic_tasks, tmp_path):
+    """Through the recipe: OLoRA's bundle is saved converted (evaluate reloads it on the unchanged base and gets the
+    run's own test predictions); EVA reads the task's training notes."""
+    import numpy as np
+    import pandas as pd
+
+    from clinpeft.recipes import evaluate, finetune
+
+    config = load_config(FinetuneConfig, None, [
+        f"model.base={tiny_llama}", f"task.path={synthetic_tasks['mor']}", "task.max_seq_len=96",
+        "train.batch_size=8", "train.grad_accum=1", "train.max_steps=3", "train.lr=1e-2", "lora.r=4",
+        "variant=clinical_frozen+downstream", f"clinical_adapter={clinical_run}", f"lora.init_lora_weights={init}"])
+    metrics = finetune.main(config, tmp_path / "run", progress=False)
+    assert metrics["init_lora_weights"] == init
+    saved = json.loads((tmp_path / "run" / "adapters" / "downstream" / "adapter_config.json").read_text())
+    assert saved["r"] == (8 if init == "olora" else 4)
+    again = evaluate.main(tmp_path / "run", synthetic_tasks["mor"] / "test.csv", tmp_path / "eval", progress=False,
+                          bootstrap_resamples=0)
+    assert again["eval"]["auroc"] == pytest.approx(metrics["test"]["auroc"], abs=1e-6)
+    columns = [c for c in pd.read_csv(tmp_path / "run" / "predictions.csv").columns if c.startswith("p_")]
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "eval" / "predictions.csv")[columns].to_numpy(),
+                               pd.read_csv(tmp_path / "run" / "predictions.csv")[columns].to_numpy(), atol=1e-5)

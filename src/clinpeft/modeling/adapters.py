@@ -263,7 +263,8 @@ def stack_adapters(model, variant: str, clinical: ClinicalAdapter | None, downst
         check_downstream_init(downstream)
         config = lora_config(downstream, task_type=None)
         if isinstance(model, PeftModel):
-            model.add_adapter(DOWNSTREAM, config)  # added inactive and frozen: activated below
+            with lora_init.base_mutation_handled():  # pissa/olora beside the clinical LoRA: saved converted
+                model.add_adapter(DOWNSTREAM, config)  # added inactive and frozen: activated below
         else:
             model = get_peft_model(model, config, adapter_name=DOWNSTREAM)
         lora_init.after_adapter(model, config, init_batches, adapter_name=DOWNSTREAM)  # eva

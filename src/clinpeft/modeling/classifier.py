@@ -146,8 +146,10 @@ def save_bundle(clf: Classifier, run_dir: Path, meta: dict) -> None:
         if plain:
             clf.model.save_pretrained(run_dir / "adapters", selected_adapters=plain, safe_serialization=True)
         if clf.initial_adapter is not None:  # pissa/olora: saved as a plain LoRA of rank 2r on the unchanged base
-            clf.model.save_pretrained(run_dir / "adapters", selected_adapters=[DOWNSTREAM], safe_serialization=True,
-                                      path_initial_model_for_weight_conversion=str(clf.initial_adapter))
+            with lora_init.base_mutation_handled():
+                clf.model.save_pretrained(run_dir / "adapters", selected_adapters=[DOWNSTREAM],
+                                          safe_serialization=True,
+                                          path_initial_model_for_weight_conversion=str(clf.initial_adapter))
     head = head_module(clf.model, clf.head_name)
     save_file({k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}, run_dir / "head.safetensors")
     write_json(run_dir / "bundle.json", {**meta, "adapters": clf.adapters, "head": clf.head_name,

@@ -15,7 +15,9 @@ Three kinds (the registry entry, modeling/methods.LORA_INITS, says which):
 
 from __future__ import annotations
 
+import contextlib
 import random
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -110,3 +112,14 @@ def save_initial_adapter(model, adapter_name: str, folder: Path) -> Path | None:
     finally:
         config.init_lora_weights = init
     return folder
+
+
+@contextlib.contextmanager
+def base_mutation_handled():
+    """peft warns that PiSSA/OLoRA/CorDA "should not be used with other adapters" and advises converting them to
+    a plain LoRA whenever a second adapter meets one: here that second adapter is the clinical one, or the
+    initial adapter peft's conversion loads, and the conversion is what clinpeft does; other warnings still show."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".* changes the base weights of the model and should thus not be "
+                                                  r"used with other adapters")
+        yield

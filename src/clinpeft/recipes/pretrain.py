@@ -147,8 +147,9 @@ def save_clinical(model, method: str, run_dir: Path, base_path: Path, fingerprin
         load_tokenizer(base_path).save_pretrained(out_dir)  # as loaded, not the packing-time copy
     else:
         out_dir = run_dir / "adapter"
-        model.save_pretrained(out_dir, safe_serialization=True, path_initial_model_for_weight_conversion=(
-            str(initial_adapter) if initial_adapter is not None else None))
+        with lora_init.base_mutation_handled():
+            model.save_pretrained(out_dir, safe_serialization=True, path_initial_model_for_weight_conversion=(
+                str(initial_adapter) if initial_adapter is not None else None))
         if initial_adapter is not None:
             shutil.rmtree(initial_adapter.parent, ignore_errors=True)
     write_adapter_meta(out_dir, fingerprint, str(base_path), method)
