@@ -1,6 +1,7 @@
 """`init_lora_weights`: each of peft's LoRA initialisations does, on the tiny LLaMA, what it promises."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -232,6 +233,7 @@ def test_downstream_pissa_keeps_the_forward_and_saves_a_plain_lora_on_the_unchan
     save_bundle(pissa, tmp_path / "run", {"base_model": str(tiny_llama), "variant": "clinical_frozen+downstream",
                                           "task": "mor", "task_type": "binary", "labels": ["0", "1"],
                                           "max_seq_len": 64, "padding_side": "right"})
+    shutil.rmtree(pissa.initial_adapter.parent)  # what finetune does once the bundle is saved
     saved = json.loads((tmp_path / "run" / "adapters" / DOWNSTREAM / "adapter_config.json").read_text())
     assert saved["r"] == 8 and saved["init_lora_weights"] is True  # [B | B0] [A ; -A0]: rank 2r, no re-init on load
     reloaded, _ = load_bundle(tmp_path / "run", dtype="float32")  # onto the unchanged base

@@ -111,7 +111,8 @@ def build_classifier(
         set_trainable(model, trainable_adapters(variant), head_name)
     apply_pooling(model, head_name, pooling)  # last, after peft wrapped the model: hooks the outermost one
     initial = None
-    if DOWNSTREAM in active:
+    init = lora_init.init_entry(downstream_lora) if DOWNSTREAM in active else None
+    if init is not None and init.mutates_base:  # a temporary folder, removed by finetune once the bundle is saved
         initial = lora_init.save_initial_adapter(model, DOWNSTREAM, Path(tempfile.mkdtemp(prefix="clinpeft-init-"))
                                                  / "initial_adapter")
     return Classifier(model, tokenizer, head_name, active, fingerprint, pooling, initial)
