@@ -230,12 +230,17 @@ def test_two_task_adapters_on_one_base_each_answer_with_their_own_logits(tiny_ll
                                atol=1e-5, rtol=0)
 
 
-def test_task_adapter_of_a_mean_pooled_run_says_mean_in_serving_json(tiny_llama, clinical_run, tmp_path):
-    run = make_bundle(tmp_path / "run", tiny_llama, clinical_run, "lora", pooling="mean")
+def test_task_adapter_of_a_mean_pooled_run_says_mean_and_pools_as_the_run(tiny_llama, clinical_run, tmp_path):
+    from clinpeft.inference import load, load_exported
+
+    run = make_bundle(tmp_path / "run", tiny_llama, clinical_run, "clinical_frozen+downstream", pooling="mean")
     info = export.main(run, tmp_path / "adapter", as_adapter=True, progress=False)
     serving = json.loads((tmp_path / "adapter" / "serving.json").read_text())
     assert info["pooling"] == "mean" and serving["vllm"]["pooler_config"]["seq_pooling_type"] == "MEAN"
     assert "--enable-lora --lora-modules diag=" in serving["vllm"]["command"]
+    # the pooling is the server's job; the helper does it over base + adapter as the run did
+    exported = load_exported(tmp_path / "adapter", device="cpu")
+    np.testing.assert_allclose(exported.predict(NOTES), load(run, device="cpu").predict(NOTES), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("variant,lora,says", [

@@ -73,7 +73,8 @@ def load(run_dir: str | Path, base: str | None = None, device: str | None = None
 
 
 class ExportedClassifier:
-    """A folder written by `clinpeft export` (a finetune run), scored with transformers alone: no peft, no bundle.
+    """A folder written by `clinpeft export` (a finetune run), scored with transformers alone: no peft, no bundle
+    (an `--as-adapter` folder: its base model from clinpeft_export.json plus peft's PeftModel.from_pretrained).
 
     Pooling as the run was trained (clinpeft_export.json `pooling`): last = transformers' own forward
     (the last non-pad token); mean = `mean_pooled_logits`. Notes are cut into windows as in training
@@ -96,8 +97,17 @@ class ExportedClassifier:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
         self.tokenizer.padding_side = self.info.get("padding_side", "right")
-        self.model = AutoModelForSequenceClassification.from_pretrained(self.folder).to(self.device).eval()
-        self.labels: list[str] = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
+        if self.info.get("as_adapter"):  # the plain base classifier + the task adapter (its LoRA and head)
+            from peft import PeftModel
+
+            base = AutoModelForSequenceClassification.from_pretrained(
+                self.info["base_model"], num_labels=self.info["num_labels"], problem_type=self.info["problem_type"],
+                pad_token_id=self.info["pad_token_id"])
+            self.model = PeftModel.from_pretrained(base, self.folder).to(self.device).eval()
+            self.labels: list[str] = list(self.info["labels"])
+        else:
+            self.model = AutoModelForSequenceClassification.from_pretrained(self.folder).to(self.device).eval()
+            self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
         self.task_type: str = self.info["task_type"]
         self.long_notes = LongNotes.from_bundle(self.info)
         self.batch_size = batch_size
@@ -134,11 +144,13 @@ class ExportedClassifier:
 def mean_pooled_logits(model, input_ids, attention_mask, head: str = "score"):
     """model.pooling=mean with transformers alone: the head applied to the mean of the final hidden states
     over the note's tokens (attention_mask == 1, BOS included), as clinpeft trained it. `model` is any
-    `*ForSequenceClassification` of a decoder (its `base_model` gives the final, normed hidden states)."""
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    `*ForSequenceClassification` of a decoder (its `base_model` gives the final, normed hidden states), or a
+    peft model around one (its LoRA layers sit inside, its head copy is the adapter's)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     mask = attention_mask.to(hidden.dtype)[..., None]
     pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-    return getattr(model, head)(pooled)
+    return getattr(inner, head)(pooled)
 
 
 def load_exported(folder: str | Path, device: str | None = None, batch_size: int = 16) -> ExportedClassifier:
