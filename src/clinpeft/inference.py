@@ -99,10 +99,16 @@ class ExportedClassifier:
         self.tokenizer.padding_side = self.info.get("padding_side", "right")
         if self.info.get("as_adapter"):  # the plain base classifier + the task adapter (its LoRA and head)
             from peft import PeftModel
+            from transformers.utils import logging as hf_logging
 
-            base = AutoModelForSequenceClassification.from_pretrained(
-                self.info["base_model"], num_labels=self.info["num_labels"], problem_type=self.info["problem_type"],
-                pad_token_id=self.info["pad_token_id"])
+            verbosity = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()  # "score.weight newly initialized": the adapter brings the head
+            try:
+                base = AutoModelForSequenceClassification.from_pretrained(
+                    self.info["base_model"], num_labels=self.info["num_labels"],
+                    problem_type=self.info["problem_type"], pad_token_id=self.info["pad_token_id"])
+            finally:
+                hf_logging.set_verbosity(verbosity)
             self.model = PeftModel.from_pretrained(base, self.folder).to(self.device).eval()
             self.labels: list[str] = list(self.info["labels"])
         else:
