@@ -273,3 +273,16 @@ def test_ranks_that_differ_within_a_module_name_get_exact_path_patterns(tiny_lla
     ranks = {n.split("base_model.model.")[-1]: m.r["default"] for n, m in model.named_modules()
              if hasattr(m, "lora_A") and "default" in m.lora_A}
     assert ranks == {path: u.rank for path, u in updates.items()}
+
+
+def test_task_adapter_of_an_encoder_without_pooler_weights_is_refused(tiny_bert, tmp_path, capsys):
+    """The tiny BERT is a masked-LM checkpoint: its classifier's pooler is random at every load, and the run never
+    saved one, so no adapter can give the run's logits."""
+    lora = DownstreamLoraSection(r=4, lora_dropout=0.0, target_modules=["query", "value"])
+    clf = build_classifier(tiny_bert, "binary", 2, "lora", None, lora, "float32")
+    save_bundle(clf, tmp_path / "run", {"base_model": str(tiny_bert), "variant": "lora", "task": "mor",
+                                         "task_type": "binary", "labels": ["0", "1"], "max_seq_len": 64,
+                                         "padding_side": "right"})
+    assert main(["export", str(tmp_path / "run"), "--as-adapter", "--out", str(tmp_path / "adapter"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has no pooler weights" in err

@@ -147,13 +147,17 @@ def export_task_adapter(run: Path, out: str | Path, dtype: str, base: str | None
         raise ClinpeftError(f"{run}: variant full changed every base weight, so no adapter on the base can hold it; "
                             "export it merged: `clinpeft export RUN --out DIR`")
     refuse_unmergeable(run, peft_types([run / "adapters" / name for name in meta.get("adapters", [])]))
+    base_path = Path(base or meta["base_model"])
+    if meta.get("head") == "classifier" and not checkpoint_has(base_path, ".pooler."):
+        raise ClinpeftError(f"{run}: its encoder base {base_path} has no pooler weights (a masked-LM checkpoint), so "
+                            "the pooler its head reads is drawn at random at every load and the run saved none: no "
+                            "adapter on the base can reproduce it; fine-tune with variant=full (saves the pooler)")
     clf, meta = load_bundle(run, base=base, dtype="float32")
     # a head-only run: peft wants one LoRA module at least, so its update is an exact zero of rank 1
     updates = concatenated_updates(clf.model, list(meta["adapters"])) or zero_updates(clf.model)
     head_state = {k: v.detach().clone() for k, v in head_module(clf.model, meta["head"]).state_dict().items()}
     tokenizer, head_name, pooling = clf.tokenizer, clf.head_name, clf.pooling
     del clf  # one base model in memory at a time
-    base_path = Path(base or meta["base_model"])
     labels = list(meta["labels"])
     problem_type = PROBLEM_TYPES[meta["task_type"]]
     plain = load_sequence_classifier(base_path, len(labels), tokenizer.pad_token_id, problem_type, "float32")
@@ -175,6 +179,21 @@ def export_task_adapter(run: Path, out: str | Path, dtype: str, base: str | None
         write_json(out_dir / "clinpeft_export.json", info)
         write_json(out_dir / "serving.json", adapter_serving_config(info, str(out)))
     return info
+
+
+def checkpoint_has(model_dir: Path, part: str) -> bool:
+    """Whether a safetensors checkpoint (one file or sharded) holds a weight whose name contains `part`."""
+    from safetensors import safe_open
+
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        return any(part in f".{key}" for key in json.loads(index.read_text())["weight_map"])
+    files = sorted(model_dir.glob("*.safetensors"))
+    for file in files:
+        with safe_open(str(file), framework="pt") as weights:
+            if any(part in f".{key}" for key in weights.keys()):
+                return True
+    return False
 
 
 def adapter_serving_config(info: dict, adapter_dir: str) -> dict:
