@@ -303,6 +303,9 @@ def add_export(sub) -> None:
     p.add_argument("run", help="a `clinpeft finetune` (or `clinpeft pretrain`) run directory")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="weights' dtype (default: fp32)")
     p.add_argument("--base", help="base model path, if it moved since training")
+    p.add_argument("--as-adapter", action="store_true",
+                   help="write one peft LoRA adapter with the head (clinical + downstream LoRA concatenated, rank "
+                   "r1+r2) instead of a merged model: many tasks served over one base")
     add_out_args(p)
     p.set_defaults(handler=run_export)
 
@@ -312,7 +315,7 @@ def run_export(args: argparse.Namespace, progress: bool) -> int:
 
     hf_progress_bars(progress)
     result = export.main(args.run, args.out, dtype=args.dtype, base=args.base, overwrite=args.overwrite,
-                         progress=progress)
+                         progress=progress, as_adapter=args.as_adapter)
     print_lines(export.summary(result, args.out))
     return 0
 

@@ -13,6 +13,7 @@ PEFT hyperparameters carry peft's own names (`r`, `lora_alpha`, `num_virtual_tok
 from __future__ import annotations
 
 import copy
+import importlib.util
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -20,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from clinpeft.errors import ClinpeftError
-from clinpeft.modeling.methods import METHOD_NAMES, METHODS, VARIANT_NAMES
+from clinpeft.modeling.methods import METHOD_NAMES, METHODS, VARIANT_NAMES, lora_init
 
 # Table 3's fine-tuning variants and Table 2's pretraining methods: modeling/methods.py says what each does.
 Variant = Literal[VARIANT_NAMES]  # type: ignore[valid-type]
@@ -73,6 +74,31 @@ class LoraSection(Section):
     use_dora: bool = False
     # rsLoRA: scale lora_alpha / sqrt(r) instead of lora_alpha / r, stable at large ranks (Kalajdzievski 2023)
     use_rslora: bool = False
+    # How A and B start (peft's values; modeling/methods.LORA_INITS, README "LoRA initialisations"). true: peft's
+    # default (Kaiming A, B = 0); gaussian; pissa / pissa_niter_N (top singular vectors of W, base keeps the rest);
+    # olora (QR of W); eva (activations' top directions, ranks redistributed); corda (W x input covariance);
+    # lora_ga (the full gradient's SVD); mica (minor singular vectors, B frozen). eva/corda/lora_ga read a capped,
+    # seeded sample of the run's own training notes; pissa/olora/corda/lora_ga adapters are saved as plain
+    # LoRAs of rank 2r on the unchanged base.
+    init_lora_weights: bool | str = True
+
+    @field_validator("init_lora_weights")
+    @classmethod
+    def _known_init(cls, value):
+        if value is False:
+            raise ValueError("false (peft's random-B debugging init) is not exposed; use true or a named init")
+        try:
+            entry = lora_init(value)
+        except ClinpeftError as exc:
+            raise ValueError(str(exc).removeprefix(f"init_lora_weights={value}: ")) from None
+        if entry is not None and entry.refusal:
+            raise ValueError(f"{value}: {entry.refusal}")
+        if entry is not None and entry.requires and importlib.util.find_spec(entry.requires) is None:
+            raise ValueError(f"{value}: peft's {entry.table_name} imports the `{entry.requires}` module, which is not "
+                             f"installed here; pip install {'attrs' if entry.requires == 'attr' else entry.requires}")
+        if isinstance(value, str) and value.startswith("pissa_niter_") and not value[12:].isdigit():
+            raise ValueError(f"{value}: pissa_niter_N takes a whole number of subspace iterations, e.g. pissa_niter_4")
+        return True if entry is None else value
 
 
 # The peft.* keys each method reads; a key of another method left at its default is ignored, a
@@ -251,6 +277,17 @@ class DownstreamLoraSection(LoraSection):
 
     r: int = Field(8, ge=1)
     lora_alpha: int = Field(16, ge=1)
+
+    @field_validator("init_lora_weights")
+    @classmethod
+    def _usable_downstream(cls, value):
+        try:
+            entry = lora_init(value)
+        except ClinpeftError:
+            return value  # LoraSection's own check names the known values
+        if entry is not None and entry.downstream_refusal:
+            raise ValueError(f"{value}: {entry.downstream_refusal}")
+        return value
 
 
 class ClassifierEvalSection(Section):

@@ -42,7 +42,7 @@ from peft.utils import load_peft_weights
 
 from clinpeft.config import LoraSection, PeftSection
 from clinpeft.errors import ClinpeftError
-from clinpeft.modeling import methods
+from clinpeft.modeling import lora_init, methods
 
 CLINICAL = "clinical"
 DOWNSTREAM = "downstream"
@@ -95,10 +95,13 @@ def check_target_modules(model, targets, key: str) -> None:
                             "(LLaMA-family: [q_proj,v_proj], BERT: [query,value])")
 
 
-def add_pretraining_adapter(model, section: PeftSection, tokenizer_path: str | Path | None = None):
+def add_pretraining_adapter(model, section: PeftSection, tokenizer_path: str | Path | None = None,
+                            init_batches: list[dict] | None = None):
     """Wrap a causal LM with a fresh trainable clinical adapter (the only trainable weights).
 
     `full` returns the model itself with every parameter trainable (the paper's Clinical LLaMA).
+    `init_batches`: calibration batches of the training notes for a data-driven `init_lora_weights`
+    (eva, corda, lora_ga: modeling/lora_init.py).
     """
     if section.method == "full":
         for param in model.parameters():
@@ -110,8 +113,14 @@ def add_pretraining_adapter(model, section: PeftSection, tokenizer_path: str | P
                             f"{layers} layers; set peft.adapter_layers to at most {layers}")
     if section.method == "lora":
         check_target_modules(model, section.target_modules, "peft.target_modules")
+    config = pretraining_peft_config(section, tokenizer_path)
     try:
-        return get_peft_model(model, pretraining_peft_config(section, tokenizer_path))
+        if section.method == "lora":
+            lora_init.before_adapter(model, config, init_batches)  # corda, lora_ga: statistics of the base
+        model = get_peft_model(model, config)
+        if section.method == "lora":
+            lora_init.after_adapter(model, config, init_batches)  # eva: A from the layers' inputs
+        return model
     except ValueError as exc:  # e.g. target_modules not in this architecture
         raise ClinpeftError(f"peft: cannot add {section.method} to {type(model).__name__}: {exc}") from None
 
@@ -240,8 +249,12 @@ def attach_adapter(model, adapter_dir: Path, name: str, trainable: bool = True):
     return model
 
 
-def stack_adapters(model, variant: str, clinical: ClinicalAdapter | None, downstream: LoraSection):
-    """Build the model of one Table 3 variant. Returns (model, active adapter names)."""
+def stack_adapters(model, variant: str, clinical: ClinicalAdapter | None, downstream: LoraSection,
+                   init_batches: list[dict] | None = None):
+    """Build the model of one Table 3 variant. Returns (model, active adapter names).
+
+    init_batches: calibration batches of the training notes (input_ids, attention_mask) for a data-driven
+    `lora.init_lora_weights` (eva)."""
     active: list[str] = []
     entry = methods.variant(variant)
     if entry.needs_clinical:
@@ -252,17 +265,27 @@ def stack_adapters(model, variant: str, clinical: ClinicalAdapter | None, downst
         active.append(CLINICAL)
     if entry.downstream_lora:
         check_target_modules(model, downstream.target_modules, "lora.target_modules")
+        check_downstream_init(downstream)
         config = lora_config(downstream, task_type=None)
         if isinstance(model, PeftModel):
-            model.add_adapter(DOWNSTREAM, config)  # added inactive and frozen: activated below
+            with lora_init.base_mutation_handled():  # pissa/olora beside the clinical LoRA: saved converted
+                model.add_adapter(DOWNSTREAM, config)  # added inactive and frozen: activated below
         else:
             model = get_peft_model(model, config, adapter_name=DOWNSTREAM)
+        lora_init.after_adapter(model, config, init_batches, adapter_name=DOWNSTREAM)  # eva
         active.append(DOWNSTREAM)
     if len(active) > 1:
         model.base_model.set_adapter(active)  # PeftModel.set_adapter takes one name only
     elif active:
         model.set_adapter(active[0])
     return model, active
+
+
+def check_downstream_init(section: LoraSection) -> None:
+    """The downstream LoRA's init_lora_weights, refused where it cannot work (FinetuneConfig checks it first)."""
+    entry = lora_init.init_entry(section)
+    if entry is not None and entry.downstream_refusal:
+        raise ClinpeftError(f"lora.init_lora_weights={section.init_lora_weights}: {entry.downstream_refusal}")
 
 
 def trainable_adapters(variant: str) -> list[str]:
@@ -297,6 +320,12 @@ def set_trainable(model, adapters: list[str], head_name: str) -> None:
         in_head = ((f".{head_name}." in f".{name}" or name.startswith(f"{head_name}."))
                    and ".original_module." not in name)
         param.requires_grad = in_head or any(is_adapter_param(name, a) for a in adapters)
+    for module in model.modules():  # weights peft keeps frozen by design (MiCA's lora_B) stay frozen
+        for adapter, weights in (getattr(module, "frozen_peft_weight_names", None) or {}).items():
+            for weight in weights:
+                if adapter in getattr(module, weight, {}):
+                    for param in getattr(module, weight)[adapter].parameters():
+                        param.requires_grad = False
 
 
 def head_module(model, head_name: str) -> torch.nn.Module:

@@ -20,6 +20,7 @@ AutoModelForSequenceClassification with the model's own tokenizer, padded on the
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,9 @@ from tqdm.auto import tqdm
 
 from clinpeft.data.long_notes import EncodedNotes, LongNotes, encode_notes
 from clinpeft.errors import ClinpeftError
+from clinpeft.modeling import lora_init
 from clinpeft.modeling.adapters import (
+    DOWNSTREAM,
     ClinicalAdapter,
     attach_adapter,
     check_same_base,
@@ -63,6 +66,9 @@ class Classifier:
     adapters: list[str]  # active adapters, in stacking order
     fingerprint: str
     pooling: str = "last"  # what the head reads: "last" non-pad token or "mean" of the note's tokens
+    # a base-mutating lora.init_lora_weights (pissa, olora): the untrained downstream LoRA, saved before training;
+    # save_bundle converts the trained one against it to a plain LoRA on the unchanged base (modeling/lora_init.py)
+    initial_adapter: Path | None = None
 
 
 def build_classifier(
@@ -76,8 +82,12 @@ def build_classifier(
     attn_implementation: str = "sdpa",
     pooling: str = "last",
     quantization: str = "none",
+    init_notes: list[str] | None = None,
 ) -> Classifier:
-    """A classifier ready to train: exactly the variant's adapters and the head are trainable."""
+    """A classifier ready to train: exactly the variant's adapters and the head are trainable.
+
+    init_notes: training notes for a data-driven `init_lora_weights` of the downstream LoRA (eva); a seeded
+    sample of at most lora_init.INIT_ROWS of them is read (cut at 512 tokens)."""
     check_pooling(base_path, pooling)
     tokenizer = load_tokenizer(base_path, padding_side=padding_side(clinical))
     model = load_sequence_classifier(
@@ -89,7 +99,8 @@ def build_classifier(
         check_same_base(clinical, fingerprint, str(base_path))
     head_name, _ = classification_head(model)
     try:
-        model, active = stack_adapters(model, variant, clinical, downstream_lora)
+        model, active = stack_adapters(model, variant, clinical, downstream_lora,
+                                       init_batches=_init_batches(tokenizer, downstream_lora, init_notes))
     except ValueError as exc:  # peft: e.g. LLaMA's q_proj/v_proj asked of a BERT (query/value)
         raise ClinpeftError(f"lora.target_modules={list(downstream_lora.target_modules)} on {base_path}: {exc}; "
                             "set lora.target_modules to module names of this model "
@@ -100,7 +111,27 @@ def build_classifier(
     else:
         set_trainable(model, trainable_adapters(variant), head_name)
     apply_pooling(model, head_name, pooling)  # last, after peft wrapped the model: hooks the outermost one
-    return Classifier(model, tokenizer, head_name, active, fingerprint, pooling)
+    initial = None
+    init = lora_init.init_entry(downstream_lora) if DOWNSTREAM in active else None
+    if init is not None and init.mutates_base:  # a temporary folder, removed by finetune once the bundle is saved
+        initial = lora_init.save_initial_adapter(model, DOWNSTREAM, Path(tempfile.mkdtemp(prefix="clinpeft-init-"))
+                                                 / "initial_adapter")
+    return Classifier(model, tokenizer, head_name, active, fingerprint, pooling, initial)
+
+
+def _init_batches(tokenizer, section, notes: list[str] | None) -> list[dict] | None:
+    """Calibration batches (input_ids, attention_mask) of the training notes, for a data-driven init only."""
+    entry = lora_init.init_entry(section)
+    if entry is None or not entry.needs_data:
+        return None
+    if not notes:
+        raise ClinpeftError(f"lora.init_lora_weights={section.init_lora_weights} reads the training notes; "
+                            "none were given")
+
+    def collate(texts):
+        return dict(tokenizer(texts, truncation=True, max_length=512, padding=True, return_tensors="pt"))
+
+    return lora_init.calibration_batches(list(notes), 0, collate)
 
 
 def save_bundle(clf: Classifier, run_dir: Path, meta: dict) -> None:
@@ -113,7 +144,14 @@ def save_bundle(clf: Classifier, run_dir: Path, meta: dict) -> None:
                                              "model_dir": FULL_MODEL_DIR, "base_fingerprint": clf.fingerprint})
         return
     if clf.adapters:
-        clf.model.save_pretrained(run_dir / "adapters", selected_adapters=clf.adapters, safe_serialization=True)
+        plain = [a for a in clf.adapters if clf.initial_adapter is None or a != DOWNSTREAM]
+        if plain:
+            clf.model.save_pretrained(run_dir / "adapters", selected_adapters=plain, safe_serialization=True)
+        if clf.initial_adapter is not None:  # pissa/olora: saved as a plain LoRA of rank 2r on the unchanged base
+            with lora_init.base_mutation_handled():
+                clf.model.save_pretrained(run_dir / "adapters", selected_adapters=[DOWNSTREAM],
+                                          safe_serialization=True,
+                                          path_initial_model_for_weight_conversion=str(clf.initial_adapter))
     head = head_module(clf.model, clf.head_name)
     save_file({k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}, run_dir / "head.safetensors")
     write_json(run_dir / "bundle.json", {**meta, "adapters": clf.adapters, "head": clf.head_name,

@@ -19,9 +19,64 @@ from dataclasses import dataclass
 from typing import Callable
 
 # peft's LoraConfig arguments kept on every LoRA section, under peft's own names.
-LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_dora", "use_rslora")
+LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_dora", "use_rslora", "init_lora_weights")
 # LoRA flavours: the flag, and how Table 2/3 name a LoRA trained with it.
 LORA_FLAVOURS = {"use_dora": "DoRA", "use_rslora": "rsLoRA"}
+
+
+@dataclass(frozen=True)
+class LoraInit:
+    """A value of peft's `init_lora_weights` (config.LoraSection.init_lora_weights): how A and B start."""
+
+    name: str  # the init_lora_weights value ("pissa"; "pissa_niter_N" matches "pissa_niter")
+    table_name: str  # appended to the method's Table 2 name: "LoRA (PiSSA)"
+    # calibration batches from the run's own training notes are needed (modeling/lora_init.py)
+    needs_data: bool = False
+    # the base weights are changed (W_res = W - s B0 A0): the saved adapter is converted to a plain LoRA of
+    # rank 2r on the original base (peft's path_initial_model_for_weight_conversion)
+    mutates_base: bool = False
+    refusal: str | None = None  # why it cannot be used here (None: it can)
+    requires: str | None = None  # a module peft imports for it that clinpeft does not install
+    downstream_refusal: str | None = None  # why the downstream LoRA (lora.init_lora_weights) cannot use it
+
+
+# peft 0.21's LoRA initialisations, each one entry (orthogonal / False: peft's, not exposed here).
+LORA_INITS: dict[str, LoraInit] = {i.name: i for i in (
+    LoraInit("gaussian", "Gaussian"),  # A ~ N(0, 1/r), B = 0 (Microsoft's is Kaiming-uniform A)
+    LoraInit("pissa", "PiSSA", mutates_base=True),  # A, B: the top-r singular vectors of W (exact SVD)
+    LoraInit("pissa_niter", "PiSSA", mutates_base=True),  # pissa_niter_N: fast randomized SVD, N subspace iterations
+    LoraInit("olora", "OLoRA", mutates_base=True),  # A, B: from the QR decomposition of W
+    LoraInit("eva", "EVA", needs_data=True),  # A: top right-singular vectors of the layer inputs; ranks redistributed
+    # SVD of W times the input covariance; peft's corda.py imports the attrs package
+    LoraInit("corda", "CorDA", needs_data=True, mutates_base=True, requires="attr",
+             downstream_refusal="peft's preprocess_corda does not see layers a clinical LoRA already wraps; use it "
+                                "on the clinical LoRA (peft.init_lora_weights=corda)"),
+    # A, B: SVD of the estimated full gradient
+    LoraInit("lora_ga", "LoRA-GA", needs_data=True, mutates_base=True,
+             downstream_refusal="LoRA-GA estimates the task loss's gradient before training, through a "
+                                "classification head that is still random then, and peft's preprocess_loraga does "
+                                "not see layers a clinical LoRA already wraps; use it on the clinical LoRA "
+                                "(peft.init_lora_weights=lora_ga), or pissa/olora/eva here"),
+    LoraInit("mica", "MiCA"),  # B: the r minor left-singular vectors of W (frozen), A = 0: only A trains
+    LoraInit("loftq", "LoftQ", refusal="LoftQ initialises the LoRA against a quantized copy of the base and replaces "
+                                       "the base weights with it, so its adapter is only valid on that re-saved base; "
+                                       "clinpeft loads its base unchanged (QLoRA: model.quantization=4bit with the "
+                                       "default init)"),
+)}
+
+
+def lora_init(value) -> LoraInit | None:
+    """The registry entry of an init_lora_weights value (None: peft's default, True)."""
+    if value is True or value in ("true", "default"):
+        return None
+    key = "pissa_niter" if str(value).startswith("pissa_niter_") else str(value)
+    entry = LORA_INITS.get(key)
+    if entry is None:
+        from clinpeft.errors import ClinpeftError
+
+        usable = [n if n != "pissa_niter" else "pissa_niter_N" for n, i in LORA_INITS.items() if not i.refusal]
+        raise ClinpeftError(f"init_lora_weights={value}: choose one of true, {', '.join(usable)}")
+    return entry
 
 
 @dataclass(frozen=True)
@@ -64,7 +119,20 @@ class Variant:
 def _lora(section, tokenizer_path=None, task_type: str | None = "CAUSAL_LM"):
     from peft import LoraConfig
 
-    return LoraConfig(**{key: _copy(getattr(section, key)) for key in LORA_KEYS}, task_type=task_type)
+    return LoraConfig(**{key: _copy(getattr(section, key)) for key in LORA_KEYS}, task_type=task_type,
+                      **_init_subconfig(section.init_lora_weights))
+
+
+def _init_subconfig(init) -> dict:
+    """The sub-config a data-driven init needs, at peft's defaults (stated here so peft does not warn)."""
+    from peft import EvaConfig, LoraGAConfig
+
+    if init == "corda":
+        from peft.tuners.lora.config import CordaConfig
+
+        return {"corda_config": CordaConfig()}  # ipm: instruction-previewed, the adapter learns the task
+    return {"eva": {"eva_config": EvaConfig()},  # rho 2: a layer may get up to 2r of the budget
+            "lora_ga": {"lora_ga_config": LoraGAConfig()}}.get(init, {})
 
 
 def _copy(value):
@@ -185,16 +253,19 @@ def variant(name: str) -> Variant:
     return entry
 
 
-def method_display_name(name, flavours: list[str] | tuple[str, ...] = ()) -> str:
-    """Table 2 name of a method key ("lora" -> "LoRA"; with flavour "use_dora": "DoRA"); unknown keys
-    are shown as given (an old or foreign run directory)."""
+def method_display_name(name, flavours: list[str] | tuple[str, ...] = (), init=None) -> str:
+    """Table 2 name of a method key ("lora" -> "LoRA"; with flavour "use_dora": "DoRA"; with
+    init_lora_weights "pissa": "LoRA (PiSSA)"); unknown keys are shown as given (an old or foreign run directory)."""
     key = str(name or "").strip()
     entry = METHODS.get(METHOD_ALIASES.get(key.lower(), key.lower()))
     if entry is None:
         return key or "?"
-    if entry.name == "lora" and flavours:
-        return " + ".join(LORA_FLAVOURS[f] for f in flavours if f in LORA_FLAVOURS) or entry.table2_name
-    return entry.table2_name
+    if entry.name != "lora":
+        return entry.table2_name
+    shown = " + ".join(LORA_FLAVOURS[f] for f in flavours if f in LORA_FLAVOURS) or entry.table2_name
+    known = init not in (None, True, "true", "default") and LORA_INITS.get(
+        "pissa_niter" if str(init).startswith("pissa_niter_") else str(init))
+    return f"{shown} ({known.table_name})" if known else shown
 
 
 def lora_flavours(section) -> list[str]:

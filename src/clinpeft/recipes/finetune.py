@@ -28,6 +28,7 @@ Output directory:
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -133,7 +134,7 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
     check_positions(base_path, config.task.max_seq_len, "task.max_seq_len")
     clf = build_classifier(base_path, task.task_type, task.num_labels, variant, clinical, config.lora,
                            config.model.dtype, config.model.attn_implementation, config.model.pooling,
-                           config.model.quantization)
+                           config.model.quantization, init_notes=task.splits["train"]["text"].tolist())
     trainable, total = count_parameters(clf.model)
     train_cut = encode_notes(clf.tokenizer, task.splits["train"]["text"].tolist(),
                              LongNotes.from_task(config.task)).truncation()
@@ -177,6 +178,8 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
         "clinical_adapter": clinical_dir,
         **base_record(config.model.base, base_path),  # a GGUF base is rebuilt from base_spec where the folder is gone
     })
+    if clf.initial_adapter is not None:  # the untrained pissa/olora adapter, read by the conversion just done
+        shutil.rmtree(clf.initial_adapter.parent, ignore_errors=True)
     (run_dir / "labels.txt").write_text("\n".join(task.labels) + "\n")
     extras = extra_columns(task.splits["test"])
     write_predictions(run_dir / "predictions.csv", task, "test", test_logits, extras)
@@ -197,6 +200,8 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
         "clinical_adapter": clinical_dir,
         "clinical_method": clinical_method,
         "lora_flavours": methods.lora_flavours(config.lora) if methods.variant(variant).downstream_lora else [],
+        # the downstream LoRA's peft init_lora_weights (True: peft's default)
+        "init_lora_weights": config.lora.init_lora_weights if methods.variant(variant).downstream_lora else None,
         **table3_row(variant, clinical_method, base_name if encoder else None),
         "long_notes": LongNotes.from_task(config.task).to_json(),
         "truncation": {"train": train_cut, "val": val_cut, "test": test_cut},

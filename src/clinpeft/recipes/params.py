@@ -103,7 +103,9 @@ def count(model: str, config: PretrainConfig) -> dict:
     """{"trainable_params", "total_params", "percent"} of `config.peft` applied to `model`.
 
     Prompt tuning is counted with random initialisation: text initialisation only changes the
-    starting values (and needs a tokenizer, which a preset does not have), not the count.
+    starting values (and needs a tokenizer, which a preset does not have), not the count. So is a
+    data-driven init_lora_weights (eva, corda, lora_ga: no notes here); EVA then moves rank between
+    layers within the same r x modules budget (the count is exact where the targets share a shape).
     """
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
@@ -111,6 +113,8 @@ def count(model: str, config: PretrainConfig) -> dict:
     section = config.peft
     if section.method == "prompt_tuning":
         section = section.model_copy(update={"prompt_tuning_init": "RANDOM"})
+    if section.method == "lora" and section.init_lora_weights in ("eva", "corda", "lora_ga"):
+        section = section.model_copy(update={"init_lora_weights": True})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # peft's notes about meta tensors and unused options
         with init_empty_weights():

@@ -30,6 +30,7 @@ from clinpeft import __version__
 from clinpeft.config import PretrainConfig, save_config
 from clinpeft.data.notes import cache_file, load_corpus
 from clinpeft.data.packing import count_predicted_tokens, packing_mode, slot_share, tokenize_and_pack
+from clinpeft.modeling import lora_init
 from clinpeft.modeling.adapters import add_pretraining_adapter, packing_fallback, write_adapter_meta
 from clinpeft.modeling.base import (
     base_display_name,
@@ -138,8 +139,12 @@ def sample_blocks(blocks, max_blocks: int | None, seed: int):
 
 
 def save_clinical(model, method: str, run_dir: Path, base_path: Path, fingerprint: str,
-                  base_spec: str | None = None) -> Path:
-    """adapter/ in PEFT layout, or for `full` model/ (safetensors + tokenizer), with its metadata."""
+                  initial_adapter: Path | None = None, base_spec: str | None = None) -> Path:
+    """adapter/ in PEFT layout, or for `full` model/ (safetensors + tokenizer), with its metadata.
+
+    initial_adapter: the untrained adapter of a base-mutating init (pissa, olora, lora_ga): peft saves the trained
+    one converted to a plain LoRA of rank 2r on the unchanged base (modeling/lora_init.py). base_spec: model.base
+    as written (a GGUF base is rebuilt from it where its cached folder is gone)."""
     model.eval()  # peft saves p-tuning's encoder *output*: computed without dropout
     if method == "full":
         out_dir = run_dir / "model"
@@ -147,7 +152,11 @@ def save_clinical(model, method: str, run_dir: Path, base_path: Path, fingerprin
         load_tokenizer(base_path).save_pretrained(out_dir)  # as loaded, not the packing-time copy
     else:
         out_dir = run_dir / "adapter"
-        model.save_pretrained(out_dir, safe_serialization=True)
+        with lora_init.base_mutation_handled():
+            model.save_pretrained(out_dir, safe_serialization=True, path_initial_model_for_weight_conversion=(
+                str(initial_adapter) if initial_adapter is not None else None))
+        if initial_adapter is not None:
+            shutil.rmtree(initial_adapter.parent, ignore_errors=True)
     write_adapter_meta(out_dir, fingerprint, str(base_path), method, base_spec)
     return out_dir
 
@@ -199,8 +208,14 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True, checkpoint
             "base_test_ppl": split_perplexity(model, test_blocks, batch_size, "base ppl (test)", progress, precision),
         }
 
-    # --- the clinical adapter: the only trainable weights (full: every weight)
-    model = add_pretraining_adapter(model, config.peft, tokenizer_path=base_path)
+    # --- the clinical adapter: the only trainable weights (full: every weight); a data-driven init_lora_weights
+    # (eva, corda, lora_ga) reads a capped, seeded sample of the training blocks
+    init = lora_init.init_entry(config.peft) if method == "lora" else None
+    init_batches = (lora_init.calibration_batches(train_blocks, config.train.seed, default_data_collator)
+                    if init is not None and init.needs_data else None)
+    model = add_pretraining_adapter(model, config.peft, tokenizer_path=base_path, init_batches=init_batches)
+    initial_adapter = (lora_init.save_initial_adapter(model, "default", run_dir / lora_init.INITIAL_ADAPTER)
+                       if init is not None else None)
     upcast_trainable(model)  # bf16 base: adapter weights and optimizer state stay fp32
     trainable, total = count_parameters(model)
     check_free_space(run_dir, expected_run_bytes(trainable, total, config.train, method == "full"), "this run")
@@ -248,13 +263,15 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True, checkpoint
                else split_perplexity(model, val_blocks, batch_size, "ppl (val)", progress, precision))
 
     # --- save: adapter in PEFT layout (full: the whole model + tokenizer) + what it was trained on
-    save_clinical(model, method, run_dir, base_path, fingerprint, config.model.base)
+    save_clinical(model, method, run_dir, base_path, fingerprint, initial_adapter, config.model.base)
     shutil.rmtree(cache_dir, ignore_errors=True)
 
     result = {
         "kind": "pretrain",
         "method": method,
         "lora_flavours": lora_flavours(config.peft) if method == "lora" else [],  # e.g. ["use_dora"]: Table 2 says DoRA
+        # peft's init_lora_weights (True: its default); Table 2 says e.g. "LoRA (PiSSA)"
+        "init_lora_weights": config.peft.init_lora_weights if method == "lora" else None,
         "base_model": str(base_path),
         "base_model_name": config.model.name or base_display_name(base_path),
         "base_fingerprint": fingerprint,

@@ -108,7 +108,7 @@ def format_auroc(percent: float | None) -> str:
 
 def method_name(run: dict) -> str:
     """Table 2 name of a pretraining run's method ("lora" -> "LoRA", with DoRA: "DoRA"); see modeling/methods.py."""
-    return methods.method_display_name(run.get("method"), run.get("lora_flavours") or ())
+    return methods.method_display_name(run.get("method"), run.get("lora_flavours") or (), run.get("init_lora_weights"))
 
 
 def _table2_records(pretrain_runs: list[dict]) -> tuple[list[dict], list[str]]:
