@@ -108,6 +108,19 @@ def test_encoder_lora_with_bert_module_names(tiny_bert, synthetic_tasks, tmp_pat
     metrics = finetune.main(config, tmp_path / "lora", progress=False)
     assert metrics["variant"] == "lora" and 0 < metrics["trainable_params"] < metrics["total_params"] / 2
     assert metrics["row"].endswith("+ LoRA")
+    # the masked-LM checkpoint has no pooler weights: the bundle keeps the (frozen) pooler the head was trained on,
+    # so every load scores like the run (before, each load drew a new random pooler: logits off by up to 0.26)
+    from clinpeft.modeling.classifier import POOLER_FILE
+    from clinpeft.recipes import evaluate
+
+    assert (tmp_path / "lora" / POOLER_FILE).is_file()
+    again = evaluate.main(tmp_path / "lora", synthetic_tasks["pmv"] / "test.csv", tmp_path / "eval", progress=False,
+                          bootstrap_resamples=0)
+    assert again["eval"]["auroc"] == pytest.approx(metrics["test"]["auroc"], abs=1e-6)
+    original = pd.read_csv(tmp_path / "lora" / "predictions.csv")
+    rescored = pd.read_csv(tmp_path / "eval" / "predictions.csv")
+    columns = [c for c in original.columns if c.startswith("p_")]
+    assert (rescored[columns] - original[columns]).abs().to_numpy().max() < 1e-5
 
 
 def test_llama_full_variant(tiny_llama, synthetic_tasks, tmp_path):

@@ -154,8 +154,25 @@ def save_bundle(clf: Classifier, run_dir: Path, meta: dict) -> None:
                                           path_initial_model_for_weight_conversion=str(clf.initial_adapter))
     head = head_module(clf.model, clf.head_name)
     save_file({k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}, run_dir / "head.safetensors")
+    pooler = encoder_pooler(clf.model)
+    if pooler is not None:
+        save_file({k: v.detach().contiguous().cpu() for k, v in pooler.state_dict().items()}, run_dir / POOLER_FILE)
     write_json(run_dir / "bundle.json", {**meta, "adapters": clf.adapters, "head": clf.head_name,
                                          "base_fingerprint": clf.fingerprint})
+
+
+POOLER_FILE = "pooler.safetensors"  # an encoder's pooler, as the head was trained on it
+
+
+def encoder_pooler(model) -> torch.nn.Module | None:
+    """BERT's pooler (dense + tanh over [CLS]) that its classification head reads, or None (decoders; encoders
+    whose classifier has none, such as RoBERTa's). A masked-LM checkpoint has no pooler weights, so transformers
+    initialises it at random when it builds the classifier: frozen in head/LoRA variants, but random anew at
+    every load unless the bundle keeps the one the head was trained on."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    encoder = getattr(inner, getattr(inner, "base_model_prefix", ""), None)
+    pooler = getattr(encoder, "pooler", None)
+    return pooler if isinstance(pooler, torch.nn.Module) else None
 
 
 def load_bundle(run_dir: str | Path, base: str | None = None, dtype: str = "auto") -> tuple[Classifier, dict]:
@@ -189,6 +206,9 @@ def load_bundle(run_dir: str | Path, base: str | None = None, dtype: str = "auto
         model.base_model.set_adapter(meta["adapters"])
     head = head_module(model, meta["head"])
     head.load_state_dict(load_file(run_dir / "head.safetensors"))
+    pooler = encoder_pooler(model)
+    if pooler is not None and (run_dir / POOLER_FILE).is_file():  # bundles from before keep the load's own pooler
+        pooler.load_state_dict(load_file(run_dir / POOLER_FILE))
     model.eval()
     for param in model.parameters():
         param.requires_grad = False
