@@ -239,7 +239,8 @@ def check_sharding(train: TrainSection, method: str | None, quantization: str = 
     processes = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if processes < 2:
         raise ClinpeftError("train.fsdp shards a model over several processes and this is one: launch it with "
-                            "`torchrun --nproc_per_node N -m clinpeft ...` or `accelerate launch`, or set train.fsdp=false")
+                            "`torchrun --nproc_per_node N -m clinpeft ...` or `accelerate launch`, "
+                            "or set train.fsdp=false")
     if method is not None and method not in SHARDABLE_METHODS:
         raise ClinpeftError(f"train.fsdp with the {method} adapter: FSDP runs here with LoRA and full fine-tuning "
                             "only; use peft.method=lora or full, or set train.fsdp=false")
@@ -455,7 +456,6 @@ class Checkpointing(TrainerCallback):
         # so the optimizer's state still points at the same tensors
         saved = Path(self.resume or "") / self.TRAINABLE
         if self.resume and saved.exists():
-            import torch
             from safetensors.torch import load_file
 
             params = dict(model.named_parameters())
