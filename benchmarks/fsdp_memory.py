@@ -84,7 +84,8 @@ def run(mode: str, model: Path, corpus: dict, work: Path, steps: int, malloc: di
     peaks.mkdir()
     args = ["pretrain", "configs/demo/pretrain_full.yaml", f"model.base={model}",
             f"data.paths=[{corpus['discharge']},{corpus['radiology']}]", "data.max_seq_len=128",
-            "data.test_fraction=0.25", "train.batch_size=1", "train.grad_accum=1", f"train.max_steps={steps}", "eval.base_model=false",
+            "data.test_fraction=0.25", "train.batch_size=1", "train.grad_accum=1", f"train.max_steps={steps}",
+            "eval.base_model=false",
             "eval.train_max_blocks=2", "eval.batch_size=2", "train.checkpoint_minutes=0",
             *(["train.fsdp=true"] if mode == "fsdp" else []), "--out", str(peaks / "run"), "--quiet"]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
