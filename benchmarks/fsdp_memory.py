@@ -2,6 +2,7 @@
 
     python benchmarks/fsdp_memory.py                      # ~106M-parameter LLaMA, 6 optimizer steps each
     python benchmarks/fsdp_memory.py --hidden 1024 --layers 8 --intermediate 2816
+    python benchmarks/fsdp_memory.py --device cuda --hidden 2048 --layers 16 --intermediate 5632   # 2+ GPUs
 
 Builds a random LLaMA of the given shape (vocabulary 32,000, untied embeddings, fp32) with the test suite's
 small tokenizer, writes a small synthetic corpus, and runs `clinpeft pretrain configs/demo/pretrain_full.yaml`
@@ -21,6 +22,9 @@ and more back to the OS when freed: the rows that show the memory the tensors ne
 Peak RSS counts everything the process ever held: the whole model is loaded by every process before FSDP
 shards it, and gathered whole again after training (clinpeft scores and saves the consolidated model), so
 FSDP's peak is at least the weights once plus its share of the training state. Not a timed test.
+
+--device cuda (a machine with 2 or more GPUs; benchmarks/gpu_check.sh runs it there): the same two runs on
+GPUs (NCCL), fp32, with each process's torch.cuda.max_memory_allocated beside its RSS; one allocator row.
 """
 
 from __future__ import annotations
@@ -39,9 +43,11 @@ WORKER = """
 import json, os, resource, sys
 from clinpeft.cli import main
 code = main(sys.argv[1:])
+import torch
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes
+cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
 with open(os.path.join(os.environ["PEAK_DIR"], f"rank-{os.environ['RANK']}.json"), "w") as f:
-    json.dump({"peak_rss": peak}, f)
+    json.dump({"peak_rss": peak, "peak_cuda": cuda}, f)
 sys.exit(code)
 """
 FLOOR = """
@@ -79,13 +85,13 @@ def env(extra: dict) -> dict:
             "HF_HUB_OFFLINE": "1", **extra}
 
 
-def run(mode: str, model: Path, corpus: dict, work: Path, steps: int, malloc: dict) -> list[int]:
+def run(mode: str, model: Path, corpus: dict, work: Path, steps: int, malloc: dict) -> list[dict]:
     peaks = work / f"peaks-{mode}-{len(malloc)}"
     peaks.mkdir()
     args = ["pretrain", "configs/demo/pretrain_full.yaml", f"model.base={model}",
             f"data.paths=[{corpus['discharge']},{corpus['radiology']}]", "data.max_seq_len=128",
             "data.test_fraction=0.25", "train.batch_size=1", "train.grad_accum=1", f"train.max_steps={steps}",
-            "eval.base_model=false",
+            "eval.base_model=false", "train.precision=fp32", "model.dtype=float32",
             "eval.train_max_blocks=2", "eval.batch_size=2", "train.checkpoint_minutes=0",
             *(["train.fsdp=true"] if mode == "fsdp" else []), "--out", str(peaks / "run"), "--quiet"]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -94,7 +100,7 @@ def run(mode: str, model: Path, corpus: dict, work: Path, steps: int, malloc: di
                           text=True)
     if done.returncode != 0:
         raise SystemExit(f"{mode} run failed:\n{done.stderr[-3000:]}")
-    return [json.loads((peaks / f"rank-{r}.json").read_text())["peak_rss"] for r in (0, 1)]
+    return [json.loads((peaks / f"rank-{r}.json").read_text()) for r in (0, 1)]
 
 
 def main() -> None:
@@ -104,9 +110,18 @@ def main() -> None:
     parser.add_argument("--intermediate", type=int, default=2048)
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
 
+    import torch
+
     from clinpeft.demo.synthetic import write_pretraining_corpus
+
+    if args.device == "cuda" and torch.cuda.device_count() < 2:
+        raise SystemExit(f"fsdp_memory.py --device cuda: needs 2 GPUs, {torch.cuda.device_count()} visible")
+    if args.device == "cpu" and torch.cuda.is_available():
+        raise SystemExit("fsdp_memory.py: CUDA is visible, so the runs would train on GPUs: use --device cuda, "
+                         "or hide the GPUs (CUDA_VISIBLE_DEVICES=) to measure CPU processes")
 
     work = Path(tempfile.mkdtemp(prefix="fsdp-memory-"))
     (work / "worker.py").write_text(WORKER)
@@ -119,17 +134,21 @@ def main() -> None:
           f"vocab 32000), fp32 weights {4 * n / gb:.2f} GB; full fine-tuning, AdamW, {args.steps} steps, "
           f"2 CPU processes (gloo); load average {os.getloadavg()[0]:.1f}")
     print(f"floor (libraries + the model loaded, one process): {floor / gb:.2f} GB")
-    print("| run | allocator | peak RSS rank 0 | peak RSS rank 1 | training state per process (16 B/param) |")
+    cuda = args.device == "cuda"
+    key = "peak_cuda" if cuda else "peak_rss"
+    what = "peak GPU memory allocated" if cuda else "peak RSS"
+    print(f"| run | allocator | {what} rank 0 | {what} rank 1 | training state per process (16 B/param) |")
     print("|---|---|---|---|---|")
     results = {}
-    for malloc, label in (({}, "glibc default"), (MMAP, "MALLOC_MMAP_THRESHOLD_=131072")):
+    rows = [({}, "caching allocator")] if cuda else [({}, "glibc default"), (MMAP, "MALLOC_MMAP_THRESHOLD_=131072")]
+    for malloc, label in rows:
         for mode in ("ddp", "fsdp"):
             peaks = run(mode, work / "model", corpus, work, args.steps, malloc)
             results[f"{mode} {label}"] = peaks
             state = 16 * n / (2 if mode == "fsdp" else 1)
-            print(f"| {mode.upper()} | {label} | {peaks[0] / gb:.2f} GB | {peaks[1] / gb:.2f} GB "
+            print(f"| {mode.upper()} | {label} | {peaks[0][key] / gb:.2f} GB | {peaks[1][key] / gb:.2f} GB "
                   f"| {state / gb:.2f} GB |")
-        saved = max(results[f"ddp {label}"]) - max(results[f"fsdp {label}"])
+        saved = max(p[key] for p in results[f"ddp {label}"]) - max(p[key] for p in results[f"fsdp {label}"])
         print(f"{label}: FSDP saves {saved / gb:.2f} GB per process "
               f"(half of the 16 B/param state: {8 * n / gb:.2f} GB)")
     print(json.dumps({"params": n, "floor": floor, **results}))

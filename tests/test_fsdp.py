@@ -32,9 +32,10 @@ DECODER_LAYERS = 2  # the tiny LLaMA's: each is one FSDP unit (its _no_split_mod
 
 
 def overrides(base, corpus, method: str) -> list[str]:
-    """Six optimizer steps, a logged loss and a sharded checkpoint every 2 steps, no dropout, 4 blocks per process."""
+    """Six optimizer steps, a logged loss and a sharded checkpoint every 2 steps, no dropout, 4 blocks per process,
+    fp32 (on GPUs `auto` would train in bf16, beyond these tolerances)."""
     common = [*pretrain_overrides(base, corpus), "train.max_steps=6", "train.logging_steps=1",
-              "train.checkpoint_every=2", "train.batch_size=4"]
+              "train.checkpoint_every=2", "train.batch_size=4", "train.precision=fp32", "model.dtype=float32"]
     if method == "full":  # every weight trains: the paper's full fine-tuning row, lower rate
         return [o for o in common if not o.startswith("peft.")] + ["peft.method=full", "train.lr=1e-3"]
     return [*common, "peft.lora_dropout=0"]
@@ -131,7 +132,8 @@ def test_fsdp_lora_pretraining_and_stacked_fine_tuning(tmp_path, tiny_llama, syn
     launch("torchrun", "finetune", "configs/demo/finetune_clinical.yaml", f"model.base={tiny_llama}",
            f"clinical_adapter={tmp_path / 'clinical'}", "variant=clinical_frozen+downstream", f"task.path={task}",
            "task.max_seq_len=64", "train.batch_size=8", "train.grad_accum=1", "train.epochs=1", "lora.lora_dropout=0",
-           "eval.bootstrap_resamples=0", "train.fsdp=true", "--out", str(out))
+           "eval.bootstrap_resamples=0", "train.precision=fp32", "model.dtype=float32", "train.fsdp=true",
+           "--out", str(out))
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["fsdp"]["units"]["LlamaDecoderLayer"] == DECODER_LAYERS
     assert metrics["optimizer_steps"] == math.ceil(metrics["n_train"] / (8 * 2))
