@@ -111,8 +111,9 @@ def test_fsdp_full_fine_tuning_equals_one_process_and_resumes(tmp_path, tiny_lla
 def test_fsdp_lora_pretraining_and_stacked_fine_tuning(tmp_path, tiny_llama, synthetic_corpus, synthetic_tasks):
     """LoRA pretraining under FSDP (frozen base and LoRA weights in the same decoder-layer unit) equals one
     process, adapter included (loads as any clinical adapter: same logits); fine-tuning clinical frozen +
-    downstream LoRA under FSDP leaves the clinical adapter bit-identical, trains the downstream one, and the
-    bundle scores the test notes again to the same predictions."""
+    downstream LoRA under FSDP (with FSDP's activation checkpointing, which wraps each layer) leaves the clinical
+    adapter bit-identical, trains the downstream one, and the bundle scores the test notes again to the same
+    test AUROC."""
     from clinpeft.recipes import evaluate
 
     recipe, args = "configs/demo/pretrain_lora.yaml", overrides(tiny_llama, synthetic_corpus, "lora")
@@ -133,7 +134,7 @@ def test_fsdp_lora_pretraining_and_stacked_fine_tuning(tmp_path, tiny_llama, syn
            f"clinical_adapter={tmp_path / 'clinical'}", "variant=clinical_frozen+downstream", f"task.path={task}",
            "task.max_seq_len=64", "train.batch_size=8", "train.grad_accum=1", "train.epochs=1", "lora.lora_dropout=0",
            "eval.bootstrap_resamples=0", "train.precision=fp32", "model.dtype=float32", "train.fsdp=true",
-           "--out", str(out))
+           "train.fsdp_config.activation_checkpointing=true", "--out", str(out))  # FSDP's own: layers wrapped
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["fsdp"]["units"]["LlamaDecoderLayer"] == DECODER_LAYERS
     assert metrics["optimizer_steps"] == math.ceil(metrics["n_train"] / (8 * 2))

@@ -27,6 +27,7 @@ from clinpeft.training.common import (
     Checkpointing,
     ShardedTrainer,
     load_whole,
+    named_weights,
     own_forward,
     silence_trainer,
     training_arguments,
@@ -114,7 +115,7 @@ class KeepBest(TrainerCallback):
         if auroc is not None and not math.isnan(auroc) and auroc > self.best_auroc:
             self.best_auroc, self.best_epoch = auroc, state.epoch
             # whole weights (under FSDP gathered by every process: on_evaluate runs on all of them)
-            self.best_state = {n: whole(p).clone() for n, p in model.named_parameters() if p.requires_grad}
+            self.best_state = {n: whole(p).clone() for n, p in named_weights(model).items() if p.requires_grad}
 
     def on_save(self, args, state, control, **kwargs):
         if not args.should_save:
@@ -144,7 +145,7 @@ class KeepBest(TrainerCallback):
     def restore(self, model) -> None:
         if self.best_state is None:
             return
-        params = dict(model.named_parameters())
+        params = named_weights(model)
         for name, value in self.best_state.items():
             load_whole(params[name], value)
 

@@ -355,7 +355,7 @@ class ShardedTrainer(Trainer):
 
         whole = self._skeleton
         gathered = {}  # id of a sharded parameter -> its whole tensor (tied weights gathered once)
-        sharded = dict(self.model.named_parameters(remove_duplicate=False))
+        sharded = named_weights(self.model, remove_duplicate=False)
         made = {}  # id of a skeleton parameter -> its filled Parameter (keeps tied weights tied)
         for name, empty in list(whole.named_parameters(remove_duplicate=False)):
             source = sharded[name]
@@ -371,6 +371,22 @@ class ShardedTrainer(Trainer):
         self.model = self.model_wrapped = self.optimizer = self.lr_scheduler = None
         self.accelerator.free_memory()
         return whole
+
+
+# module names wrappers insert into parameter names: activation checkpointing (FSDP's own or the Trainer's
+# train.gradient_checkpointing under FSDP), torch.compile
+WRAPPER_NAMES = ("_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def named_weights(model, remove_duplicate: bool = True) -> dict:
+    """model.named_parameters() under the names of the unwrapped model (WRAPPER_NAMES taken out): the keys of
+    checkpoints, the best epoch's weights and the consolidated model, whatever wrapped the layers in training."""
+    named = {}
+    for name, param in model.named_parameters(remove_duplicate=remove_duplicate):
+        for wrapper in WRAPPER_NAMES:
+            name = name.replace(wrapper, "")
+        named[name] = param
+    return named
 
 
 def meta_copy(model):
@@ -428,7 +444,9 @@ class Checkpointing(TrainerCallback):
     RNG states, data position) every `checkpoint_every` optimizer steps, every `checkpoint_minutes`, and on
     SIGTERM / SIGINT, after which training stops (a second signal stops at once, without a checkpoint).
 
-    Under DDP the decision is all-reduced so every process saves at the same step.
+    Under DDP and FSDP the decision is all-reduced so every process saves at the same step. Under FSDP the
+    Trainer's checkpoint is sharded (train.fsdp_config.state_dict_type: one file per process) and
+    `trainable.safetensors` holds the whole weights, gathered by every process and written by the main one.
 
     The Trainer's checkpoint holds what `save_pretrained` saves: a peft model's adapters, which leaves out a
     classification head trained beside them (not in peft's modules_to_save, see modeling/adapters.py). So every
@@ -458,7 +476,7 @@ class Checkpointing(TrainerCallback):
         if self.resume and saved.exists():
             from safetensors.torch import load_file
 
-            params = dict(model.named_parameters())
+            params = named_weights(model)
             for name, value in load_file(str(saved)).items():
                 load_whole(params[name], value)
         self.last_save = time.monotonic()
@@ -485,7 +503,7 @@ class Checkpointing(TrainerCallback):
         return control
 
     def on_save(self, args, state, control, model=None, **kwargs):
-        params = dict(model.named_parameters())
+        params = named_weights(model)
         # whole weights (gathered under FSDP, by every process); when every weight trains the Trainer's copy is whole
         names = [n for n, p in params.items() if p.requires_grad]
         trainable = {n: whole(params[n]).contiguous() for n in names} if len(names) < len(params) else {}
@@ -509,7 +527,7 @@ class Checkpointing(TrainerCallback):
 
 
 def agree(args, *flags: bool) -> tuple[bool, ...]:
-    """The flags OR-ed over every DDP process (unchanged in a single process)."""
+    """The flags OR-ed over every process of a DDP / FSDP run (unchanged in a single process)."""
     import torch
     import torch.distributed as dist
 
