@@ -348,7 +348,9 @@ class ShardedTrainer(Trainer):
         from torch.distributed.fsdp import FSDPModule
         from torch.distributed.tensor import DTensor
 
-        units = [type(m).__name__.removeprefix("FSDP") for m in self.model.modules() if isinstance(m, FSDPModule)]
+        # the class each FSDP unit wraps (through activation checkpointing's wrapper): LlamaDecoderLayer, ...
+        units = [type(getattr(m, "_checkpoint_wrapped_module", m)).__name__.removeprefix("FSDP")
+                 for m in self.model.modules() if isinstance(m, FSDPModule)]
         self.sharding = {"fsdp_version": self.accelerator.state.fsdp_plugin.fsdp_version,
                          "processes": self.accelerator.num_processes,
                          "units": {name: units.count(name) for name in dict.fromkeys(units)}}
