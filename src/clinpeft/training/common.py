@@ -342,7 +342,8 @@ class ShardedTrainer(Trainer):
     def consolidated(self, model):
         """After train(): under FSDP, the trained model whole (plain tensors) on every process, and the sharded
         one, its optimizer state and accelerate's references released; without FSDP, `model` itself. Weights
-        are gathered one at a time (peak: the whole model plus one layer's weights per process)."""
+        are gathered one at a time while the sharded state is still held (peak per process: the whole weights
+        plus this process's shard of weights, gradients and optimizer state)."""
         if self._skeleton is None:
             return model
         from torch.distributed.fsdp import FSDPModule
