@@ -18,6 +18,8 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -114,7 +116,10 @@ def test_fsdp_lora_pretraining_and_stacked_fine_tuning(tmp_path, tiny_llama, syn
     downstream LoRA under FSDP (with FSDP's activation checkpointing, which wraps each layer) leaves the clinical
     adapter bit-identical, trains the downstream one, and the bundle scores the test notes again to the same
     test AUROC."""
-    from clinpeft.recipes import evaluate
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import clinpeft
+    from clinpeft.recipes import evaluate, export
 
     recipe, args = "configs/demo/pretrain_lora.yaml", overrides(tiny_llama, synthetic_corpus, "lora")
     launch("torchrun", "pretrain", recipe, *args, "train.fsdp=true", "--out", str(tmp_path / "clinical"))
@@ -132,6 +137,7 @@ def test_fsdp_lora_pretraining_and_stacked_fine_tuning(tmp_path, tiny_llama, syn
     out = tmp_path / "mor"
     launch("torchrun", "finetune", "configs/demo/finetune_clinical.yaml", f"model.base={tiny_llama}",
            f"clinical_adapter={tmp_path / 'clinical'}", "variant=clinical_frozen+downstream", f"task.path={task}",
+           "model.pooling=last",  # what an exported transformers classifier reads
            "task.max_seq_len=64", "train.batch_size=8", "train.grad_accum=1", "train.epochs=1", "lora.lora_dropout=0",
            "eval.bootstrap_resamples=0", "train.precision=fp32", "model.dtype=float32", "train.fsdp=true",
            "train.fsdp_config.activation_checkpointing=true", "--out", str(out))  # FSDP's own: layers wrapped
@@ -145,6 +151,18 @@ def test_fsdp_lora_pretraining_and_stacked_fine_tuning(tmp_path, tiny_llama, syn
     assert any(k.endswith("lora_B.weight") and v.abs().max() > 0 for k, v in downstream.items())  # B starts at 0
     again = evaluate.main(out, task / "test.csv", tmp_path / "eval", progress=False, bootstrap_resamples=0)
     assert again["eval"]["auroc"] == pytest.approx(metrics["test"]["auroc"], abs=1e-9)
+    # predict (Python API) and export read the bundle as any other: the run's test probabilities, merged logits
+    test = pd.read_csv(task / "test.csv", dtype={"id": str})
+    saved = pd.read_csv(out / "predictions.csv", dtype={"id": str})
+    probs = clinpeft.load(out).predict(test["text"].tolist())
+    np.testing.assert_allclose(probs, saved[[c for c in saved.columns if c.startswith("p_")]], atol=1e-5)
+    export.main(out, tmp_path / "exported", progress=False)
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "exported").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "exported")
+    with torch.no_grad():
+        logits = merged(**tokenizer(test["text"].tolist()[:1], truncation=True, max_length=64,
+                                    return_tensors="pt")).logits
+    np.testing.assert_allclose(torch.softmax(logits, -1).numpy(), probs[:1], atol=1e-4)
 
 
 @pytest.mark.parametrize("setting, world, message", [
