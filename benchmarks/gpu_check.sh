@@ -15,7 +15,8 @@
 #   2. kernels: packed + sdpa, plain against torch.compile (train.compile) and Liger's fused loss
 #      (train.fused_loss, when liger_kernel is installed) -> gpu_check_kernels.md / .json;
 #   3. correctness: tests/test_packing.py's packed-logits-equal-per-note test for every attention path
-#      found (when pytest and clinpeft's dependencies import) -> gpu_check_tests.txt.
+#      found (when pytest and clinpeft's dependencies import) -> gpu_check_tests.txt;
+#   4. with 2 or more GPUs only: FSDP against DDP memory and the FSDP tests -> gpu_check_fsdp.md (see part 4).
 # Reports tokens/s, useful tokens/s, MFU against the measured bf16 GEMM ceiling and against the
 # published dense bf16 peak (H100 SXM / H200: 989 TFLOPS; A100: 312), peak memory, the loss of the
 # first and last step (the kernels must train the same model), and the projected time of one epoch
@@ -42,7 +43,7 @@ smoke=0
 for arg in "$@"; do
   case "$arg" in
     --cpu-smoke) smoke=1 ;;
-    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $arg (expected --cpu-smoke)" >&2; exit 2 ;;
   esac
 done
@@ -108,6 +109,22 @@ if "$PY" -c 'import pytest, pydantic, datasets, sklearn' 2>/dev/null; then
 else
   echo "not run: pytest or clinpeft's dependencies (pydantic, datasets, scikit-learn) not importable" \
     > "$OUT/gpu_check_tests.txt"
+fi
+
+# 4. sharded training, only where 2 or more GPUs are lent: full fine-tuning under DDP and under FSDP
+#    (train.fsdp=true) on 2 GPUs, each process's peak GPU memory (benchmarks/fsdp_memory.py --device cuda,
+#    a 0.9B-parameter LLaMA: 16 B/param = 14 GB per DDP process, half of it per FSDP process), then the
+#    two-process FSDP tests (tests/test_fsdp.py: equality with one process, resume, stacked fine-tuning).
+gpus="$("$PY" -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)')"
+if [ "$smoke" = 0 ] && [ "$gpus" -ge 2 ]; then
+  echo "gpu_check.sh: 4/4 FSDP on 2 of $gpus GPUs" >&2
+  PYTHONPATH="$here/src" timeout 240 "$PY" benchmarks/fsdp_memory.py --device cuda --hidden 2048 --layers 16 \
+    --intermediate 5632 --heads 16 > "$OUT/gpu_check_fsdp.md" 2>&1 || echo "gpu_check.sh: part 4 failed or ran out of time" >&2
+  PYTHONPATH="$here/src" CUDA_VISIBLE_DEVICES=0,1 timeout 240 "$PY" -m pytest -q -p no:cacheprovider tests/test_fsdp.py \
+    >> "$OUT/gpu_check_fsdp.md" 2>&1 || true
+  tail -1 "$OUT/gpu_check_fsdp.md" >&2
+else
+  echo "gpu_check.sh: 4/4 FSDP skipped: it needs 2 GPUs and no --cpu-smoke ($gpus visible)" >&2
 fi
 
 if [ -f "$OUT/gpu_check.md" ]; then

@@ -147,6 +147,25 @@ class PeftSection(LoraSection):
         return self
 
 
+class FsdpConfigSection(Section):
+    """`train.fsdp_config`: the Trainer's `fsdp_config` keys (transformers' names), read only when train.fsdp is on.
+    README "Sharded training (FSDP)"."""
+
+    # FSDP2 (torch.distributed.fsdp.fully_shard, per-parameter sharding: a frozen base and LoRA weights share
+    # a unit). FSDP1 is deprecated in transformers 5.x and not offered.
+    version: Literal[2] = 2
+    # the wrapping unit: class names of the model's decoder layer; None: the model's own `_no_split_modules`
+    # (LlamaDecoderLayer, Qwen2DecoderLayer, ...)
+    transformer_layer_cls_to_wrap: list[str] | None = None
+    reshard_after_forward: bool = True  # free each layer's gathered weights after its forward (less memory)
+    # Trainer checkpoints (resume): SHARDED_STATE_DICT, one file per process (torch.distributed.checkpoint),
+    # or FULL_STATE_DICT (gathered on the main process). The run's adapter / model is always saved whole.
+    state_dict_type: Literal["SHARDED_STATE_DICT", "FULL_STATE_DICT"] = "SHARDED_STATE_DICT"
+    cpu_offload: bool = False  # sharded weights, gradients and optimizer state in CPU memory (GPU runs)
+    cpu_ram_efficient_loading: bool = False  # the main process loads the weights, the others receive them
+    activation_checkpointing: bool = False  # FSDP's own (instead of train.gradient_checkpointing)
+
+
 class TrainSection(Section):
     """Optimisation, shared by both steps. Defaults: the paper's pretraining values (A.1)."""
 
@@ -177,6 +196,12 @@ class TrainSection(Section):
     # compiling (at the first step and again for an epoch's last, smaller batch) took longer than a 50-step
     # run saved (README "Attention and kernels"); not yet measured on a GPU. Scoring runs uncompiled.
     compile: bool = False
+    # Fully sharded data parallel (TrainingArguments.fsdp): weights, gradients and optimizer state split over
+    # the processes of `torchrun` / `accelerate launch` (CPU processes too, over gloo) instead of copied into
+    # each. For runs that outgrow one device (full fine-tuning of 7B: ~16 bytes per parameter). Or choose it with
+    # `accelerate config` (FSDP). peft.method lora or full; README "Sharded training (FSDP)".
+    fsdp: bool = False
+    fsdp_config: FsdpConfigSection = FsdpConfigSection()
 
 
 class PretrainTrainSection(TrainSection):

@@ -63,6 +63,7 @@ from clinpeft.rundir import atomic_run_dir, check_free_space, checkpoint_dir, ex
 from clinpeft.training.classification import make_trainer, split_metrics, truncation_lines, write_predictions
 from clinpeft.training.common import (
     check_kernels,
+    check_sharding,
     end_mixed_precision,
     hidden_size_of,
     loss_curve,
@@ -89,6 +90,8 @@ def main(config: FinetuneConfig, out: str | Path, *, overwrite: bool = False, pr
     clinical = clinical_adapter(config)
     if clinical is None or clinical.method != "full":  # a full clinical model replaces model.base
         check_base(config.model.base)  # before any work: the folder, or the GGUF file's header
+    # train.fsdp: several processes; LoRA (the downstream one, on a LoRA or full clinical model) or full
+    check_sharding(config.train, clinical.method if clinical else None, config.model.quantization)
     with atomic_run_dir(out, overwrite, resumable=True, config=config.model_dump(mode="json"),
                         restart=restart) as run_dir:
         save_config(config, run_dir)
@@ -154,6 +157,7 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
     fit_started = time.time()
     trainer.train(resume_from_checkpoint=resume)
     end_mixed_precision(trainer)  # scores below in the model's dtype, as evaluate/predict do
+    clf.model = trainer.consolidated(clf.model)  # FSDP: the whole trained model on every process (else unchanged)
     train_time = time.time() - fit_started
     checkpointing.raise_if_interrupted(trainer.state, run_dir)
     keep_best.restore(clf.model)
@@ -212,6 +216,7 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
         "n_train": len(task.splits["train"]),
         "optimizer_steps": trainer.state.global_step,  # in all, counted once across resumptions
         "resumed_from_step": resumed_from,  # 0: trained in one go
+        "fsdp": trainer.sharding,  # sharded training: FSDP version, processes, units per layer class (None: not)
         "loss_curve": loss_curve(trainer.state),
         "checkpoints_written": checkpointing.saves,
         "checkpoint_time_s": checkpointing.save_seconds,

@@ -4,7 +4,7 @@
     accelerate launch -m clinpeft pretrain configs/llama-7b/pretrain_lora.yaml --out runs/llama-lora
 
 setup (base model, corpus split by patient, packed blocks) -> base perplexity -> add adapter
--> fit (HF Trainer: one device, or DDP/FSDP under `accelerate launch`) -> perplexity ->
+-> fit (HF Trainer: one device, or DDP/FSDP under torchrun / `accelerate launch`) -> perplexity ->
 save the adapter (PEFT layout) and run.json.
 
 `peft.method`: lora | prefix_tuning | prompt_tuning | p_tuning | adaption_prompt (an adapter on the
@@ -52,8 +52,10 @@ from clinpeft.rundir import atomic_run_dir, check_free_space, checkpoint_dir, ex
 from clinpeft.training.common import (
     WARMUP_STEPS,
     Checkpointing,
+    ShardedTrainer,
     StepClock,
     check_kernels,
+    check_sharding,
     end_mixed_precision,
     hidden_size_of,
     loss_curve,
@@ -80,6 +82,7 @@ def main(config: PretrainConfig, out: str | Path, *, overwrite: bool = False, pr
     check_quantization(config.model.quantization)  # before any work: 4bit/8bit need a GPU and bitsandbytes
     check_attention(config.model.attn_implementation, torch_dtype(model_dtype(config.model.dtype, precision)))
     check_kernels(config.train)  # train.compile: a C++ compiler on a CPU; train.fused_loss: a GPU, liger-kernel
+    check_sharding(config.train, config.peft.method, config.model.quantization)  # train.fsdp: processes, method
     with atomic_run_dir(out, overwrite, resumable=True, config=config.model_dump(mode="json"),
                         restart=restart) as run_dir:
         save_config(config, run_dir)
@@ -164,7 +167,7 @@ def save_clinical(model, method: str, run_dir: Path, base_path: Path, fingerprin
 def run(config: PretrainConfig, run_dir: Path, progress: bool = True, checkpoints: Path | None = None) -> dict:
     """checkpoints: the Trainer's checkpoint folder (default run_dir/checkpoints); its newest complete
     checkpoint is resumed from."""
-    from transformers import Trainer, default_data_collator, set_seed
+    from transformers import default_data_collator, set_seed
 
     started = time.time()
     set_seed(config.train.seed)
@@ -224,7 +227,7 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True, checkpoint
     checkpoints = checkpoints or run_dir / "checkpoints"
     checkpointing = Checkpointing(config.train)
     clock = StepClock(warmup_steps=WARMUP_STEPS)
-    trainer = silence_trainer(Trainer(
+    trainer = silence_trainer(ShardedTrainer(
         model=model,
         args=training_arguments(config.train, checkpoints, progress, precision),
         train_dataset=train_blocks,
@@ -239,6 +242,7 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True, checkpoint
     fit_started = time.time()
     trainer.train(resume_from_checkpoint=resume)
     end_mixed_precision(trainer)  # scores below in the model's dtype, as evaluate/predict do
+    model = trainer.consolidated(model)  # FSDP: the whole trained model on every process (else unchanged)
     train_time = time.time() - fit_started
     checkpointing.raise_if_interrupted(trainer.state, run_dir)
     # block tokens (padding included) per second over all devices, in this process's share of the steps
@@ -295,6 +299,7 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True, checkpoint
         "segment_starts_added": starts_added,  # per split: unpredicted continuation starts made by fill's cuts
         "optimizer_steps": trainer.state.global_step,  # in all, counted once across resumptions
         "resumed_from_step": resumed_from,  # 0: trained in one go
+        "fsdp": trainer.sharding,  # sharded training: FSDP version, processes, units per layer class (None: not)
         "loss_curve": loss_curve(trainer.state),  # every logged step once (a resumption continues the history)
         "checkpoints_written": checkpointing.saves,  # by this process
         "checkpoint_time_s": checkpointing.save_seconds,

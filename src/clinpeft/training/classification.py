@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import TrainerCallback
 
 from clinpeft.config import FinetuneConfig
 from clinpeft.data.long_notes import LongNotes, encode_notes
@@ -23,7 +23,16 @@ from clinpeft.evaluation.clinical import MIN_POSITIVES, bootstrap_clinical, clas
 from clinpeft.evaluation.metrics import probabilities, task_metrics
 from clinpeft.modeling.classifier import Classifier, pad_batch
 from clinpeft.modeling.pooling import pool_windows
-from clinpeft.training.common import Checkpointing, own_forward, silence_trainer, training_arguments
+from clinpeft.training.common import (
+    Checkpointing,
+    ShardedTrainer,
+    load_whole,
+    named_weights,
+    own_forward,
+    silence_trainer,
+    training_arguments,
+    whole,
+)
 
 
 def class_weights(targets: np.ndarray, num_labels: int) -> torch.Tensor:
@@ -59,7 +68,7 @@ class PadCollator:
         return batch
 
 
-class TaskLossTrainer(Trainer):
+class TaskLossTrainer(ShardedTrainer):
     """HF Trainer with the task's loss: class-weighted cross-entropy (single-label) or BCE on logits (multilabel)."""
 
     def __init__(self, *args, multilabel: bool, label_weights: torch.Tensor | None = None,
@@ -105,7 +114,8 @@ class KeepBest(TrainerCallback):
         self.history.append({"epoch": state.epoch, "val_auroc": auroc})
         if auroc is not None and not math.isnan(auroc) and auroc > self.best_auroc:
             self.best_auroc, self.best_epoch = auroc, state.epoch
-            self.best_state = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+            # whole weights (under FSDP gathered by every process: on_evaluate runs on all of them)
+            self.best_state = {n: whole(p).clone() for n, p in named_weights(model).items() if p.requires_grad}
 
     def on_save(self, args, state, control, **kwargs):
         if not args.should_save:
@@ -135,10 +145,9 @@ class KeepBest(TrainerCallback):
     def restore(self, model) -> None:
         if self.best_state is None:
             return
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, value in self.best_state.items():
-                params[name].copy_(value.to(params[name].device))
+        params = named_weights(model)
+        for name, value in self.best_state.items():
+            load_whole(params[name], value)
 
 
 def validation_auroc(task: TaskData, prediction) -> dict:

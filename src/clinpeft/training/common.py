@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import signal
 import threading
 import time
 from pathlib import Path
 
-from transformers import TrainerCallback
+import torch
+from transformers import Trainer, TrainerCallback
 
 from clinpeft.config import TrainSection
 from clinpeft.errors import ClinpeftError, Interrupted
@@ -217,6 +219,49 @@ def kernel_flags(train: TrainSection) -> dict:
     return flags
 
 
+def fsdp_chosen(train: TrainSection) -> bool:
+    """Whether this run shards with FSDP: train.fsdp, or FSDP chosen by `accelerate config` (accelerate launch
+    then sets ACCELERATE_USE_FSDP=true and passes the FSDP_* settings in the environment)."""
+    return train.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+# PEFT methods FSDP is tested with here (tests/test_fsdp.py); the prompt methods' virtual-token encoders are not
+SHARDABLE_METHODS = ("lora", "full")
+
+
+def check_sharding(train: TrainSection, method: str | None, quantization: str = "none") -> None:
+    """One line, before any work, when FSDP is chosen and cannot run this job: a single process (nothing to
+    shard over), a PEFT method other than LoRA or full fine-tuning (`method`: the adapter that trains or is
+    stacked on; None: none), a quantized base (bitsandbytes weights need FSDP-QLoRA's storage settings, not
+    set up here) or two activation checkpointings at once."""
+    if not fsdp_chosen(train):
+        return
+    processes = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if processes < 2:
+        raise ClinpeftError("train.fsdp shards a model over several processes and this is one: launch it with "
+                            "`torchrun --nproc_per_node N -m clinpeft ...` or `accelerate launch`, "
+                            "or set train.fsdp=false")
+    if method is not None and method not in SHARDABLE_METHODS:
+        raise ClinpeftError(f"train.fsdp with the {method} adapter: FSDP runs here with LoRA and full fine-tuning "
+                            "only; use peft.method=lora or full, or set train.fsdp=false")
+    if quantization != "none":
+        raise ClinpeftError(f"train.fsdp with model.quantization={quantization}: a quantized base is not sharded "
+                            "here; set model.quantization=none (FSDP already splits the weights) or train.fsdp=false")
+    if train.gradient_checkpointing and train.fsdp_config.activation_checkpointing:
+        raise ClinpeftError("train.gradient_checkpointing and train.fsdp_config.activation_checkpointing are both on: "
+                            "keep FSDP's own (train.gradient_checkpointing=false)")
+
+
+def fsdp_flags(train: TrainSection) -> dict:
+    """TrainingArguments' `fsdp` / `fsdp_config` of train.fsdp (nothing otherwise: `accelerate config`'s FSDP
+    reaches the Trainer through the environment). The wrapping unit is the model's decoder layer: transformers
+    reads `_no_split_modules` when transformer_layer_cls_to_wrap is None."""
+    if not train.fsdp:
+        return {}
+    config = {k: v for k, v in train.fsdp_config.model_dump().items() if v is not None}
+    return {"fsdp": True, "fsdp_config": config}
+
+
 def training_arguments(train: TrainSection, output_dir: Path, progress: bool = True, precision: str | None = None,
                        **extra):
     """The paper's hyperparameters as HF TrainingArguments, in `precision` (resolved by the recipe for its model;
@@ -257,8 +302,122 @@ def training_arguments(train: TrainSection, output_dir: Path, progress: bool = T
         disable_tqdm=not progress,
         **precision_flags(precision or resolve_precision(train.precision)),
         **kernel_flags(train),
+        **fsdp_flags(train),
         **{"save_strategy": "no", **extra},
     )
+
+
+class ShardedTrainer(Trainer):
+    """The HF Trainer, plus two things FSDP needs here.
+
+    1. FSDP on CPU processes. accelerate (1.16) sets FSDP up only on accelerators: on a CPU machine it makes the
+       gloo group a plain MULTI_CPU (data-parallel) one and drops the FSDP plugin, so `train.fsdp` would silently
+       train unsharded. FSDP2 (`fully_shard`) itself runs on CPU tensors over gloo, so the plugin the Trainer
+       built is put back into accelerate's state: from there on it is accelerate's own FSDP2 path (the same
+       `prepare`, sharded checkpoints and loading as on GPUs).
+    2. A consolidated model after sharded training (`consolidated`): FSDP2 shards the model in place (every
+       weight a DTensor slice), and everything after training (perplexity, the best epoch's weights, scoring,
+       the saved adapter / model) is the single-process code, which wants whole weights on every process."""
+
+    def __init__(self, model=None, *args, **kwargs):
+        self.sharding = None  # after consolidated(): FSDP version, processes, sharded units per module class
+        super().__init__(model, *args, **kwargs)
+        # a copy without weights (meta tensors) of the model, taken before FSDP shards it: consolidated() fills it
+        self._skeleton = meta_copy(model) if self.is_fsdp_enabled else None
+
+    def create_accelerator_and_postprocess(self):
+        super().create_accelerator_and_postprocess()
+        from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+        state = self.accelerator.state
+        wanted = self.args.fsdp_plugin_args is not None or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+        if wanted and state.distributed_type == DistributedType.MULTI_CPU:
+            # the plugin accelerate would have kept on a GPU (from the Trainer's arguments, else the environment)
+            plugin = FullyShardedDataParallelPlugin(**(self.args.fsdp_plugin_args or {}))
+            if state.mixed_precision != "no":
+                plugin.set_mixed_precision(state.mixed_precision)
+            state.fsdp_plugin, state.distributed_type = plugin, DistributedType.FSDP
+            self.is_fsdp_enabled = True
+
+    def consolidated(self, model):
+        """After train(): under FSDP, the trained model whole (plain tensors) on every process, and the sharded
+        one, its optimizer state and accelerate's references released; without FSDP, `model` itself. Weights
+        are gathered one at a time while the sharded state is still held (peak per process: the whole weights
+        plus this process's shard of weights, gradients and optimizer state)."""
+        if self._skeleton is None:
+            return model
+        from torch.distributed.fsdp import FSDPModule
+        from torch.distributed.tensor import DTensor
+
+        # the class each FSDP unit wraps (through activation checkpointing's wrapper): LlamaDecoderLayer, ...
+        units = [type(getattr(m, "_checkpoint_wrapped_module", m)).__name__.removeprefix("FSDP")
+                 for m in self.model.modules() if isinstance(m, FSDPModule)]
+        self.sharding = {"fsdp_version": self.accelerator.state.fsdp_plugin.fsdp_version,
+                         "processes": self.accelerator.num_processes,
+                         "units": {name: units.count(name) for name in dict.fromkeys(units)}}
+
+        whole = self._skeleton
+        gathered = {}  # id of a sharded parameter -> its whole tensor (tied weights gathered once)
+        sharded = named_weights(self.model, remove_duplicate=False)
+        made = {}  # id of a skeleton parameter -> its filled Parameter (keeps tied weights tied)
+        for name, empty in list(whole.named_parameters(remove_duplicate=False)):
+            source = sharded[name]
+            if id(source) not in gathered:
+                value = source.full_tensor() if isinstance(source, DTensor) else source
+                gathered[id(source)] = value.detach()
+            if id(empty) not in made:
+                made[id(empty)] = torch.nn.Parameter(gathered[id(source)], requires_grad=empty.requires_grad)
+            owner, _, attr = name.rpartition(".")
+            whole.get_submodule(owner)._parameters[attr] = made[id(empty)]
+        whole.train(self.model.training)
+        self._skeleton = None
+        self.model = self.model_wrapped = self.optimizer = self.lr_scheduler = None
+        self.accelerator.free_memory()
+        return whole
+
+
+# module names wrappers insert into parameter names: activation checkpointing (FSDP's own or the Trainer's
+# train.gradient_checkpointing under FSDP), torch.compile
+WRAPPER_NAMES = ("_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def named_weights(model, remove_duplicate: bool = True) -> dict:
+    """model.named_parameters() under the names of the unwrapped model (WRAPPER_NAMES taken out): the keys of
+    checkpoints, the best epoch's weights and the consolidated model, whatever wrapped the layers in training."""
+    named = {}
+    for name, param in model.named_parameters(remove_duplicate=remove_duplicate):
+        for wrapper in WRAPPER_NAMES:
+            name = name.replace(wrapper, "")
+        named[name] = param
+    return named
+
+
+def meta_copy(model):
+    """A deep copy of `model` whose parameters are empty meta tensors (same shapes, dtypes, requires_grad, ties):
+    the module tree without a second copy of the weights. Buffers (rotary frequencies) are copied."""
+    memo = {id(p): torch.nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+            for p in model.parameters()}
+    return copy.deepcopy(model, memo)
+
+
+def whole(tensor):
+    """A parameter's whole value on the CPU (under FSDP2 its DTensor shards gathered: a collective, so every
+    process calls it for the same parameters in the same order), detached."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(tensor, DTensor):
+        tensor = tensor.full_tensor()
+    return tensor.detach().cpu()
+
+
+def load_whole(param, value) -> None:
+    """Copy the whole tensor `value` into `param` in place (under FSDP2: into this process's shard)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    with torch.no_grad():
+        if isinstance(param, DTensor):
+            value = distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
+        param.copy_(value.to(param.device))
 
 
 def silence_trainer(trainer, progress: bool):
@@ -288,7 +447,9 @@ class Checkpointing(TrainerCallback):
     RNG states, data position) every `checkpoint_every` optimizer steps, every `checkpoint_minutes`, and on
     SIGTERM / SIGINT, after which training stops (a second signal stops at once, without a checkpoint).
 
-    Under DDP the decision is all-reduced so every process saves at the same step.
+    Under DDP and FSDP the decision is all-reduced so every process saves at the same step. Under FSDP the
+    Trainer's checkpoint is sharded (train.fsdp_config.state_dict_type: one file per process) and
+    `trainable.safetensors` holds the whole weights, gathered by every process and written by the main one.
 
     The Trainer's checkpoint holds what `save_pretrained` saves: a peft model's adapters, which leaves out a
     classification head trained beside them (not in peft's modules_to_save, see modeling/adapters.py). So every
@@ -316,13 +477,11 @@ class Checkpointing(TrainerCallback):
         # so the optimizer's state still points at the same tensors
         saved = Path(self.resume or "") / self.TRAINABLE
         if self.resume and saved.exists():
-            import torch
             from safetensors.torch import load_file
 
-            params = dict(model.named_parameters())
-            with torch.no_grad():
-                for name, value in load_file(str(saved)).items():
-                    params[name].copy_(value.to(params[name].device))
+            params = named_weights(model)
+            for name, value in load_file(str(saved)).items():
+                load_whole(params[name], value)
         self.last_save = time.monotonic()
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
@@ -347,9 +506,11 @@ class Checkpointing(TrainerCallback):
         return control
 
     def on_save(self, args, state, control, model=None, **kwargs):
-        params = dict(model.named_parameters())
-        trainable = {n: p.detach().cpu().contiguous() for n, p in params.items() if p.requires_grad}
-        if args.should_save and len(trainable) < len(params):
+        params = named_weights(model)
+        # whole weights (gathered under FSDP, by every process); when every weight trains the Trainer's copy is whole
+        names = [n for n, p in params.items() if p.requires_grad]
+        trainable = {n: whole(params[n]).contiguous() for n in names} if len(names) < len(params) else {}
+        if args.should_save and trainable:
             from safetensors.torch import save_file
 
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -369,7 +530,7 @@ class Checkpointing(TrainerCallback):
 
 
 def agree(args, *flags: bool) -> tuple[bool, ...]:
-    """The flags OR-ed over every DDP process (unchanged in a single process)."""
+    """The flags OR-ed over every process of a DDP / FSDP run (unchanged in a single process)."""
     import torch
     import torch.distributed as dist
 
