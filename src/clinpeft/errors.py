@@ -22,6 +22,17 @@ class Interrupted(ClinpeftError):
         self.signum = signum
 
 
+class Stopped(BaseException):
+    """SIGTERM outside training (the CLI installs the handler): raised wherever the process is, so every `finally`
+    and cleanup runs (OUT.partial/ of a short job, the Arrow caches of a pretraining's tokenisation) and the CLI
+    prints one line and exits 128 + signum. A BaseException, not a ClinpeftError: code that catches a failed
+    experiment cell or sweep trial (Exception) must not swallow it and go on to the next."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def shown(value) -> str:
     """A label or id cell as a message may show it: repr'd when short and label-like, else only its length.
     Note text that slid into a label column (an unquoted comma) is never echoed: not to stderr, not to
