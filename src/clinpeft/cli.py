@@ -542,6 +542,10 @@ class Parser(argparse.ArgumentParser):
     error: no usage block above it. The sub-commands' parsers are of this class too (add_subparsers)."""
 
     def error(self, message: str):
+        # "argument --batch-size: 0 is out of range; ..." -> "--batch-size 0 is out of range; ..." (the option as typed)
+        option, sep, rest = message.removeprefix("argument ").partition(": ")
+        if message.startswith("argument ") and sep:
+            message = f"{option.split('/')[0]} {rest}"
         print(f"error: {self.prog}: {message}; see `{self.prog} --help`", file=sys.stderr)
         raise SystemExit(2)
 
@@ -569,7 +573,10 @@ def main(argv: list[str] | None = None) -> int:
     quiet_library_deprecations()
     argv = list(sys.argv[1:] if argv is None else argv)
     shared = "--shared" in argv  # accepted anywhere on the line, not only before the command
-    args = parse_args([a for a in argv if a != "--shared"])
+    try:
+        args = parse_args([a for a in argv if a != "--shared"])
+    except SystemExit as exc:  # --help, --version (0), or the one-line usage error (2)
+        return exc.code if isinstance(exc.code, int) else 0
     from clinpeft.errors import Interrupted
 
     try:
