@@ -91,7 +91,7 @@ def read_json(path: str | Path, expect: type = dict, keys: Iterable[str] = (), w
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        cut = " (truncated?)" if exc.pos >= len(text.rstrip()) else ""
+        cut = " (truncated?)" if not text.rstrip().endswith(("}", "]")) else ""
         raise ClinpeftError(f"{path} line {exc.lineno}: not valid JSON{cut} ({exc.msg}); "
                             f"{hint or 'restore or rewrite the file'}") from None
     if not isinstance(value, expect):

@@ -48,6 +48,9 @@ def check_utf8(path: Path) -> None:
     try:
         with opener(path, "rb") as handle:
             for number, line in enumerate(handle, start=1):
+                if b"\x00" in line:  # ASCII saved as UTF-16 without its mark is "valid UTF-8" with NULs
+                    raise ClinpeftError(f"{path} line {number}: NUL bytes; not a text file (UTF-16?): re-save the "
+                                        "file as UTF-8")
                 try:
                     line.decode("utf-8")
                 except UnicodeDecodeError as exc:
@@ -111,10 +114,11 @@ def check_note_file(path: str | Path, text_column: str = "text", id_column: str 
             raise ClinpeftError(f"{path} {_row_name(fmt, n_notes + first)}: empty text in column {text_column!r}; "
                                 "remove the row or fill it in")
         if has_id:
-            ids = frame[id_column].astype(str).str.strip()
+            # a JSONL line without the key: NaN or None in its chunk (None would read as the id "None")
+            ids = frame[id_column].astype(str).str.strip().where(frame[id_column].notna(), "")
             for i, value in enumerate(ids):
                 if value in ("", "nan") or value in seen_ids:
-                    what = "empty id" if value in ("", "nan") else f"id {value!r} appears more than once"
+                    what = "empty or missing id" if value in ("", "nan") else f"id {value!r} appears more than once"
                     raise ClinpeftError(f"{path} {_row_name(fmt, n_notes + i)}: {what} in column {id_column!r}; "
                                         "ids must be unique (or pass --id-column of another column)")
                 seen_ids.add(value)
