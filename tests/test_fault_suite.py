@@ -21,7 +21,6 @@ import pytest
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel
 
-from clinpeft import argtypes
 from clinpeft.cli import build_parser, main
 from clinpeft.config import FinetuneConfig, PretrainConfig, Section
 from clinpeft.rundir import partial_dir
