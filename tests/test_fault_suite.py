@@ -255,19 +255,10 @@ DAMAGES = {
 }
 
 
-@pytest.fixture(scope="module")
-def small_run(tiny_llama, synthetic_tasks, tmp_path_factory) -> Path:
-    """One tiny finetune run (MOR, 24 rows a split) whose copies are damaged file by file."""
-    from clinpeft.config import load_config
-    from clinpeft.recipes import finetune
-
-    out = tmp_path_factory.mktemp("suite") / "run"
-    config = load_config(FinetuneConfig, None, [
-        f"model.base={tiny_llama}", f"task.path={synthetic_tasks['mor']}", "variant=lora", "task.max_seq_len=64",
-        "task.max_examples=24", "train.epochs=1", "train.batch_size=8", "train.grad_accum=1", "lora.r=4",
-        "eval.bootstrap_resamples=0"])
-    finetune.main(config, out, progress=False)
-    return out
+@pytest.fixture
+def small_run(small_finetune_run) -> Path:
+    """conftest's tiny finetune run, whose copies are damaged file by file."""
+    return small_finetune_run
 
 
 def finetune_line(base, task, out) -> list:
