@@ -92,7 +92,7 @@ def read_json(path: str | Path, expect: type = dict, keys: Iterable[str] = (), w
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         cut = " (truncated?)" if not text.rstrip().endswith(("}", "]")) else ""
-        raise ClinpeftError(f"{path} line {exc.lineno}: not valid JSON{cut} ({exc.msg}); "
+        raise ClinpeftError(f"{path}: not valid JSON{cut} ({exc.msg} at line {exc.lineno}); "
                             f"{hint or 'restore or rewrite the file'}") from None
     if not isinstance(value, expect):
         raise ClinpeftError(f"{path}: holds {_kind(value)} where {_NAMES.get(expect.__name__, expect.__name__)} "

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from clinpeft import __version__
 from clinpeft.errors import ClinpeftError
-from clinpeft.rundir import atomic_run_dir, check_out_dir, write_json
+from clinpeft.rundir import atomic_run_dir, check_out_dir, read_json, write_json
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 MERGEABLE = {"LORA"}  # peft types whose weights fold into the base (DoRA/rsLoRA are LoRA flags)
@@ -67,9 +67,9 @@ def main(run: str | Path, out: str | Path, *, dtype: str = "fp32", base: str | N
 def export_classifier(run: Path, out: str | Path, dtype: str, base: str | None, overwrite: bool) -> dict:
     import torch
 
-    from clinpeft.modeling.classifier import check_bundle_files, load_bundle
+    from clinpeft.modeling.classifier import load_bundle
 
-    meta = check_bundle_files(run)  # bundle.json's keys, adapters and head whole: one line before loading
+    meta = read_json(run / "bundle.json")
     if meta.get("pooling", "last") == "mean":
         raise ClinpeftError(f"{run}: trained with model.pooling=mean, which transformers' sequence classifier cannot "
                             "express (it reads the last token); serve it through clinpeft, or export the base and "
