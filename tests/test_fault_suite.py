@@ -474,3 +474,65 @@ def test_corpus_file(capsys, tmp_path, monkeypatch, tiny_llama, synthetic_corpus
                              "--out", out])
     assert_one_line(code, err, "notes.csv.gz")
     assert_nothing_written(out)
+
+
+# --------------------------------------------------------------------------- no silent surprise
+
+
+def edit_split(task: Path, split: str, edit) -> None:
+    import pandas as pd
+
+    frame = pd.read_csv(task / f"{split}.csv", dtype=str, keep_default_na=False)
+    edit(frame).to_csv(task / f"{split}.csv", index=False)
+
+
+@pytest.mark.parametrize("case", ["empty-label", "semicolon-codes", "semicolon-single", "unquoted-comma-first-row"])
+def test_label_cells_say_what_they_are(capsys, tmp_path, monkeypatch, tiny_llama, synthetic_tasks, case):
+    monkeypatch.chdir(tmp_path)
+    Path("r.yaml").write_text("{}\n")
+    name = "diag" if case == "semicolon-codes" else "mor"
+    task = tmp_path / name
+    shutil.copytree(synthetic_tasks[name], task)
+    codes = (task / "labels.txt").read_text().split()
+    if case == "empty-label":
+        edit_split(task, "val", lambda f: f.assign(label=[""] + list(f["label"][1:])))
+        expected = ["val.csv row 2: empty label", "fill it in"]
+    elif case in ("semicolon-codes", "semicolon-single"):
+        joined = f"{codes[0]};{codes[1]}"
+        edit_split(task, "train", lambda f: f.assign(label=[joined] + list(f["label"][1:])))
+        expected = ["train.csv row 2", f"'{joined}' joins codes with ';'", "join codes with ','"]
+    else:
+        text = (task / "val.csv").read_text().splitlines(keepends=True)
+        n = len(text[0].split(","))
+        text[1] = ",".join(["x1", "chest pain", " unquoted", *["0"] * (n - 2)]) + "\n"  # pandas: shifted columns
+        (task / "val.csv").write_text("".join(text))
+        expected = [f"val.csv row 2: {n + 1} fields where the header has {n}", "unquoted comma"]
+    out = tmp_path / "out"
+    code, err = run(capsys, finetune_line(tiny_llama, task, out))  # rows are checked before task.max_examples
+    assert_one_line(code, err, *expected)
+    assert_nothing_written(out)
+
+
+def test_predict_id_column_must_exist(capsys, tmp_path, small_run, synthetic_tasks):
+    out = tmp_path / "out"
+    code, err = run(capsys, ["predict", small_run, "--notes", synthetic_tasks["mor"] / "test.csv", "--id-column",
+                             "hadm", "--out", out, "--quiet"])
+    assert_one_line(code, err, "test.csv", "no column 'hadm' given by --id-column")
+    assert_nothing_written(out)
+
+
+def test_label_unseen_in_train_is_named_and_recorded(capsys, tmp_path, monkeypatch, tiny_llama, synthetic_tasks):
+    monkeypatch.chdir(tmp_path)
+    Path("r.yaml").write_text("{}\n")
+    task = tmp_path / "los"
+    shutil.copytree(synthetic_tasks["los"], task)
+    edit_split(task, "train", lambda f: f[f["label"] != "2"])
+    out = tmp_path / "out"
+    line = [a for a in finetune_line(tiny_llama, task, out) if not str(a).startswith("task.max_examples")]
+    code = main([str(a) for a in line])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    warnings = [x for x in err.splitlines() if x.startswith("warning: ") and "no train example" in x]
+    assert len(warnings) == 1 and "val.csv: '2'" in warnings[0] and "test.csv: '2'" in warnings[0], err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["unseen_in_train"] == {"val": ["2"], "test": ["2"]}

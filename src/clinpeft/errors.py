@@ -3,7 +3,7 @@
 import re
 
 # a cell shown in a message: short, and made of label/id characters only (no spaces: free text never qualifies)
-_SHOWABLE = re.compile(r"[A-Za-z0-9_.:+/,-]{1,40}")
+_SHOWABLE = re.compile(r"[A-Za-z0-9_.:;+/,-]{1,40}")  # ";": a code list joined wrongly is named
 
 
 class ClinpeftError(Exception):
