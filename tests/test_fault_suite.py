@@ -108,7 +108,16 @@ def bad_values(field) -> list[str]:
     return [str(v) for v in values]
 
 
-CONFIGS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
+def experiment_config():
+    from clinpeft.recipes.experiment import ExperimentConfig
+
+    return ExperimentConfig
+
+
+CONFIGS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig, "experiment": experiment_config()}
+# the smallest valid recipe of each command: a key's bad value is then the only fault
+BASE_RECIPES = {"pretrain": "{}\n", "finetune": "{}\n",
+                "experiment": "data: {demo: quick}\nmodels: [{name: m, base: demo, variants: [lora]}]\n"}
 CASES = [(command, key, value) for command, cls in CONFIGS.items() for key, field in config_leaves(cls)
          for value in bad_values(field)]
 # numbers that may take any value of their type, with the reason (the README's "deliberately accepted")
@@ -139,7 +148,7 @@ def test_the_walk_covers_every_key():
 @pytest.mark.parametrize("command, key, value", CASES, ids=[f"{c}:{k}={v}" for c, k, v in CASES])
 def test_out_of_range_config_value(capsys, tmp_path, command, key, value):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("{}\n")
+    recipe.write_text(BASE_RECIPES[command])
     out = tmp_path / "out"
     code, err = run(capsys, [command, recipe, f"{key}={value}", "--out", out, "--quiet"])
     assert_one_line(code, err, key)
