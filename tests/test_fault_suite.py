@@ -158,10 +158,11 @@ def test_out_of_range_config_value(capsys, tmp_path, command, key, value):
 def test_config_ranges_name_the_range(capsys, tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("{}\n")
-    for override, expected in [("train.seed=-1", "greater than or equal to 0"),
+    for override, expected in [("train.seed=-1", "range: 0 <= value <= 4294967295"),
                                ("train.seed=4294967296", "less than or equal to 4294967295"),
                                ("train.epochs=.inf", "finite number"),
-                               ("task.max_examples=-1", "greater than or equal to 1"),
+                               ("task.max_examples=-1", "greater than or equal to 1 (got -1); range: 1 <= value"),
+                               ("lora.lora_dropout=1", "range: 0.0 <= value < 1.0"),
                                ("train.max_steps=0", "-1 (train.epochs decides) or 1 or more")]:
         code, err = run(capsys, ["finetune", recipe, override, "--out", tmp_path / "o"])
         assert_one_line(code, err, override.split("=")[0], expected)
@@ -520,6 +521,17 @@ def test_label_cells_say_what_they_are(capsys, tmp_path, monkeypatch, tiny_llama
     code, err = run(capsys, finetune_line(tiny_llama, task, out))  # rows are checked before task.max_examples
     assert_one_line(code, err, *expected)
     assert_nothing_written(out)
+
+
+def test_note_file_checks_every_chunk(tmp_path):
+    """A JSONL whose last line lacks the id key, past the first chunk (the issue's 10,001st line): named."""
+    from clinpeft.data.note_files import check_note_file
+    from clinpeft.errors import ClinpeftError
+
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text('{"id": 1, "text": "a"}\n{"id": 2, "text": "b"}\n{"text": "c"}\n')
+    with pytest.raises(ClinpeftError, match=r"notes.jsonl line 3 onwards: no column 'id'"):
+        check_note_file(notes, chunk_rows=2)
 
 
 def test_predict_id_column_must_exist(capsys, tmp_path, small_run, synthetic_tasks):

@@ -315,7 +315,7 @@ def test_resume_falls_back_from_a_truncated_checkpoint(capsys, tmp_path, tiny_ll
     checkpoints = complete_checkpoints(partial_dir(out) / "checkpoints")
     assert [p.name for p in checkpoints][-2:] == ["checkpoint-4", "checkpoint-6"]
     newest = checkpoints[-1]
-    for name in ("optimizer.pt", "adapter_model.safetensors"):
+    for name in ("optimizer.pt", "adapter_model.safetensors", "trainable.safetensors"):
         if (newest / name).exists():
             data = (newest / name).read_bytes()
             (newest / name).write_bytes(data[: len(data) // 2])

@@ -350,13 +350,36 @@ def _set_nested(tree: dict, path: list[str], value: Any) -> None:
     tree[path[-1]] = value
 
 
-def _format_validation_error(exc: ValidationError, where: str) -> str:
+def field_range(cls: type[BaseModel], loc) -> str | None:
+    """The range of the number at `loc` as its type says ('0 <= value <= 4294967295'), for messages; None when
+    the field is not a number with bounds."""
+    import annotated_types as at
+
+    section: Any = cls
+    for part in loc:
+        fields = getattr(section, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        field, section = fields[part], fields[part].annotation
+    metadata = list(field.metadata)
+    for arg in getattr(section, "__args__", ()):  # Optional[Annotated[int, Field(ge=...)]]
+        for item in getattr(arg, "__metadata__", ()):
+            metadata += list(getattr(item, "metadata", [item]))
+    low = next((f"{m.ge} <= " for m in metadata if isinstance(m, at.Ge)), None) or next(
+        (f"{m.gt} < " for m in metadata if isinstance(m, at.Gt)), "")
+    high = next((f" <= {m.le}" for m in metadata if isinstance(m, at.Le)), None) or next(
+        (f" < {m.lt}" for m in metadata if isinstance(m, at.Lt)), "")
+    return f"{low}value{high}" if low or high else None
+
+
+def _format_validation_error(exc: ValidationError, where: str, cls: type[BaseModel] | None = None) -> str:
     problems = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
         got = err.get("input")
         shown = "" if isinstance(got, dict) else f" (got {got!r})"
-        problems.append(f"'{key}': {err['msg']}{shown}")
+        span = field_range(cls, err["loc"]) if cls is not None else None
+        problems.append(f"'{key}': {err['msg']}{shown}{f'; range: {span}' if span else ''}")
     return f"{where}: invalid config: " + "; ".join(problems)
 
 
@@ -416,7 +439,7 @@ def config_from_tree(cls: type[C], tree: dict, overrides: list[str] | tuple = ()
     try:
         return cls.model_validate(tree)
     except ValidationError as exc:
-        raise ClinpeftError(_format_validation_error(exc, where)) from None
+        raise ClinpeftError(_format_validation_error(exc, where, cls)) from None
 
 
 def _check_tree(cls: type[Section], tree: dict, prefix: list[str], where: str) -> None:
