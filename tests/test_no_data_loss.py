@@ -270,19 +270,23 @@ def test_interrupted_command_leaves_no_note_text(capsys, tmp_path, canary_inputs
     assert leaked == []
 
 
-def test_two_writers_to_one_out_never_both_succeed(tmp_path, canary_inputs, small_finetune_run, tiny_llama):
+def test_two_writers_to_one_out_never_both_succeed(capsys, tmp_path, canary_inputs, small_finetune_run, tiny_llama):
+    """The first (a real process) holds the lock from its start, its output half-written; the second (in this
+    process) is refused at its start, before loading a model; the first, stopped, leaves nothing."""
     out = tmp_path / "out"
     args = command_line("predict", canary_inputs, out, tiny_llama, small_finetune_run)
-    first_ready, second_ready = tmp_path / "first", tmp_path / "second"
-    first = start(args, "write", first_ready, tmp_path)
-    wait_until(first_ready, first)  # the first holds the lock, its output half-written
-    second = start(args, "none", second_ready, tmp_path)
-    _, second_err = second.communicate(timeout=180)
-    first.send_signal(signal.SIGTERM)
-    first.communicate(timeout=120)
-    assert second.returncode == 2, second_err
-    assert "being written by another process" in second_err and second_err.count("\n") == 1, second_err
-    assert first.returncode == 128 + signal.SIGTERM and not out.exists()
+    ready = tmp_path / "ready"
+    first = start(args, "write", ready, tmp_path)
+    try:
+        wait_until(ready, first)
+        code, err = run(capsys, args)
+        refused(code, err, f"is being written by another process (pid {first.pid}")
+        code, err = run(capsys, [*args, "--overwrite"])
+        refused(code, err, "is being written by another process")
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=120)
+    assert first.returncode == 128 + signal.SIGTERM and not out.exists() and not partial_dir(out).exists()
 
 
 # --------------------------------------------------------------------------- resume from a damaged checkpoint

@@ -19,7 +19,7 @@ import sys
 from clinpeft import __version__
 from clinpeft.argtypes import count, fraction, seed
 from clinpeft.errors import ClinpeftError, Stopped
-from clinpeft.rundir import check_out_not_input, is_main_process, set_command
+from clinpeft.rundir import check_out_not_input, is_main_process, out_lock, set_command
 
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -516,6 +516,10 @@ INPUT_OPTIONS = ("run", "data", "notes", "base", "input", "discharge", "radiolog
                  "split_lists", "admission_notes", "labels")
 
 
+# the commands whose --out is one output folder (experiment, sweep and demo: a folder of runs they resume)
+OUT_COMMANDS = ("pretrain", "finetune", "evaluate", "predict", "export", "explain", "report", "prepare")
+
+
 def command_inputs(args: argparse.Namespace) -> list:
     found = []
     for name in INPUT_OPTIONS:
@@ -528,8 +532,10 @@ def run_command(args: argparse.Namespace) -> int:
     """The command's exit code: 0, or 1 when part of it failed (experiment cells)."""
     command = args.command + (f" {args.dataset}" if getattr(args, "dataset", None) else "")
     set_command(command)  # recorded in every output it writes; --overwrite replaces only such outputs
-    if getattr(args, "out", None) is not None and args.command != "experiment":
+    if args.command in OUT_COMMANDS:
         check_out_not_input(args.out, command_inputs(args), containers=getattr(args, "runs", None) or ())
+        with out_lock(args.out):  # from the start: a second writer is refused before any work
+            return args.handler(args, not getattr(args, "quiet", False))
     return args.handler(args, not getattr(args, "quiet", False))
 
 

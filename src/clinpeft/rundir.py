@@ -226,9 +226,51 @@ def config_differences(old: dict, new: dict) -> list[str]:
     return sorted(k for k in set(old) | set(new) if k not in RESUME_FREE_KEYS and old.get(k) != new.get(k))
 
 
+_HELD: dict[str, object] = {}  # OUT.partial paths whose lock this process holds (out_lock): taken once
+
+
+class _Held:
+    """The lock as seen by an inner taker in the same process (the command's out_lock is already held): its
+    close() leaves the outer lock alone (flock would refuse a second open of the same file)."""
+
+    def close(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def out_lock(out: str | Path) -> Iterator[None]:
+    """The --out lock from the start of a command (the CLI takes it before the recipe runs, so a second writer is
+    refused before loading a model), held until atomic_run_dir renamed the output into place. An OUT.partial/
+    made only for the lock is removed again when the command fails early. When --out's parent folder does not
+    exist yet, atomic_run_dir takes the lock once it has created it."""
+    out = Path(out)
+    partial = partial_dir(out)
+    if not out.parent.is_dir() or (partial.exists() and not partial.is_dir()) or not is_main_process():
+        yield
+        return
+    created = not partial.exists()
+    partial.mkdir(exist_ok=True)
+    try:
+        handle = _lock(partial)
+    except BaseException:
+        if created:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
+    _HELD[str(partial)] = handle
+    try:
+        yield
+    finally:
+        _HELD.pop(str(partial), None)
+        if partial.is_dir() and [p.name for p in partial.iterdir()] == [LOCK_FILE]:
+            shutil.rmtree(partial, ignore_errors=True)  # the command stopped before writing anything
+        handle.close()
+
+
 def _lock(partial: Path):
     """An exclusive, non-blocking flock on OUT.partial/.lock; refuses when another process holds it.
     The OS releases it when the process dies (SIGKILL included), so a stale lock never blocks a rerun."""
+    if str(partial) in _HELD and (partial / LOCK_FILE).exists():
+        return _Held()
     handle = open(partial / LOCK_FILE, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
