@@ -168,7 +168,8 @@ def checkpoint_problem(path: Path) -> str | None:
     except (OSError, ValueError):
         return "no complete trainer_state.json"
     for file in sorted(path.rglob("*")):
-        if file.is_file() and not file.name.startswith(".") and file.suffix in (".safetensors", ".pt", ".pth", ".bin"):
+        if file.is_file() and not file.name.startswith(".") and file.suffix in (".safetensors", ".pt", ".pth", ".bin",
+                                                                               ".json"):
             try:
                 check_complete(file)
             except ClinpeftError:
