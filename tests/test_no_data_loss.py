@@ -328,3 +328,34 @@ def test_resume_falls_back_from_a_truncated_checkpoint(capsys, tmp_path, tiny_ll
     assert code == 0, err
     assert "checkpoint-6" in err and "resuming from checkpoint-4" in err  # the one warning line
     assert json.loads((out / "run.json").read_text())["resumed_from_step"] == 4
+
+
+# --------------------------------------------------------------------------- every short command, in process
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("command", ["evaluate", "predict", "explain", "export", "report", "prepare"])
+def test_signal_at_the_last_moment_leaves_nothing(capsys, monkeypatch, tmp_path, small_finetune_run,
+                                                  synthetic_tasks, synthetic_corpus, command, sig):
+    """The signal arrives with the whole output written in OUT.partial/, just before the rename (in this
+    process: the CLI's own handler turns it into one line and the cleanup): exit 128 + signal, nothing left."""
+    import clinpeft.rundir as rundir
+
+    def interrupted(partial, out):
+        signal.raise_signal(sig)
+
+    monkeypatch.setattr(rundir, "_finish", interrupted)
+    test_csv = synthetic_tasks["mor"] / "test.csv"
+    out = tmp_path / "out"
+    args = {"evaluate": ["evaluate", small_finetune_run, "--data", test_csv],
+            "predict": ["predict", small_finetune_run, "--notes", test_csv],
+            "explain": ["explain", small_finetune_run, "--notes", test_csv, "--max-notes", "1"],
+            "export": ["export", small_finetune_run],
+            "report": ["report", small_finetune_run, "--bootstrap-resamples", "0"],
+            "prepare": ["prepare", "notes", "--input", synthetic_corpus["discharge"]]}[command]
+    code, err = run(capsys, [*args, "--out", out, "--quiet"])
+    assert code == 128 + sig, err
+    lines = [line for line in err.splitlines() if not line.startswith("warning: ")]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {signal.Signals(sig).name}"), err
+    assert not out.exists() and not partial_dir(out).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -360,10 +360,10 @@ def atomic_run_dir(out: str | Path, overwrite: bool = False, *, resumable: bool 
         check_out_dir(out, overwrite)  # again, under the lock: another process may have finished `out` meanwhile
         try:
             yield partial
+            _finish(partial, out)  # inside: a signal while renaming leaves no half output either
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
-        _finish(partial, out)
     finally:
         lock.close()
 
