@@ -424,10 +424,12 @@ def _resumable_run_dir(out: Path, overwrite: bool, config: dict | None, restart:
                 shutil.rmtree(partial, ignore_errors=True)
             raise
         _barrier()  # the other processes have left their scratch directories
-        shutil.rmtree(partial / CHECKPOINTS, ignore_errors=True)
-        for scratch in partial.glob(f"{RANK_SCRATCH}*"):  # a pre-empted process's, from an earlier attempt
-            shutil.rmtree(scratch, ignore_errors=True)
+        # the rename first: a signal while the checkpoints are deleted (GBs for a full fine-tuning) then leaves the
+        # finished run in place with a stray checkpoints/ folder, never a finished run that a rerun would discard
         _finish(partial, out)
+        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+        for scratch in out.glob(f"{RANK_SCRATCH}*"):  # a pre-empted process's, from an earlier attempt
+            shutil.rmtree(scratch, ignore_errors=True)
     finally:
         lock.close()
 
