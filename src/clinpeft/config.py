@@ -356,6 +356,8 @@ def field_range(cls: type[BaseModel], loc) -> str | None:
     import annotated_types as at
 
     section: Any = cls
+    if not loc:  # a model-level check (its message says what is wrong)
+        return None
     for part in loc:
         fields = getattr(section, "model_fields", None)
         if not fields or part not in fields:
