@@ -119,6 +119,22 @@ def clinical_run(tiny_llama, synthetic_corpus, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def small_finetune_run(tiny_llama, synthetic_tasks, tmp_path_factory) -> Path:
+    """One tiny finished `clinpeft finetune` run (MOR, LoRA, 24 rows a split), for tests that read, damage (on a
+    copy) or write beside a run: the fault suites."""
+    from clinpeft.config import FinetuneConfig, load_config
+    from clinpeft.recipes import finetune
+
+    out = tmp_path_factory.mktemp("runs") / "small-mor"
+    config = load_config(FinetuneConfig, None, [
+        f"model.base={tiny_llama}", f"task.path={synthetic_tasks['mor']}", "variant=lora", "task.max_seq_len=64",
+        "task.max_examples=24", "train.epochs=1", "train.batch_size=8", "train.grad_accum=1", "lora.r=4",
+        "eval.bootstrap_resamples=0"])
+    finetune.main(config, out, progress=False)
+    return out
+
+
 def build_tiny_bert(path: Path, seed: int = 0) -> Path:
     """A random BERT encoder (hidden 32, 2 layers) with a WordPiece tokenizer trained on TOKENIZER_TEXT,
     saved as a masked LM like a local BlueBERT checkpoint."""

@@ -112,7 +112,8 @@ def test_bad_inputs_give_one_line_and_no_output(diag_run, clinical_run, tmp_path
     good = tmp_path / "good.csv"
     good.write_text("id,text\n1,chest pain\n")
     assert "pretrain" in error_of(capsys, clinical_run, "--notes", good, "--out", out)
-    assert "not a `clinpeft finetune` run" in error_of(capsys, tmp_path, "--notes", good, "--out", out)
+    (tmp_path / "not-a-run").mkdir()  # beside --out: an --out inside an input is refused first (test_no_data_loss)
+    assert "not a `clinpeft finetune` run" in error_of(capsys, tmp_path / "not-a-run", "--notes", good, "--out", out)
     moved = tmp_path / "moved"
     shutil.copytree(diag_run, moved)
     bundle = json.loads((moved / "bundle.json").read_text())

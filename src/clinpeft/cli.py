@@ -17,8 +17,9 @@ import os
 import sys
 
 from clinpeft import __version__
-from clinpeft.errors import ClinpeftError
-from clinpeft.rundir import is_main_process
+from clinpeft.argtypes import count, fraction, seed
+from clinpeft.errors import ClinpeftError, Stopped
+from clinpeft.rundir import check_out_not_input, is_main_process, out_lock, set_command
 
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -132,7 +133,7 @@ def add_demo(sub) -> None:
                    help="demo directory (data/, pretrain/, finetune/, report/); rerunning reuses finished runs")
     p.add_argument("--quick", action="store_true",
                    help="smaller data and fewer steps (about 2 minutes on a laptop CPU)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and of training")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the synthetic data and of training")
     p.add_argument("--methods", default="lora", metavar="M[,M...]|all",
                    help="pretraining methods for Table 2 (lora, prefix_tuning, prompt_tuning, p_tuning, "
                    "adaption_prompt, full, or all; default lora); fine-tuning always uses the clinical LoRA")
@@ -162,6 +163,7 @@ def run_pretrain(args: argparse.Namespace, progress: bool) -> int:
     from clinpeft.config import PretrainConfig, load_config
 
     config = load_config(PretrainConfig, args.recipe, args.overrides)
+    check_out_not_input(args.out, [config.model.base, *config.data.paths])
     from clinpeft.recipes import pretrain
 
     hf_progress_bars(progress)
@@ -208,6 +210,7 @@ def run_finetune(args: argparse.Namespace, progress: bool) -> int:
     from clinpeft.config import FinetuneConfig, load_config
 
     config = load_config(FinetuneConfig, args.recipe, args.overrides)
+    check_out_not_input(args.out, [config.model.base, config.task.path, config.clinical_adapter])
     from clinpeft.recipes import finetune
 
     hf_progress_bars(progress)
@@ -251,7 +254,7 @@ def add_evaluate(sub) -> None:
     p.add_argument("run", help="a `clinpeft finetune` run directory")
     p.add_argument("--data", required=True, help="CSV with id,text,label (labels from the run's labels.txt)")
     p.add_argument("--base", help="base model path, if it moved since training")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=count(1), default=16)
     add_out_args(p)
     p.set_defaults(handler=run_evaluate)
 
@@ -274,10 +277,11 @@ def add_predict(sub) -> None:
     p.add_argument("run", help="a `clinpeft finetune` run directory")
     p.add_argument("--notes", required=True, help="CSV, CSV.GZ or JSONL of notes (a label column is ignored)")
     p.add_argument("--text-column", default="text", help="column holding the note text (default: text)")
-    p.add_argument("--id-column", default="id", help="column of note ids (default: id; absent: row numbers 1, 2, ...)")
-    p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (default: 16)")
+    p.add_argument("--id-column", help="column of note ids (default: id, and when the file has no id column: row "
+                   "numbers 1, 2, ...; a column named here must exist)")
+    p.add_argument("--batch-size", type=count(1), default=16, help="windows per forward pass (default: 16)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cuda if available, else cpu)")
-    p.add_argument("--threshold", type=float, default=0.5,
+    p.add_argument("--threshold", type=fraction, default=0.5,
                    help="multilabel: labels with probability >= this are predicted (default: 0.5)")
     p.add_argument("--base", help="base model path, if it moved since training")
     add_out_args(p)
@@ -327,9 +331,9 @@ def add_explain(sub) -> None:
                        "label; OUT/attributions.json.")
     p.add_argument("run", help="a `clinpeft finetune` run directory")
     p.add_argument("--notes", required=True, help="CSV with id,text (label optional), e.g. a task's test.csv")
-    p.add_argument("--max-notes", type=int, default=20, metavar="N", help="explain the first N notes (default 20)")
+    p.add_argument("--max-notes", type=count(1), default=20, metavar="N", help="explain the first N notes (default 20)")
     p.add_argument("--base", help="base model path, if it moved since training")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=count(1), default=16)
     add_out_args(p)
     p.set_defaults(handler=run_explain)
 
@@ -353,16 +357,16 @@ def add_report(sub) -> None:
     p.add_argument("--compare", metavar="ROW",
                    help="add the paired bootstrap p-value of every Table 3 cell against this row "
                         "(its name as printed, or a unique part of it)")
-    p.add_argument("--bootstrap-resamples", type=int, default=1000, metavar="N",
+    p.add_argument("--bootstrap-resamples", type=count(0), default=1000, metavar="N",
                    help="resamples of the test notes for the 95%% intervals and p-values (default 1000; 0: none)")
-    p.add_argument("--bootstrap-seed", type=int, default=0, metavar="SEED", help="seed of the resampling (default 0)")
+    p.add_argument("--bootstrap-seed", type=seed, default=0, metavar="SEED", help="seed of the resampling (default 0)")
     p.add_argument("--subgroups", default="", metavar="COLS",
                    help="comma-separated task CSV columns (e.g. gender,age_group): AUROC, AUPRC and calibration per "
                         "group with intervals and the largest gap, in subgroups.md")
-    p.add_argument("--specificity", type=float, default=0.9,
+    p.add_argument("--specificity", type=fraction, default=0.9,
                    help="operating point of binary tasks: threshold reaching this specificity on validation, "
                         "applied to test (default 0.9)")
-    p.add_argument("--min-positives", type=int, default=5, metavar="N",
+    p.add_argument("--min-positives", type=count(1), default=5, metavar="N",
                    help="flag classes with fewer test examples than this (default 5)")
     p.add_argument("--html", action="store_true", help="also write index.html: every table, plot and a model card "
                    "per run in one self-contained page")
@@ -390,22 +394,22 @@ def add_sweep(sub) -> None:
     add_recipe_args(p, "YAML recipe with optional search: and sweep: sections, e.g. configs/demo/sweep_lora.yaml",
                     "config overrides, and search.KEY=[a,b] / sweep.KEY=VALUE for the sweep itself")
     p.add_argument("--out", required=True, help="sweep directory (created, or resumed when it holds this sweep)")
-    p.add_argument("--trials", type=int, default=20,
+    p.add_argument("--trials", type=count(1), default=20,
                    help="trials in the study in total, resumed ones included (complete, pruned or failed; trials "
                    "of killed workers are retried, not counted); default 20, the paper's")
     p.add_argument("--sampler", choices=["gp", "tpe", "random"], default="gp",
                    help="gp: Gaussian-process Bayesian optimisation (the paper's; default), tpe, random")
-    p.add_argument("--seed", type=int, default=0, help="sampler seed")
+    p.add_argument("--seed", type=seed, default=0, help="sampler seed")
     p.add_argument("--storage", help="Optuna storage URL shared by several machines, e.g. "
                    "postgresql://user:pw@host/db (default: the journal file DIR/study.journal)")
     p.add_argument("--study", help="study name (default: the --out directory's name); the same on every machine")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--workers", type=count(1), default=1,
                    help="local worker processes on the same study (one GPU each when there are GPUs)")
     p.add_argument("--pruner", choices=["none", "median"], default="none",
                    help="finetune only: stop a trial whose per-epoch val AUROC is below the median of earlier trials")
     p.add_argument("--overwrite", action="store_true", help="delete --out (and the study) and start over")
     add_quiet_arg(p)
-    p.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set in the processes --workers starts
+    p.add_argument("--worker", type=count(0), help=argparse.SUPPRESS)  # set in the processes --workers starts
     p.set_defaults(handler=run_sweep)
 
 
@@ -477,7 +481,7 @@ COMMANDS = (add_demo, add_pretrain, add_params, add_finetune, add_experiment, ad
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="clinpeft",
         description="Parameter-efficient adaptation of LLaMA-family models to clinical notes "
         "(domain-adaptive pretraining, then downstream clinical outcome prediction).",
@@ -509,9 +513,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+# the options of each command that name files or folders it reads: --out may be none of them, inside one or
+# around one (rundir.check_out_not_input); pretrain and finetune add their config's paths in run_pretrain/finetune
+INPUT_OPTIONS = ("run", "data", "notes", "base", "input", "discharge", "radiology", "mimic_dir",
+                 "split_lists", "admission_notes", "labels")
+
+
+# the commands whose --out is one output folder (experiment, sweep and demo: a folder of runs they resume)
+OUT_COMMANDS = ("pretrain", "finetune", "evaluate", "predict", "export", "explain", "report", "prepare")
+
+
+def command_inputs(args: argparse.Namespace) -> list:
+    found = []
+    for name in INPUT_OPTIONS:
+        value = getattr(args, name, None)
+        found.extend(value if isinstance(value, list) else [value])
+    return [value for value in found if value is not None]
+
+
 def run_command(args: argparse.Namespace) -> int:
     """The command's exit code: 0, or 1 when part of it failed (experiment cells)."""
+    command = args.command + (f" {args.dataset}" if getattr(args, "dataset", None) else "")
+    set_command(command)  # recorded in every output it writes; --overwrite replaces only such outputs
+    if args.command in OUT_COMMANDS:
+        check_out_not_input(args.out, command_inputs(args), containers=getattr(args, "runs", None) or ())
+        with out_lock(args.out):  # from the start: a second writer is refused before any work
+            return args.handler(args, not getattr(args, "quiet", False))
     return args.handler(args, not getattr(args, "quiet", False))
+
+
+def _stop(signum, frame):
+    raise Stopped(signum)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, `error: clinpeft CMD: argument --x: ...` (exit 2), like every other
+    error: no usage block above it. The sub-commands' parsers are of this class too (add_subparsers)."""
+
+    def error(self, message: str):
+        # "argument --batch-size: 0 is out of range; ..." -> "--batch-size 0 is out of range; ..." (the option as typed)
+        option, sep, rest = message.removeprefix("argument ").partition(": ")
+        if message.startswith("argument ") and sep:
+            message = f"{option.split('/')[0]} {rest}"
+        print(f"error: {self.prog}: {message}; see `{self.prog} --help`", file=sys.stderr)
+        raise SystemExit(2)
 
 
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -537,7 +582,10 @@ def main(argv: list[str] | None = None) -> int:
     quiet_library_deprecations()
     argv = list(sys.argv[1:] if argv is None else argv)
     shared = "--shared" in argv  # accepted anywhere on the line, not only before the command
-    args = parse_args([a for a in argv if a != "--shared"])
+    try:
+        args = parse_args([a for a in argv if a != "--shared"])
+    except SystemExit as exc:  # --help, --version (0), or the one-line usage error (2)
+        return exc.code if isinstance(exc.code, int) else 0
     from clinpeft.errors import Interrupted
 
     try:
@@ -545,10 +593,21 @@ def main(argv: list[str] | None = None) -> int:
     except ClinpeftError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    import signal
+    import threading
+
+    # SIGTERM anywhere (tokenising, scoring, writing): an exception, so the cleanup of OUT.partial/ runs; training
+    # replaces it with its checkpointing handler while it trains (training/common.Checkpointing)
+    handler = (signal.signal(signal.SIGTERM, _stop) if threading.current_thread() is threading.main_thread()
+               else None)
     try:
         return run_command(args)
     except Interrupted as exc:  # SIGTERM / SIGINT during training, after its checkpoint
         print(f"error: {exc}", file=sys.stderr)
+        return 128 + exc.signum
+    except Stopped as exc:
+        print(f"error: {signal.Signals(exc.signum).name}: stopped; no output was written (an unfinished training "
+              "run stays in OUT.partial/ when it has a checkpoint: rerun the same command to resume)", file=sys.stderr)
         return 128 + exc.signum
     except ClinpeftError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -561,11 +620,14 @@ def main(argv: list[str] | None = None) -> int:
               "(an unfinished training run stays resumable in OUT.partial/)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; no finished run directory was written (an unfinished training run stays in "
+        print("error: SIGINT: interrupted; no finished run directory was written (an unfinished training run stays in "
               "OUT.partial/ when it has a checkpoint: rerun to resume)", file=sys.stderr)
         return 130
     finally:
         os.umask(previous)
+        set_command(None)
+        if handler is not None:
+            signal.signal(signal.SIGTERM, handler)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,13 @@ from __future__ import annotations
 import copy
 import importlib.util
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from clinpeft.errors import ClinpeftError
+from clinpeft.files import read_yaml, yaml_error
 from clinpeft.modeling.methods import METHOD_NAMES, METHODS, VARIANT_NAMES, lora_init
 
 # Table 3's fine-tuning variants and Table 2's pretraining methods: modeling/methods.py says what each does.
@@ -28,10 +29,22 @@ Variant = Literal[VARIANT_NAMES]  # type: ignore[valid-type]
 PeftMethod = Literal[METHOD_NAMES]  # type: ignore[valid-type]
 
 
-class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, assignments are re-validated."""
+# Ranges live in the types (issue 26: validation at the boundary, once): every number of every section has
+# one, so a value out of range is refused while the config is read, naming the key and the range, never
+# deep inside numpy, pandas or torch after the work started. tests/test_fault_suite.py walks every field and
+# fails when a new number has no range.
+# numpy's seeds (np.random.default_rng, RandomState) are 0 .. 2**32 - 1; torch's and Python's take them too
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+# a count that caps work (rows, documents, blocks): None is "no cap"; 0 or negative would silently drop data
+# (pandas' head(-1) drops the last row)
+Cap = Annotated[int, Field(ge=1)]
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are re-validated, and no float
+    may be inf or NaN (`train.epochs=.inf` would train forever; NaN passes every comparison)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelSection(Section):
@@ -174,10 +187,10 @@ class TrainSection(Section):
     batch_size: int = Field(10, ge=1)  # per device
     grad_accum: int = Field(4, ge=1)  # optimiser step every grad_accum micro-batches
     epochs: float = Field(1.0, gt=0)
-    max_steps: int = -1  # optimiser steps; > 0 overrides epochs
+    max_steps: int = Field(-1, ge=-1)  # optimiser steps; >= 1 overrides epochs, -1: train.epochs decides
     weight_decay: float = Field(0.0, ge=0)
     lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear"
-    seed: int = 42
+    seed: Seed = 42
     gradient_checkpointing: bool = False  # trade ~30% speed for activation memory
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: README "bf16 on CPU"
     logging_steps: int = Field(10, ge=1)
@@ -202,6 +215,13 @@ class TrainSection(Section):
     # `accelerate config` (FSDP). peft.method lora or full; README "Sharded training (FSDP)".
     fsdp: bool = False
     fsdp_config: FsdpConfigSection = FsdpConfigSection()
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps_or_epochs(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("must be -1 (train.epochs decides) or 1 or more optimiser steps")
+        return value
 
 
 class PretrainTrainSection(TrainSection):
@@ -233,7 +253,7 @@ class CorpusSection(Section):
     # share of the *train* patients held out for validation (val_ppl, for sweeps); 0: no val split.
     # A second seeded hash, salted apart from the test one, so the test split never moves.
     val_fraction: float = Field(0.0, ge=0, lt=1)
-    split_seed: int = 0  # fixed apart from train.seed so every run sees the same split
+    split_seed: Seed = 0  # fixed apart from train.seed so every run sees the same split
     max_seq_len: int = Field(512, ge=8)  # tokens per packed block
     # How notes fill the blocks (clinpeft/data/packing.py; README "Packing"). fill: end to end, cut at
     # block boundaries (99.6% of block positions labelled on the MIMIC-like mix; each cut adds one
@@ -241,7 +261,7 @@ class CorpusSection(Section):
     # within 1,000-note windows, same predicted tokens as next_fit (86%); next_fit: in order (78%);
     # none: one note per row, padded. Old recipes' true means fill (the default), false means none.
     packing: Literal["fill", "ffd", "next_fit", "none"] = "fill"
-    max_documents: int | None = None  # cap for quick trials
+    max_documents: Cap | None = None  # cap for quick trials
 
     @field_validator("packing", mode="before")
     @classmethod
@@ -255,7 +275,7 @@ class CorpusSection(Section):
 
 class PerplexitySection(Section):
     batch_size: int = Field(8, ge=1)
-    train_max_blocks: int | None = 2000  # train ppl on a seeded sample of this many blocks (None: all)
+    train_max_blocks: Cap | None = 2000  # train ppl on a seeded sample of this many blocks (None: all)
     base_model: bool = True  # also measure the base model without the adapter (Table 2's first row)
 
 
@@ -281,7 +301,7 @@ class TaskSection(Section):
     name: str | None = None  # default: the directory name (los, mor, pmv, diag, proc)
     kind: Literal["auto", "single_label", "multilabel"] = "auto"  # auto: multilabel if a label has a comma
     max_seq_len: int = Field(512, ge=8)  # tokens per window the model reads (special tokens included)
-    max_examples: int | None = None  # per split, for quick trials
+    max_examples: Cap | None = None  # per split, for quick trials
     # notes longer than max_seq_len (data/long_notes.py), the same in training, evaluate and predict:
     # truncate = one window (the paper's); chunks = windows over the whole note, logits pooled per note
     long_notes: Literal["truncate", "chunks"] = "truncate"
@@ -320,7 +340,7 @@ class ClassifierEvalSection(Section):
     # 95% percentile bootstrap interval of every AUROC (clinpeft/evaluation/bootstrap.py): resamples of the
     # test notes (0 = no interval) and the seed that makes it reproducible
     bootstrap_resamples: int = Field(1000, ge=0)
-    bootstrap_seed: int = 0
+    bootstrap_seed: Seed = 0
     # a class (or label) with fewer positive examples than this in a split is flagged in metrics.json, on the
     # console and in Table 3: its AUROC/AUPRC rests on a handful of notes (count of notes)
     min_positives: int = Field(5, ge=1)
@@ -357,7 +377,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ClinpeftError(f"override {item!r}: value is not valid YAML ({exc.problem})") from None
+        raise ClinpeftError(f"override {item!r}: value is not valid YAML ({yaml_error(exc)})") from None
     return key.strip().split("."), value
 
 
@@ -392,13 +412,38 @@ def _set_nested(tree: dict, path: list[str], value: Any) -> None:
     tree[path[-1]] = value
 
 
-def _format_validation_error(exc: ValidationError, where: str) -> str:
+def field_range(cls: type[BaseModel], loc) -> str | None:
+    """The range of the number at `loc` as its type says ('0 <= value <= 4294967295'), for messages; None when
+    the field is not a number with bounds."""
+    import annotated_types as at
+
+    section: Any = cls
+    if not loc:  # a model-level check (its message says what is wrong)
+        return None
+    for part in loc:
+        fields = getattr(section, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        field, section = fields[part], fields[part].annotation
+    metadata = list(field.metadata)
+    for arg in getattr(section, "__args__", ()):  # Optional[Annotated[int, Field(ge=...)]]
+        for item in getattr(arg, "__metadata__", ()):
+            metadata += list(getattr(item, "metadata", [item]))
+    low = next((f"{m.ge} <= " for m in metadata if isinstance(m, at.Ge)), None) or next(
+        (f"{m.gt} < " for m in metadata if isinstance(m, at.Gt)), "")
+    high = next((f" <= {m.le}" for m in metadata if isinstance(m, at.Le)), None) or next(
+        (f" < {m.lt}" for m in metadata if isinstance(m, at.Lt)), "")
+    return f"{low}value{high}" if low or high else None
+
+
+def _format_validation_error(exc: ValidationError, where: str, cls: type[BaseModel] | None = None) -> str:
     problems = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
         got = err.get("input")
         shown = "" if isinstance(got, dict) else f" (got {got!r})"
-        problems.append(f"'{key}': {err['msg']}{shown}")
+        span = field_range(cls, err["loc"]) if cls is not None else None
+        problems.append(f"'{key}': {err['msg']}{shown}{f'; range: {span}' if span else ''}")
     return f"{where}: invalid config: " + "; ".join(problems)
 
 
@@ -434,10 +479,8 @@ def read_recipe(path: str | Path | None) -> dict:
     if path is None:
         return {}
     path = find_recipe(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ClinpeftError(f"recipe {path}: not valid YAML: {exc}") from None
+    # files.read_yaml: UTF-8 or UTF-16 with a byte-order mark, parse errors folded into one line
+    data = read_yaml(path, "recipe", "a recipe is YAML text, e.g. `train: {lr: 1.0e-4}`") or {}
     if not isinstance(data, dict):
         raise ClinpeftError(f"recipe {path}: expected a mapping of sections (model:, train:, ...) at the top")
     return data
@@ -460,7 +503,7 @@ def config_from_tree(cls: type[C], tree: dict, overrides: list[str] | tuple = ()
     try:
         return cls.model_validate(tree)
     except ValidationError as exc:
-        raise ClinpeftError(_format_validation_error(exc, where)) from None
+        raise ClinpeftError(_format_validation_error(exc, where, cls)) from None
 
 
 def _check_tree(cls: type[Section], tree: dict, prefix: list[str], where: str) -> None:

@@ -3,7 +3,7 @@
 import re
 
 # a cell shown in a message: short, and made of label/id characters only (no spaces: free text never qualifies)
-_SHOWABLE = re.compile(r"[A-Za-z0-9_.:+/,-]{1,40}")
+_SHOWABLE = re.compile(r"[A-Za-z0-9_.:;+/,-]{1,40}")  # ";": a code list joined wrongly is named
 
 
 class ClinpeftError(Exception):
@@ -19,6 +19,17 @@ class Interrupted(ClinpeftError):
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)
+        self.signum = signum
+
+
+class Stopped(BaseException):
+    """SIGTERM outside training (the CLI installs the handler): raised wherever the process is, so every `finally`
+    and cleanup runs (OUT.partial/ of a short job, the Arrow caches of a pretraining's tokenisation) and the CLI
+    prints one line and exits 128 + signum. A BaseException, not a ClinpeftError: code that catches a failed
+    experiment cell or sweep trial (Exception) must not swallow it and go on to the next."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
         self.signum = signum
 
 

@@ -4,12 +4,19 @@ A workflow writes into a sibling of `--out` and renames it into place only when 
 succeeded, so a crash, a bad input or Ctrl-C never leaves a half-written run that `report` would
 later read as finished.
 
-Two kinds:
-- short jobs (prepare, evaluate): a hidden temporary sibling, deleted on any failure;
-- training (pretrain, finetune; `resumable=True`): a visible `OUT.partial/` holding the resolved
-  config, the Trainer's checkpoints (`OUT.partial/checkpoints/checkpoint-N/`) and the Arrow caches.
-  A failure that leaves a checkpoint keeps it (the same command resumes from it); one that leaves
-  none removes it. A lock file (`OUT.partial/.lock`, an flock) keeps two processes off one `--out`.
+Every command writes into `OUT.partial/` and holds an flock on `OUT.partial/.lock` from the start to
+the rename, so two processes never both write one `--out` (the second is refused in one line), and
+`--out` is checked again under the lock just before the work:
+- short jobs (prepare, evaluate, predict, explain, export, report): `OUT.partial/` is deleted on any
+  failure or signal; one left by a SIGKILL holds no checkpoint and is cleared by the next run;
+- training (pretrain, finetune; `resumable=True`): `OUT.partial/` also holds the resolved config, the
+  Trainer's checkpoints (`OUT.partial/checkpoints/checkpoint-N/`) and the Arrow caches. A failure that
+  leaves a checkpoint keeps it (the same command resumes from it); one that leaves none removes it.
+
+What may be overwritten: every finished output holds `.clinpeft-output.json` ({"command": "predict", ...},
+MARKER), and `--overwrite` replaces only a folder whose marker names the same command. `--out` equal to,
+inside or containing one of the command's inputs is refused with or without `--overwrite`
+(check_out_not_input).
 """
 
 from __future__ import annotations
@@ -39,14 +46,45 @@ RESUME_FREE_KEYS = {"train.checkpoint_every", "train.checkpoint_minutes", "train
                     "model.attn_implementation", "train.compile", "train.fused_loss"}
 
 
+MARKER = ".clinpeft-output.json"  # in every finished output: the command that wrote it (what --overwrite may replace)
+_COMMAND: str | None = None  # the CLI command of this process (set_command); None: called as a library
+
+
+def set_command(name: str | None) -> None:
+    """The command whose outputs this process writes (`predict`, `prepare notes`, ...): recorded in each
+    output's MARKER, and the only command whose outputs --overwrite replaces."""
+    global _COMMAND
+    _COMMAND = name
+
+
+def written_by(out: Path) -> str | None:
+    """The command recorded in `out`'s marker; "" when the folder has none (not a clinpeft output, or older)."""
+    try:
+        record = json.loads((Path(out) / MARKER).read_text())
+    except (OSError, ValueError):
+        return ""
+    return record.get("command") if isinstance(record, dict) else ""
+
+
 def check_out_dir(out: str | Path, overwrite: bool = False) -> Path:
     """Refuse an existing non-empty `--out` unless `overwrite`: results are never silently replaced.
-    A `--out` that is a file is refused even with --overwrite (a run is a directory)."""
+    A `--out` that is a file is refused even with --overwrite (a run is a directory), and so is a folder
+    another command (or no clinpeft command) wrote: --overwrite replaces only the same command's output."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ClinpeftError(f"--out {out} is an existing file, not a directory; choose another --out")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ClinpeftError(f"--out {out} already exists; choose a new directory or pass --overwrite")
+    if out.exists() and any(out.iterdir()):
+        writer = written_by(out)
+        this = f"`clinpeft {_COMMAND}`" if _COMMAND else "this command"
+        if writer == "":
+            raise ClinpeftError(f"--out {out} holds files no clinpeft command wrote (no {MARKER}); --overwrite "
+                                f"only replaces a previous output of {this}: remove the folder yourself or choose "
+                                "another --out")
+        if _COMMAND is not None and writer != _COMMAND:
+            raise ClinpeftError(f"--out {out} was written by `clinpeft {writer}`; --overwrite only replaces a "
+                                f"previous output of {this}: choose another --out")
     if not os.access(out if out.exists() else _existing_parent(out), os.W_OK):
         raise ClinpeftError(f"--out {out}: {_existing_parent(out)} is not writable; choose another --out")
     return out
@@ -57,6 +95,34 @@ def _existing_parent(path: Path) -> Path:
     while not path.exists():
         path = path.parent
     return path
+
+
+RUN_RECORDS = ("run.json", "bundle.json", "metrics.json", MARKER)  # a folder holding one is a run (or an output)
+
+
+def check_out_not_input(out: str | Path, inputs, what: str = "--out", containers=()) -> None:
+    """Refuse an `--out` equal to, inside, or containing one of the command's inputs (a run, a task folder, a
+    notes file, the base model), with or without --overwrite: replacing it would delete the input.
+    `containers`: inputs that may be folders *of* runs (`report runs --out runs/report`): --out may lie inside
+    one of those unless it is itself a run."""
+    target = Path(out).expanduser().resolve()
+    for item in [*inputs, *containers]:
+        if item is None or str(item) in ("", "demo", "demo-bert"):
+            continue
+        source = Path(str(item)).expanduser()
+        if not source.exists():
+            continue
+        source = source.resolve()
+        if target == source:
+            relation = "is"
+        elif source in target.parents and (item not in containers or any((source / r).exists() for r in RUN_RECORDS)):
+            relation = "is inside"
+        elif target in source.parents:
+            relation = "contains"
+        else:
+            continue
+        raise ClinpeftError(f"{what} {out} {relation} the input {item}; writing there would replace the input "
+                            "(with or without --overwrite): choose an --out outside every input")
 
 
 def check_free_space(path: str | Path, needed: int, what: str) -> None:
@@ -90,33 +156,56 @@ def checkpoint_dir(out: str | Path) -> Path:
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a checkpoint folder cannot be resumed from (None: it can): no trainer_state.json (the Trainer writes it
+    last) or one that does not parse, or a file cut short (a disk that filled, a copy that stopped): every
+    safetensors file's tensors must lie inside it, every torch file (optimizer.pt, scheduler.pt, rng_state.pth)
+    must be a complete zip with right checksums (read as a zip, never unpickled)."""
+    from clinpeft.files import check_complete
+
+    try:
+        json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return "no complete trainer_state.json"
+    for file in sorted(path.rglob("*")):
+        if file.is_file() and not file.name.startswith(".") and file.suffix in (".safetensors", ".pt", ".pth", ".bin",
+                                                                               ".json"):
+            try:
+                check_complete(file)
+            except ClinpeftError:
+                return f"{file.relative_to(path)} is truncated or damaged"
+    return None
+
+
 def complete_checkpoints(folder: str | Path) -> list[Path]:
-    """The checkpoint-N folders whose trainer_state.json (the Trainer writes it last) parses, oldest first.
-    A folder a kill interrupted mid-write has none, or half of one, and is left out."""
+    """The checkpoint-N folders that pass checkpoint_problem, oldest first. A folder a kill interrupted
+    mid-write, or one whose files were damaged since, is left out."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     found = []
     for path in folder.iterdir():
         match = _CHECKPOINT.match(path.name)
-        if not match or not path.is_dir():
-            continue
-        try:
-            json.loads((path / "trainer_state.json").read_text())
-        except (OSError, ValueError):
+        if not match or not path.is_dir() or checkpoint_problem(path):
             continue
         found.append((int(match.group(1)), path))
     return [path for _, path in sorted(found)]
 
 
 def last_checkpoint(folder: str | Path) -> Path | None:
-    """The newest complete checkpoint in `folder` (None: none); newer incomplete ones are removed."""
+    """The newest complete checkpoint in `folder` (None: none). Newer incomplete or damaged ones are removed,
+    each named in one warning line: resuming falls back to the previous checkpoint."""
+    import sys
+
     complete = complete_checkpoints(folder)
     last = complete[-1] if complete else None
     newest_step = int(_CHECKPOINT.match(last.name).group(1)) if last else -1
     for path in Path(folder).glob("checkpoint-*") if Path(folder).is_dir() else []:
         match = _CHECKPOINT.match(path.name)
         if match and int(match.group(1)) > newest_step and is_main_process():
+            problem = checkpoint_problem(path) if path.is_dir() else "not a folder"
+            print(f"warning: {path}: {problem}; removed, resuming from "
+                  f"{last.name if last else 'the start'}", file=sys.stderr)
             shutil.rmtree(path, ignore_errors=True)
     return last
 
@@ -138,9 +227,51 @@ def config_differences(old: dict, new: dict) -> list[str]:
     return sorted(k for k in set(old) | set(new) if k not in RESUME_FREE_KEYS and old.get(k) != new.get(k))
 
 
+_HELD: dict[str, object] = {}  # OUT.partial paths whose lock this process holds (out_lock): taken once
+
+
+class _Held:
+    """The lock as seen by an inner taker in the same process (the command's out_lock is already held): its
+    close() leaves the outer lock alone (flock would refuse a second open of the same file)."""
+
+    def close(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def out_lock(out: str | Path) -> Iterator[None]:
+    """The --out lock from the start of a command (the CLI takes it before the recipe runs, so a second writer is
+    refused before loading a model), held until atomic_run_dir renamed the output into place. An OUT.partial/
+    made only for the lock is removed again when the command fails early. When --out's parent folder does not
+    exist yet, atomic_run_dir takes the lock once it has created it."""
+    out = Path(out)
+    partial = partial_dir(out)
+    if not out.parent.is_dir() or (partial.exists() and not partial.is_dir()) or not is_main_process():
+        yield
+        return
+    created = not partial.exists()
+    partial.mkdir(exist_ok=True)
+    try:
+        handle = _lock(partial)
+    except BaseException:
+        if created:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
+    _HELD[str(partial)] = handle
+    try:
+        yield
+    finally:
+        _HELD.pop(str(partial), None)
+        if partial.is_dir() and [p.name for p in partial.iterdir()] == [LOCK_FILE]:
+            shutil.rmtree(partial, ignore_errors=True)  # the command stopped before writing anything
+        handle.close()
+
+
 def _lock(partial: Path):
     """An exclusive, non-blocking flock on OUT.partial/.lock; refuses when another process holds it.
     The OS releases it when the process dies (SIGKILL included), so a stale lock never blocks a rerun."""
+    if str(partial) in _HELD and (partial / LOCK_FILE).exists():
+        return _Held()
     handle = open(partial / LOCK_FILE, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -206,24 +337,54 @@ def atomic_run_dir(out: str | Path, overwrite: bool = False, *, resumable: bool 
                 shutil.rmtree(scratch, ignore_errors=True)
             _barrier()  # on success only, as the main process (a failed process ends the whole launch)
         return
-    main = is_main_process()
-    out = check_out_dir(out, overwrite) if main else Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if not main:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if not is_main_process():  # discarded: only the main process's directory becomes `out`
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         return
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp made it 0700; the folder follows the umask like every file in it
+    out = check_out_dir(out, overwrite)
+    partial = partial_dir(out)
+    if partial.exists() and not partial.is_dir():
+        raise ClinpeftError(f"{partial} is a file; remove it or choose another --out")
+    partial.mkdir(parents=True, exist_ok=True)
+    lock = _lock(partial)  # held from here to the rename: a second writer of `out` is refused at its start
+    try:
+        if complete_checkpoints(partial / CHECKPOINTS):
+            raise ClinpeftError(f"{partial} holds an unfinished training run with checkpoints; rerun the training "
+                                "command that started it to resume it, or choose another --out")
+        _clear(partial)  # scratch of a killed earlier run (SIGKILL, power loss): nothing to resume there
+        check_out_dir(out, overwrite)  # again, under the lock: another process may have finished `out` meanwhile
+        try:
+            yield partial
+            _finish(partial, out)  # inside: a signal while renaming leaves no half output either
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+    finally:
+        lock.close()
+
+
+def _clear(partial: Path) -> None:
+    """Empty a stale OUT.partial/ (its lock and other processes' scratch left alone)."""
+    for child in partial.iterdir():
+        if child.name != LOCK_FILE and not child.name.startswith(RANK_SCRATCH):
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+
+
+def _finish(partial: Path, out: Path) -> None:
+    """Record the command in the marker, then put OUT.partial/ in place of `out` (the lock still held: the lock
+    file travels with the rename and is removed from `out` after it)."""
+    from clinpeft import __version__
+
+    write_json(partial / MARKER, {"command": _COMMAND, "clinpeft_version": __version__})
     if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+        shutil.rmtree(out) if out.is_dir() and not out.is_symlink() else out.unlink()
+    os.replace(partial, out)
+    (out / LOCK_FILE).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -238,11 +399,12 @@ def _resumable_run_dir(out: Path, overwrite: bool, config: dict | None, restart:
     partial.mkdir(parents=True, exist_ok=True)
     lock = _lock(partial)
     try:
+        check_out_dir(out, overwrite)  # again, under the lock: another process may have finished `out` meanwhile
         saved = partial / "config.yaml"
-        if not fresh and restart:
-            for child in partial.iterdir():  # another process's scratch may already be in use
-                if child.name != LOCK_FILE and not child.name.startswith(RANK_SCRATCH):
-                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        if not fresh and (restart or not complete_checkpoints(partial / CHECKPOINTS)):
+            # --restart, or nothing to resume (a run killed before its first checkpoint: its Arrow caches of the
+            # notes are removed here, by the next run); another process's scratch may already be in use
+            _clear(partial)
         elif not fresh and saved.exists() and config is not None:
             try:
                 old = yaml.safe_load(saved.read_text()) or {}
@@ -262,13 +424,12 @@ def _resumable_run_dir(out: Path, overwrite: bool, config: dict | None, restart:
                 shutil.rmtree(partial, ignore_errors=True)
             raise
         _barrier()  # the other processes have left their scratch directories
-        shutil.rmtree(partial / CHECKPOINTS, ignore_errors=True)
-        for scratch in partial.glob(f"{RANK_SCRATCH}*"):  # a pre-empted process's, from an earlier attempt
+        # the rename first: a signal while the checkpoints are deleted (GBs for a full fine-tuning) then leaves the
+        # finished run in place with a stray checkpoints/ folder, never a finished run that a rerun would discard
+        _finish(partial, out)
+        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+        for scratch in out.glob(f"{RANK_SCRATCH}*"):  # a pre-empted process's, from an earlier attempt
             shutil.rmtree(scratch, ignore_errors=True)
-        (partial / LOCK_FILE).unlink(missing_ok=True)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(partial, out)
     finally:
         lock.close()
 
@@ -312,11 +473,9 @@ def atomic_write(path: Path, write) -> Path:
     return path
 
 
-def read_json(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ClinpeftError(f"{path} not found; is this a finished clinpeft run directory?") from None
-    except json.JSONDecodeError as exc:
-        raise ClinpeftError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+def read_json(path: str | Path, keys=()) -> dict:
+    """A record of a run directory (a JSON object holding `keys`), through the reading layer (files.read_json)."""
+    from clinpeft.files import read_json as read_json_file
+
+    return read_json_file(path, dict, keys=keys, what="run record",
+                          hint="is this a finished clinpeft run directory? restore it or rerun the command")

@@ -48,6 +48,9 @@ def check_utf8(path: Path) -> None:
     try:
         with opener(path, "rb") as handle:
             for number, line in enumerate(handle, start=1):
+                if b"\x00" in line:  # ASCII saved as UTF-16 without its mark is "valid UTF-8" with NULs
+                    raise ClinpeftError(f"{path} line {number}: NUL bytes; not a text file (UTF-16?): re-save the "
+                                        "file as UTF-8")
                 try:
                     line.decode("utf-8")
                 except UnicodeDecodeError as exc:
@@ -74,22 +77,36 @@ def _row_name(fmt: str, index: int) -> str:
     return f"row {index + 2}" if fmt == "csv" else f"line {index + 1}"
 
 
-def check_note_file(path: str | Path, text_column: str = "text", id_column: str = "id",
+def check_note_file(path: str | Path, text_column: str = "text", id_column: str | None = None,
                     chunk_rows: int = 10_000) -> NoteFile:
-    """Validate a notes file before scoring: exists, UTF-8, has the text column, no empty text. One line each."""
+    """Validate a notes file before scoring: exists, UTF-8, has the text column, no empty text. One line each.
+
+    id_column None: the column `id` when the file has one, else positions 1, 2, ...; a column named by the user
+    must exist (a typo would silently number the rows). Every chunk is checked, not only the first: a JSONL
+    line without the id or text key is named."""
     path = Path(path)
     if not path.is_file():
         raise ClinpeftError(f"{path}: no such file; give the CSV/JSONL of notes to score with --notes")
     fmt = note_format(path)
+    if path.stat().st_size == 0:
+        raise ClinpeftError(f"{path}: empty file (0 bytes); give the CSV/JSONL of notes to score with --notes")
     check_utf8(path)
+    required_id = id_column is not None
+    id_column = id_column or "id"
     n_notes, has_id, seen_ids = 0, None, set()
     for frame in _chunks(path, fmt, chunk_rows):
         if has_id is None:
-            if text_column not in frame.columns:
-                found = ", ".join(map(str, frame.columns))
-                raise ClinpeftError(f"{path}: no column {text_column!r} (columns: {found}); "
-                                    "name the text column with --text-column")
             has_id = id_column in frame.columns
+            if required_id and not has_id:
+                found = ", ".join(map(str, frame.columns[:20]))
+                raise ClinpeftError(f"{path}: no column {id_column!r} given by --id-column (columns: {found}); "
+                                    "name an existing column, or leave --id-column out to number the notes")
+        for column, option in ((text_column, "--text-column"), *([(id_column, "--id-column")] if has_id else [])):
+            if column not in frame.columns:
+                where = "" if n_notes == 0 else f" {_row_name(fmt, n_notes)} onwards"
+                found = ", ".join(map(str, frame.columns[:20]))
+                raise ClinpeftError(f"{path}{where}: no column {column!r} (columns: {found}); "
+                                    f"give every row a {column!r}, or name the column with {option}")
         texts = frame[text_column]
         empty = texts.isna() | (texts.astype(str).str.strip() == "")
         if empty.any():
@@ -97,10 +114,11 @@ def check_note_file(path: str | Path, text_column: str = "text", id_column: str 
             raise ClinpeftError(f"{path} {_row_name(fmt, n_notes + first)}: empty text in column {text_column!r}; "
                                 "remove the row or fill it in")
         if has_id:
-            ids = frame[id_column].astype(str).str.strip()
+            # a JSONL line without the key: NaN or None in its chunk (None would read as the id "None")
+            ids = frame[id_column].astype(str).str.strip().where(frame[id_column].notna(), "")
             for i, value in enumerate(ids):
                 if value in ("", "nan") or value in seen_ids:
-                    what = "empty id" if value in ("", "nan") else f"id {value!r} appears more than once"
+                    what = "empty or missing id" if value in ("", "nan") else f"id {value!r} appears more than once"
                     raise ClinpeftError(f"{path} {_row_name(fmt, n_notes + i)}: {what} in column {id_column!r}; "
                                         "ids must be unique (or pass --id-column of another column)")
                 seen_ids.add(value)

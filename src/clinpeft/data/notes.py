@@ -245,7 +245,11 @@ def _load_prepared(section: CorpusSection, cache_dir: Path):
     """
     from datasets import Dataset, concatenate_datasets
 
-    manifests = {Path(p).expanduser(): json.loads((Path(p).expanduser() / "manifest.json").read_text())
+    from clinpeft.files import read_json
+
+    manifests = {Path(p).expanduser(): read_json(Path(p).expanduser() / "manifest.json", dict,
+                                                 keys=("split_by",), what="corpus manifest",
+                                                 hint="prepare the corpus again with `clinpeft prepare notes`")
                  for p in section.paths}
     split_by = {m["split_by"] for m in manifests.values()}
     if len(split_by) > 1:

@@ -19,6 +19,7 @@ import pandas as pd
 
 from clinpeft.data.definitions import SPLITS
 from clinpeft.errors import ClinpeftError, shown
+from clinpeft.files import read_csv, read_json, read_lines
 
 COLUMNS = ("id", "text", "label")
 
@@ -60,17 +61,11 @@ def split_multilabel(cell: str) -> list[str]:
 
 
 def read_split_csv(path: Path) -> pd.DataFrame:
-    if not path.is_file():
+    """A task CSV through the reading layer (files.read_csv: encoding, quoting and field counts named by row)."""
+    path = Path(path)
+    if not path.is_file() and not path.is_dir():
         raise ClinpeftError(f"{path} not found; a task directory needs train.csv, val.csv and test.csv (id,text,label)")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise ClinpeftError(f"{path}: cannot be parsed as CSV ({exc})") from None
-    missing = [c for c in COLUMNS if c not in frame.columns]
-    if missing:
-        raise ClinpeftError(
-            f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(frame.columns)}; expected id,text,label"
-        )
+    frame = read_csv(path, COLUMNS, "task CSV", "expected the columns id,text,label")
     # id, text, label first; other columns (subgroups such as gender, age_group) are carried, unused by training
     frame = frame[[*COLUMNS, *extra_columns(frame)]].copy()
     # " 1" and "1" are the same label and the same id: a stray space must not make a new class
@@ -87,9 +82,7 @@ def extra_columns(frame: pd.DataFrame) -> list[str]:
 
 
 def read_labels(path: Path) -> list[str]:
-    if not path.is_file():
-        raise ClinpeftError(f"{path} not found; write the label vocabulary there, one label per line")
-    labels = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    labels = read_lines(path, "label list", "write the label vocabulary there, one label per line")
     if len(labels) < 2:
         raise ClinpeftError(f"{path}: needs at least 2 labels, found {len(labels)}")
     duplicated = sorted({x for x in labels if labels.count(x) > 1})
@@ -103,17 +96,31 @@ def detect_kind(frames: dict[str, pd.DataFrame], task_dir: Path | None = None) -
 
     The manifest matters for multilabel tasks whose admissions all have at most one code.
     """
-    manifest = task_dir / "manifest.json" if task_dir else None
-    if manifest and manifest.is_file():
-        import json
-
-        try:
-            kind = json.loads(manifest.read_text()).get("kind")
-        except (json.JSONDecodeError, AttributeError):
-            kind = None
-        if kind in ("single_label", "multilabel"):
-            return kind
+    kind = read_manifest(task_dir).get("kind") if task_dir else None
+    if kind in ("single_label", "multilabel"):
+        return kind
     return "multilabel" if any(f["label"].str.contains(",").any() for f in frames.values()) else "single_label"
+
+
+def read_manifest(task_dir: Path) -> dict:
+    """The task folder's manifest.json from `clinpeft prepare` ({} when there is none): an object, or one line
+    naming the file, before any training (it is read again for the model card after training)."""
+    manifest = Path(task_dir) / "manifest.json"
+    if not manifest.exists():
+        return {}
+    return read_json(manifest, dict, what="task manifest",
+                     hint="the manifest `clinpeft prepare` writes is a JSON object; restore it or remove the file")
+
+
+def _label_problem(cell: str, kind: str) -> str | None:
+    """What a label cell that is not in labels.txt looks like, when it is a known mistake (None: unknown)."""
+    if not cell.strip():
+        return ("empty label; a single-label task needs one of labels.txt's labels in every row: fill it in or remove "
+                "the row (an empty cell means 'no codes' only in multilabel tasks)")
+    if ";" in cell and all(part.strip() for part in cell.split(";")):
+        return (f"label {shown(cell)} joins codes with ';'; multilabel cells join codes with ',' (e.g. 401,428, "
+                "the cell quoted): replace the ';'")
+    return None
 
 
 def validate_split(frame: pd.DataFrame, path: Path, kind: str, vocabulary: set[str]) -> None:
@@ -124,6 +131,8 @@ def validate_split(frame: pd.DataFrame, path: Path, kind: str, vocabulary: set[s
         if not text.strip():
             raise ClinpeftError(f"{path} row {row}: empty text; remove the row or fill it in")
         if kind == "single_label":
+            if cell.strip() not in vocabulary and _label_problem(cell, kind):
+                raise ClinpeftError(f"{path} row {row}: {_label_problem(cell, kind)}")
             if cell.strip() not in vocabulary:
                 raise ClinpeftError(
                     f"{path} row {row}: label {shown(cell)} is not in labels.txt; add it there or fix the row"
@@ -136,6 +145,8 @@ def validate_split(frame: pd.DataFrame, path: Path, kind: str, vocabulary: set[s
                 "write codes comma-joined like 401,428,V458"
             )
         unknown = [code.strip() for code in codes if code.strip() not in vocabulary]
+        if unknown and ";" in unknown[0]:
+            raise ClinpeftError(f"{path} row {row}: {_label_problem(unknown[0], kind)}")
         if unknown:
             raise ClinpeftError(
                 f"{path} row {row}: label {shown(unknown[0])} is not in labels.txt; add it there or fix the row"
@@ -181,6 +192,7 @@ def load_task(path: str | Path, name: str | None = None, kind: str = "auto",
                             "give a folder with train/val/test.csv and labels.txt")
     frames = {split: read_split_csv(task_dir / f"{split}.csv") for split in SPLITS}
     labels = read_labels(task_dir / "labels.txt")
+    read_manifest(task_dir)  # checked now, not when the model card reads it after training
     if kind == "auto":
         kind = detect_kind(frames, task_dir)
     vocabulary = set(labels)
@@ -189,7 +201,7 @@ def load_task(path: str | Path, name: str | None = None, kind: str = "auto",
         if frame.empty:
             raise ClinpeftError(f"{task_dir / f'{split}.csv'} has no rows")
     check_no_leakage(frames, task_dir)
-    if max_examples:
+    if max_examples is not None:  # config.Cap: >= 1 (head(-1) would drop the last row)
         frames = {split: frame.head(max_examples) for split, frame in frames.items()}
     frames = {split: frame.reset_index(drop=True) for split, frame in frames.items()}
     return TaskData(name=name or task_dir.name, kind=kind, labels=labels, splits=frames)
@@ -200,7 +212,6 @@ def data_provenance(path: str | Path, frames: dict[str, pd.DataFrame] | None = N
     "patients": {split: n} (from the prepare manifest, when present), "cohort": the manifest's rules and
     drop counts (when present), "subgroup_columns": extra columns of the CSVs}. Missing files are skipped."""
     import hashlib
-    import json
 
     task_dir = Path(path)
     out: dict = {"path": str(task_dir), "files": {}, "rows": {}}
@@ -216,15 +227,12 @@ def data_provenance(path: str | Path, frames: dict[str, pd.DataFrame] | None = N
         if frames is not None and split in frames:
             out["rows"][split] = int(len(frames[split]))
         elif (task_dir / f"{split}.csv").is_file():
-            out["rows"][split] = int(len(pd.read_csv(task_dir / f"{split}.csv", dtype=str, usecols=[0])))
+            out["rows"][split] = int(len(read_split_csv(task_dir / f"{split}.csv")))
     if frames:
         out["subgroup_columns"] = extra_columns(next(iter(frames.values())))
     manifest = task_dir / "manifest.json"
     if manifest.is_file():
-        try:
-            record = json.loads(manifest.read_text(encoding="utf-8"))
-        except ValueError:
-            record = {}
+        record = read_manifest(task_dir)
         splits = record.get("splits") if isinstance(record.get("splits"), dict) else {}
         patients = {s: v.get("patients") for s, v in splits.items() if isinstance(v, dict) and "patients" in v}
         if patients:
@@ -247,3 +255,29 @@ def check_classes(task: "TaskData", task_dir: Path) -> None:
             raise ClinpeftError(f"{task_dir / f'{split}.csv'}: all {len(frames[split])} rows have label "
                                 f"{shown(classes[0])}; {why}: resplit so every class is in {split}.csv"
                                 + (" (or raise task.max_examples)" if split == "val" else ""))
+
+
+def unseen_classes(task: "TaskData") -> dict[str, list[str]]:
+    """Labels present in val or test but in no train row ({split: [labels]}, empty when none): the classifier
+    never saw an example of them, so their scores mean little. finetune names them in one warning line and
+    records them in metrics.json ("unseen_in_train")."""
+    def present(split: str) -> set[str]:
+        cells = task.splits[split]["label"]
+        if task.kind == "multilabel":
+            return {code for cell in cells for code in split_multilabel(cell)}
+        return {cell.strip() for cell in cells}
+
+    trained = present("train")
+    found = {split: sorted(present(split) - trained, key=task.labels.index)
+             for split in task.splits if split != "train"}
+    return {split: labels for split, labels in found.items() if labels}
+
+
+def unseen_warning(unseen: dict[str, list[str]], task_dir) -> str | None:
+    """The one warning line for unseen_classes (labels shown only when label-like, as every message)."""
+    if not unseen:
+        return None
+    parts = [f"{split}.csv: {', '.join(shown(label) for label in labels[:10])}"
+             f"{f' and {len(labels) - 10} more' if len(labels) > 10 else ''}" for split, labels in unseen.items()]
+    return (f"warning: {task_dir}: label(s) with no train example, scored without ever being learned ("
+            f"{'; '.join(parts)}); recorded in metrics.json unseen_in_train")

@@ -42,7 +42,25 @@ def resolve_base(base: str, *, progress: bool = True) -> Path:
             f"(config.json, tokenizer, *.safetensors), a .gguf file, a named base ({', '.join(NAMED_BASES)}), "
             "or model.base=demo for the tiny demo model"
         )
+    check_base_folder(path)
     return path
+
+
+# what AutoTokenizer needs at least one of: a fast tokenizer, a SentencePiece model, a WordPiece or BPE vocabulary
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.txt", "vocab.json", "spiece.model")
+
+
+def check_base_folder(path: Path) -> None:
+    """The files of a base model folder, through the reading layer, before any work: config.json a JSON object
+    with a model_type, a tokenizer, weights whose safetensors headers are whole. One line naming the file."""
+    from clinpeft.files import check_safetensors, read_json
+
+    hint = "re-copy the model folder (config.json, tokenizer, *.safetensors) from its source"
+    read_json(path / "config.json", dict, keys=("model_type",), what="model config", hint=hint)
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ClinpeftError(f"model.base {path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); {hint}")
+    for weights in sorted(path.glob("*.safetensors")):
+        check_safetensors(weights, hint)
 
 
 def check_base(base: str) -> None:

@@ -51,7 +51,7 @@ from clinpeft.modeling.base import (
     reopen_base,
 )
 from clinpeft.modeling.pooling import apply_pooling, check_pooling, pool_windows
-from clinpeft.rundir import read_json, write_json
+from clinpeft.rundir import write_json
 
 FULL_MODEL_DIR = "model"  # variant full: the whole fine-tuned classifier, in a bundle
 PROBLEM_TYPES = {"binary": "single_label_classification", "multiclass": "single_label_classification",
@@ -175,6 +175,31 @@ def encoder_pooler(model) -> torch.nn.Module | None:
     return pooler if isinstance(pooler, torch.nn.Module) else None
 
 
+BUNDLE_KEYS = ("labels", "task", "task_type", "variant", "head")  # what load_bundle and its callers read
+
+
+def check_bundle_files(run_dir: Path) -> dict:
+    """A finetune run's bundle.json (an object with BUNDLE_KEYS) and the files it names, through the reading layer,
+    before any model is built: adapters/<name>/ with its config and weights, a whole head.safetensors (or the full
+    model folder). One line naming the file; returns bundle.json."""
+    from clinpeft.files import check_safetensors
+    from clinpeft.files import read_json as read_json_file
+
+    hint = "restore the run folder from a complete copy, or fine-tune again"
+    meta = read_json_file(run_dir / "bundle.json", dict, keys=BUNDLE_KEYS, what="bundle.json", hint=hint)
+    if meta.get("model_dir"):
+        for weights in sorted((run_dir / str(meta["model_dir"])).glob("*.safetensors")):
+            check_safetensors(weights, hint)
+        return meta
+    for name in meta.get("adapters") or []:
+        folder = run_dir / "adapters" / str(name)
+        read_json_file(folder / "adapter_config.json", dict, what="adapter config",
+                       hint=f"{run_dir} is missing adapter {name}; {hint}")
+        check_safetensors(folder / "adapter_model.safetensors", hint)
+    check_safetensors(run_dir / "head.safetensors", hint)
+    return meta
+
+
 def load_bundle(run_dir: str | Path, base: str | None = None, dtype: str = "auto") -> tuple[Classifier, dict]:
     """Rebuild a trained classifier from its run directory (inference only).
 
@@ -182,7 +207,7 @@ def load_bundle(run_dir: str | Path, base: str | None = None, dtype: str = "auto
     another machine); its fingerprint must still match.
     """
     run_dir = Path(run_dir)
-    meta = read_json(run_dir / "bundle.json")
+    meta = check_bundle_files(run_dir)
     if meta.get("model_dir"):  # variant full: the saved classifier is complete, no base model needed
         return _load_full_bundle(run_dir, meta, dtype), meta
     try:

@@ -56,6 +56,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from clinpeft import argtypes
 from clinpeft.data.definitions import (
     ADMISSION_SECTIONS,
     MIMIC3_TASKS,
@@ -492,7 +493,7 @@ def add_parser(subparsers) -> None:
                    help=f"which tasks (default {','.join(TASKS)})")
     p.add_argument("--split-lists", metavar="DIR", help="fixed patient split: DIR/{train,val,test}.txt, one SUBJECT_ID "
                    "per line (or van Aken's mimic_{train,val,test}.csv); patients in no list are left out")
-    p.add_argument("--seed", type=int, default=0, help="seed of the 70/10/20 patient split (default 0)")
+    p.add_argument("--seed", type=argtypes.seed, default=0, help="seed of the 70/10/20 patient split (default 0)")
     add_out_args(p, "tasks folder to create (written whole, or not at all)")
     p.set_defaults(run=run)
 

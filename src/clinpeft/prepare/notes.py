@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from clinpeft import argtypes
 from clinpeft.errors import ClinpeftError
 from clinpeft.prepare.common import add_out_args
 
@@ -81,13 +82,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--note-types", default=None, metavar="T[,T...]",
                    help="keep only these note_type values, e.g. DS,RR to drop the AD/AR addenda "
                    "(default: every type, as the paper's 2,653,149 notes)")
-    p.add_argument("--test-fraction", type=float, default=0.1, help="share of patients held out for test (default 0.1)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--test-fraction", type=argtypes.fraction, default=0.1,
+                   help="share of patients held out for test (default 0.1)")
+    p.add_argument("--seed", type=argtypes.seed, default=0,
                    help="seed of the split (default 0, pretrain's data.split_seed default)")
     p.add_argument("--on-bad-rows", default="error", choices=["error", "skip"],
                    help="a row that cannot be parsed (broken quoting, wrong field count, not JSON, NUL or non-UTF-8 "
                    "bytes): stop naming its line (error, default) or drop it and count it in manifest.json (skip)")
-    p.add_argument("--chunk-rows", type=int, default=CHUNK_ROWS,
+    p.add_argument("--chunk-rows", type=argtypes.count(1), default=CHUNK_ROWS,
                    help=f"notes read at once (default {CHUNK_ROWS:,}); bounds memory")
     add_out_args(p, "corpus directory to create", quiet_help="no progress bar", out_type=Path)
     p.set_defaults(run=run)

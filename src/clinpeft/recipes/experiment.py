@@ -38,6 +38,7 @@ from clinpeft.config import (
     FinetuneConfig,
     PretrainConfig,
     Section,
+    Seed,
     Variant,
     config_to_yaml,
     find_recipe,
@@ -89,7 +90,7 @@ class GridData(Section):
     tasks_dir: str | None = None  # else: a folder with one task directory per task (train/val/test.csv, labels.txt)
     tasks: list[str] = list(TASKS)  # task directory names = Table 3 columns
     corpus: list[str] = []  # pretraining notes for clinical.recipe (demo data: OUT/data/corpus/*)
-    seed: int = 0  # of the demo data
+    seed: Seed = 0  # of the demo data
 
     @model_validator(mode="after")
     def _one_source(self) -> "GridData":
@@ -108,7 +109,7 @@ class GridReport(Section):
 
     compare: str | None = None  # a Table 3 row (as printed): paired bootstrap p-value of every cell against it
     bootstrap_resamples: int = Field(1000, ge=0)  # of the test notes, for the 95% intervals (0: none)
-    bootstrap_seed: int = 0
+    bootstrap_seed: Seed = 0
     html: bool = True  # OUT/report/index.html: every table, plot and a model card per run in one page
     subgroups: list[str] = []  # task CSV columns (e.g. [gender, age_group]) to break the metrics down by
     specificity: float = Field(0.9, gt=0.0, lt=1.0)  # operating point of binary tasks, fixed on validation

@@ -18,6 +18,7 @@ import pandas as pd
 
 from clinpeft.errors import ClinpeftError
 from clinpeft.evaluation.attribution import occlusion, top_phrases
+from clinpeft.files import read_csv
 from clinpeft.inference import Predictor
 from clinpeft.reporting.explain_html import write_explain_page
 from clinpeft.rundir import atomic_run_dir, write_json
@@ -27,13 +28,9 @@ def read_notes(path: str | Path, max_notes: int | None) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise ClinpeftError(f"--notes {path} not found; give a CSV with id,text columns (e.g. a task's test.csv)")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise ClinpeftError(f"{path}: cannot be parsed as CSV ({exc})") from None
-    missing = [c for c in ("id", "text") if c not in frame.columns]
-    if missing:
-        raise ClinpeftError(f"{path}: missing column(s) {', '.join(missing)}; expected id,text[,label]")
+    frame = read_csv(path, ("id", "text"), "notes CSV", "expected id,text[,label]")
+    if frame.empty:
+        raise ClinpeftError(f"{path}: no notes after the header; give a CSV with id,text rows")
     empty = frame.index[frame["text"].str.strip() == ""]
     if len(empty):
         raise ClinpeftError(f"{path} row {int(empty[0]) + 2}: empty text; remove the row")

@@ -32,7 +32,6 @@ needs the caller to cut notes into windows and pool their logits (clinpeft_expor
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -45,7 +44,7 @@ MERGEABLE = {"LORA"}  # peft types whose weights fold into the base (DoRA/rsLoRA
 
 
 def peft_types(adapter_dirs: list[Path]) -> list[str]:
-    return [str(json.loads((d / "adapter_config.json").read_text()).get("peft_type")) for d in adapter_dirs]
+    return [str(read_json(d / "adapter_config.json").get("peft_type")) for d in adapter_dirs]
 
 
 def refuse_unmergeable(run: Path, types: list[str]) -> None:

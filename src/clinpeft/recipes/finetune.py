@@ -29,6 +29,7 @@ Output directory:
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -37,7 +38,15 @@ import numpy as np
 from clinpeft import __version__
 from clinpeft.config import FinetuneConfig, save_config
 from clinpeft.data.long_notes import LongNotes, encode_notes
-from clinpeft.data.tasks import TaskData, check_classes, data_provenance, extra_columns, load_task
+from clinpeft.data.tasks import (
+    TaskData,
+    check_classes,
+    data_provenance,
+    extra_columns,
+    load_task,
+    unseen_classes,
+    unseen_warning,
+)
 from clinpeft.errors import ClinpeftError
 from clinpeft.evaluation.clinical import operating_point
 from clinpeft.evaluation.metrics import probabilities
@@ -59,7 +68,14 @@ from clinpeft.modeling.base import (
 )
 from clinpeft.modeling.classifier import Classifier, build_classifier, save_bundle, score_notes
 from clinpeft.modeling.pooling import check_pooling
-from clinpeft.rundir import atomic_run_dir, check_free_space, checkpoint_dir, expected_run_bytes, write_json
+from clinpeft.rundir import (
+    atomic_run_dir,
+    check_free_space,
+    checkpoint_dir,
+    expected_run_bytes,
+    is_main_process,
+    write_json,
+)
 from clinpeft.training.classification import make_trainer, split_metrics, truncation_lines, write_predictions
 from clinpeft.training.common import (
     check_kernels,
@@ -87,6 +103,8 @@ def main(config: FinetuneConfig, out: str | Path, *, overwrite: bool = False, pr
     check_kernels(config.train)  # train.compile on a CPU: a C++ compiler
     task = load_task(config.task.path, config.task.name, config.task.kind, config.task.max_examples)
     check_classes(task, Path(config.task.path))  # one class in train or val: refused before training
+    if unseen_warning(unseen_classes(task), config.task.path) and is_main_process():
+        print(unseen_warning(unseen_classes(task), config.task.path), file=sys.stderr)
     clinical = clinical_adapter(config)
     if clinical is None or clinical.method != "full":  # a full clinical model replaces model.base
         check_base(config.model.base)  # before any work: the folder, or the GGUF file's header
@@ -214,6 +232,7 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
         "best_epoch": keep_best.best_epoch,
         "val_history": keep_best.history,
         "n_train": len(task.splits["train"]),
+        "unseen_in_train": unseen_classes(task),  # {split: [labels]} in val/test with no train example
         "optimizer_steps": trainer.state.global_step,  # in all, counted once across resumptions
         "resumed_from_step": resumed_from,  # 0: trained in one go
         "fsdp": trainer.sharding,  # sharded training: FSDP version, processes, units per layer class (None: not)

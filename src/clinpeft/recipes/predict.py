@@ -40,8 +40,9 @@ from clinpeft.inference import Predictor, check_finetune_run
 from clinpeft.rundir import atomic_run_dir, check_out_dir, write_json
 
 
-def main(run: str | Path, notes: str | Path, out: str | Path, *, text_column: str = "text", id_column: str = "id",
-         batch_size: int = 16, device: str | None = None, threshold: float = 0.5, base: str | None = None,
+def main(run: str | Path, notes: str | Path, out: str | Path, *, text_column: str = "text",
+         id_column: str | None = None, batch_size: int = 16, device: str | None = None, threshold: float = 0.5,
+         base: str | None = None,
          overwrite: bool = False, progress: bool = True, chunk_rows: int = 1024) -> dict:
     """Score the notes of `notes` with finetune run `run` into `out`. Returns the summary written to labels.json."""
     started = time.time()

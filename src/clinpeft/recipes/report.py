@@ -13,6 +13,7 @@ from pathlib import Path
 
 from clinpeft.errors import ClinpeftError
 from clinpeft.reporting.report import write_report
+from clinpeft.rundir import atomic_run_dir
 
 
 def main(paths: list[str | Path], out: str | Path, *, compare: str | None = None, n_resamples: int = 1000,
@@ -32,8 +33,14 @@ def main(paths: list[str | Path], out: str | Path, *, compare: str | None = None
     if reserved:
         raise ClinpeftError(f"--subgroups {', '.join(reserved)}: not a subgroup column; name columns such as "
                             "gender,age_group of the task CSVs")
-    return write_report(paths, out, compare=compare, n_resamples=n_resamples, seed=seed, progress=progress,
-                        subgroups=list(subgroups), min_positives=min_positives, specificity=specificity, html=html)
+    # written whole or not at all, under the --out lock like every command (rundir.atomic_run_dir): a run whose
+    # predictions.csv is broken leaves no empty report folder. A report replaces only an earlier report there
+    # (rundir.MARKER), never another command's folder; `report` has no --overwrite, rerunning it is its use.
+    with atomic_run_dir(out, overwrite=True) as tmp:
+        written = write_report(paths, tmp, compare=compare, n_resamples=n_resamples, seed=seed, progress=progress,
+                               subgroups=list(subgroups), min_positives=min_positives, specificity=specificity,
+                               html=html)
+    return {name: Path(out) / path.relative_to(tmp) for name, path in written.items()}
 
 
 def summary(result: dict, out: str | Path) -> list[str]:

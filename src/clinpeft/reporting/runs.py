@@ -7,7 +7,6 @@ leniently (a missing or malformed optional value reads as None) so that old run 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Iterable
 
 from clinpeft.errors import ClinpeftError
+from clinpeft.files import read_json
 
 PRETRAIN_FILE = "run.json"
 FINETUNE_FILE = "metrics.json"
@@ -87,17 +87,9 @@ def _run_files(path: Path) -> list[Path]:
 
 
 def _read_json_object(file: Path) -> dict:
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ClinpeftError(
-            f"{file}: not valid JSON ({exc.msg} at line {exc.lineno}); re-run that step or remove its directory"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ClinpeftError(f"{file}: cannot be read ({exc}); check its permissions or remove its directory") from None
-    if not isinstance(data, dict):
-        raise ClinpeftError(f"{file}: expected a JSON object, got {type(data).__name__}; re-run that step")
-    return data
+    """A run's record through the reading layer (files.read_json): one line for an empty, truncated, wrongly
+    encoded file or one that holds no JSON object."""
+    return read_json(file, dict, what="run record", hint="re-run that step or remove its directory")
 
 
 # --------------------------------------------------------------------------- reading values

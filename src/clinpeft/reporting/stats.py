@@ -49,6 +49,7 @@ from clinpeft.evaluation.clinical import (
     reliability,
 )
 from clinpeft.evaluation.metrics import auroc_binary, auroc_multiclass, auroc_multilabel
+from clinpeft.files import read_csv
 from clinpeft.reporting.runs import Row, recorded_auroc, recorded_ci, recorded_test
 
 PREDICTIONS_FILE = "predictions.csv"
@@ -74,6 +75,16 @@ class Predictions:
     predicted: np.ndarray | None = None  # the `predicted` column; computed (argmax / >= 0.5) for older files
 
 
+def check_prediction_rows(run: dict, file: str, path: Path, n_rows: int) -> None:
+    """A predictions file holds as many rows as its run scored (metrics.json's n_examples of that split): a file
+    cut short (a copy that stopped, a disk that filled) would otherwise be reported as if it were the whole split."""
+    split = "val" if file == VAL_PREDICTIONS_FILE else ("test" if isinstance(run.get("test"), dict) else "eval")
+    expected = run.get(split, {}).get("n_examples") if isinstance(run.get(split), dict) else None
+    if isinstance(expected, int) and not isinstance(expected, bool) and expected != n_rows:
+        raise ClinpeftError(f"{path}: {n_rows} rows, but the run scored {expected} {split} notes (metrics.json "
+                            f"{split}.n_examples); the file is incomplete: restore it or re-run `clinpeft evaluate`")
+
+
 def read_predictions(run: dict, file: str = PREDICTIONS_FILE) -> Predictions | None:
     """The run's predictions.csv and labels.txt, or None when the run has no predictions.csv.
 
@@ -88,10 +99,8 @@ def read_predictions(run: dict, file: str = PREDICTIONS_FILE) -> Predictions | N
     if not labels_path.is_file():
         raise ClinpeftError(f"{labels_path} not found; predictions.csv needs the run's label vocabulary next to it")
     labels = read_labels(labels_path)
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise ClinpeftError(f"{path}: cannot be parsed as CSV ({exc}); re-run `clinpeft evaluate` on the run") from None
+    frame = read_csv(path, (), "predictions file", "re-run `clinpeft evaluate` on the run")
+    check_prediction_rows(run, file, path, len(frame))
     columns = ["id", "label", *read_probability_columns(run_dir, labels)]
     missing = [c for c in columns if c not in frame.columns]
     if missing:

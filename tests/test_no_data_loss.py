@@ -1,0 +1,361 @@
+"""No command destroys an input or another's output, and an interruption leaves nothing behind but what resumes
+(issue 26, items 3 and 4).
+
+- `--out` equal to, inside or around an input is refused with or without --overwrite, the input untouched;
+- --overwrite replaces only a previous output of the same command (rundir.MARKER records which);
+- a killed short job's OUT.partial/ is cleared by the next run; a training run's checkpoints are not;
+- two writers to one --out never both succeed (the OUT.partial/.lock every command holds);
+- SIGTERM and SIGKILL at a stage of pretrain, prepare notes and predict (real processes: a test-only patch in the
+  child parks it at that stage), then the same command again: a note canary is found nowhere on disk but in the
+  inputs, and SIGTERM gives one line and exit 143;
+- resume skips a checkpoint whose files were cut short and falls back to the one before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from clinpeft.cli import main
+from clinpeft.rundir import MARKER, partial_dir
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+CANARY = "OKAPI-CANARY-4417"
+
+
+def run(capsys, args: list) -> tuple[int, str]:
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return code, captured.err.strip()
+
+
+def refused(code: int, err: str, expected: str) -> None:
+    assert code == 2, err
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert expected in err, err
+
+
+def digest(path: Path) -> dict:
+    """Every file under `path` (or the file itself) -> sha256: what must not change."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+# --------------------------------------------------------------------------- --out over an input
+
+
+@pytest.fixture
+def inputs(tmp_path) -> dict:
+    """Stand-ins for a run, a task folder, a notes file and a base model: the check is by path, before reading."""
+    run_dir, task, base = tmp_path / "run", tmp_path / "task", tmp_path / "base"
+    for folder, name in ((run_dir, "bundle.json"), (task, "train.csv"), (base, "config.json")):
+        folder.mkdir()
+        (folder / name).write_text("{}\n")
+    (run_dir / "metrics.json").write_text("{}\n")
+    notes = tmp_path / "notes.csv"
+    notes.write_text("id,text\n1,a note\n")
+    (tmp_path / "r.yaml").write_text("{}\n")
+    return {"run": run_dir, "task": task, "base": base, "notes": notes, "recipe": tmp_path / "r.yaml"}
+
+
+def overlap_cases(i: dict) -> list:
+    run_dir, task, base, notes, recipe = i["run"], i["task"], i["base"], i["notes"], i["recipe"]
+    return [
+        (["predict", run_dir, "--notes", notes, "--out", run_dir, "--overwrite"], "is the input"),
+        (["predict", run_dir, "--notes", notes, "--out", run_dir], "is the input"),
+        (["predict", run_dir, "--notes", notes, "--out", notes, "--overwrite"], "is the input"),
+        (["export", run_dir, "--out", run_dir, "--overwrite"], "is the input"),
+        (["export", run_dir, "--out", run_dir / "merged"], "is inside the input"),
+        (["evaluate", run_dir, "--data", notes, "--out", run_dir.parent, "--overwrite"], "contains the input"),
+        (["explain", run_dir, "--notes", notes, "--out", run_dir / "x", "--overwrite"], "is inside the input"),
+        (["evaluate", run_dir, "--data", notes, "--base", base, "--out", base, "--overwrite"], "is the input"),
+        (["report", run_dir, "--out", run_dir], "is the input"),
+        (["report", run_dir, "--out", run_dir / "report"], "is inside the input"),
+        (["finetune", recipe, f"task.path={task}", "--out", task, "--overwrite"], "is the input"),
+        (["finetune", recipe, f"model.base={base}", f"task.path={task}", "--out", base / "sub"], "is inside the input"),
+        (["pretrain", recipe, f"model.base={base}", f"data.paths=[{notes}]", "--out", notes, "--overwrite"],
+         "is the input"),
+        (["prepare", "notes", "--input", notes, "--out", notes.parent, "--overwrite"], "contains the input"),
+    ]
+
+
+def test_out_over_an_input_is_refused(capsys, inputs, tmp_path):
+    before = digest(tmp_path)
+    for args, expected in overlap_cases(inputs):
+        code, err = run(capsys, args)
+        refused(code, err, expected)
+    assert digest(tmp_path) == before  # every input as it was, nothing written
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_report_may_live_in_a_folder_of_runs(capsys, small_finetune_run, tmp_path):
+    """`report runs --out runs/report` (the README's) stays allowed: runs/ is a folder of runs, not a run."""
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(small_finetune_run, runs / "mor")
+    code, err = run(capsys, ["report", runs, "--out", runs / "report", "--bootstrap-resamples", "0", "--quiet"])
+    assert code == 0, err
+    assert (runs / "report" / "table3.md").is_file() and (runs / "report" / MARKER).is_file()
+    code, err = run(capsys, ["report", runs, "--out", runs / "report", "--bootstrap-resamples", "0", "--quiet"])
+    assert code == 0, err  # a report replaces its own earlier report, with no --overwrite
+
+
+# --------------------------------------------------------------------------- --overwrite
+
+
+def test_overwrite_replaces_only_the_same_commands_output(capsys, small_finetune_run, synthetic_tasks, tmp_path):
+    notes = synthetic_tasks["mor"] / "test.csv"
+    out = tmp_path / "scored"
+    code, err = run(capsys, ["predict", small_finetune_run, "--notes", notes, "--out", out, "--quiet"])
+    assert code == 0, err
+    assert json.loads((out / MARKER).read_text())["command"] == "predict"
+    before = digest(out)
+    code, err = run(capsys, ["export", small_finetune_run, "--out", out, "--overwrite", "--quiet"])
+    refused(code, err, "was written by `clinpeft predict`")
+    code, err = run(capsys, ["report", small_finetune_run, "--out", out, "--quiet"])
+    refused(code, err, "was written by `clinpeft predict`")
+    assert digest(out) == before
+    code, err = run(capsys, ["predict", small_finetune_run, "--notes", notes, "--out", out, "--overwrite", "--quiet"])
+    assert code == 0, err
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("keep")
+    code, err = run(capsys, ["predict", small_finetune_run, "--notes", notes, "--out", mine, "--overwrite", "--quiet"])
+    refused(code, err, "no clinpeft command wrote")
+    assert (mine / "thesis.tex").read_text() == "keep"
+
+
+def test_a_killed_short_jobs_partial_is_cleared_by_the_next_run(capsys, small_finetune_run, synthetic_tasks,
+                                                                tmp_path):
+    notes = synthetic_tasks["mor"] / "test.csv"
+    out = tmp_path / "scored"
+    stale = partial_dir(out)
+    stale.mkdir()
+    (stale / "predictions.csv").write_text("id,predicted\n1,0\n")  # what a SIGKILL mid-write leaves
+    code, err = run(capsys, ["predict", small_finetune_run, "--notes", notes, "--out", out, "--quiet"])
+    assert code == 0, err
+    assert not stale.exists() and len(pd.read_csv(out / "predictions.csv")) == len(pd.read_csv(notes))
+
+    # a training run's partial with a checkpoint is never cleared by another command
+    training = tmp_path / "trained"
+    checkpoint = partial_dir(training) / "checkpoints" / "checkpoint-3"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text("{}")
+    code, err = run(capsys, ["predict", small_finetune_run, "--notes", notes, "--out", training, "--quiet"])
+    refused(code, err, "holds an unfinished training run with checkpoints")
+    assert (checkpoint / "trainer_state.json").is_file()
+
+
+# --------------------------------------------------------------------------- real processes
+
+CHILD = textwrap.dedent("""
+    import os, pathlib, sys, time
+    stage, ready = os.environ["CLINPEFT_TEST_STAGE"], pathlib.Path(os.environ["CLINPEFT_TEST_READY"])
+
+    def park(real):  # run the real function, then say so and wait for the signal
+        def parked(*args, **kwargs):
+            result = real(*args, **kwargs)
+            ready.write_text("1")
+            time.sleep(120)
+            return result
+        return parked
+
+    if stage == "tokenise":  # pretrain: the notes' Arrow copies are in OUT.partial/.cache
+        import datasets
+        datasets.Dataset.map = park(datasets.Dataset.map)
+    elif stage == "write":  # predict, prepare notes: the output half-written in OUT.partial/
+        import clinpeft.rundir
+        clinpeft.rundir.write_json = park(clinpeft.rundir.write_json)
+    from clinpeft.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def start(args: list, stage: str, ready: Path, home: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "OMP_NUM_THREADS": "1", "CLINPEFT_THREADS": "1", "CLINPEFT_TEST_STAGE": stage,
+           "CLINPEFT_TEST_READY": str(ready), "HF_DATASETS_CACHE": str(home / "hf-datasets"),
+           "HF_HOME": str(home / "hf")}  # datasets' own caches, if any, land where the canary grep looks
+    return subprocess.Popen([sys.executable, "-c", CHILD, *map(str, args)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_until(ready: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while not ready.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"ended (rc {proc.returncode}) before the stage: {proc.stderr.read()[-2000:]}")
+        if time.time() > deadline:
+            proc.kill()
+            raise AssertionError("the stage was never reached")
+        time.sleep(0.05)
+
+
+def canary_files(root: Path, inputs: Path) -> list[str]:
+    """Files under `root` (outside the `inputs` folder) holding the canary, as text or in Arrow's bytes."""
+    return [str(p) for p in root.rglob("*") if p.is_file() and inputs not in p.parents
+            and CANARY.encode() in p.read_bytes()]
+
+
+@pytest.fixture
+def canary_inputs(tmp_path, synthetic_corpus, synthetic_tasks) -> dict:
+    """A notes CSV and a pretraining corpus with the canary in every note, under tmp_path/inputs."""
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    notes = pd.read_csv(synthetic_tasks["mor"] / "test.csv", dtype=str, keep_default_na=False)
+    notes["text"] = notes["text"] + f" {CANARY}"
+    notes.to_csv(folder / "notes.csv", index=False)
+    corpus = pd.read_csv(synthetic_corpus["discharge"], dtype=str, keep_default_na=False)
+    corpus["text"] = corpus["text"] + f" {CANARY}"
+    corpus.to_csv(folder / "corpus.csv", index=False)
+    (folder / "r.yaml").write_text("{}\n")
+    return {"folder": folder, "notes": folder / "notes.csv", "corpus": folder / "corpus.csv",
+            "recipe": folder / "r.yaml"}
+
+
+def command_line(command: str, i: dict, out: Path, tiny_llama, run_dir) -> list:
+    if command == "pretrain":
+        return ["pretrain", i["recipe"], f"model.base={tiny_llama}", f"data.paths=[{i['corpus']}]",
+                "data.max_seq_len=64", "train.batch_size=4", "train.grad_accum=1", "train.max_steps=2",
+                "eval.train_max_blocks=4", "eval.base_model=false", "peft.r=4", "--out", out, "--quiet"]
+    if command == "prepare":
+        return ["prepare", "notes", "--input", i["corpus"], "--out", out, "--quiet"]
+    return ["predict", run_dir, "--notes", i["notes"], "--out", out, "--quiet"]
+
+
+STAGES = [("pretrain", "tokenise"), ("prepare", "write"), ("predict", "write")]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+@pytest.mark.parametrize("command, stage", STAGES)
+def test_interrupted_command_leaves_no_note_text(capsys, tmp_path, canary_inputs, tiny_llama, small_finetune_run,
+                                                 command, stage, sig):
+    out = tmp_path / "out"
+    args = command_line(command, canary_inputs, out, tiny_llama, small_finetune_run)
+    ready = tmp_path / "ready"
+    proc = start(args, stage, ready, tmp_path)
+    wait_until(ready, proc)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 128 + signal.SIGTERM, stderr
+        lines = [line for line in stderr.strip().splitlines() if not line.startswith("warning: ")]
+        assert len(lines) == 1 and lines[0].startswith("error: SIGTERM"), stderr
+        assert "Traceback" not in stderr
+        assert not out.exists() and not partial_dir(out).exists()  # nothing to resume: nothing left
+        assert canary_files(tmp_path, canary_inputs["folder"]) == []
+    else:
+        assert proc.returncode == -signal.SIGKILL
+        assert not out.exists()  # never a half output in place of the finished one
+    # the same command again finishes, and clears what the kill left
+    code, err = run(capsys, args)
+    assert code == 0, err
+    assert not partial_dir(out).exists() and (out / MARKER).is_file()
+    leaked = canary_files(tmp_path, canary_inputs["folder"])
+    if command == "prepare":  # the prepared corpus holds the notes by design (README: Privacy)
+        leaked = [p for p in leaked if not Path(p).is_relative_to(out)]
+    assert leaked == []
+
+
+def test_two_writers_to_one_out_never_both_succeed(capsys, tmp_path, canary_inputs, small_finetune_run, tiny_llama):
+    """The first (a real process) holds the lock from its start, its output half-written; the second (in this
+    process) is refused at its start, before loading a model; the first, stopped, leaves nothing."""
+    out = tmp_path / "out"
+    args = command_line("predict", canary_inputs, out, tiny_llama, small_finetune_run)
+    ready = tmp_path / "ready"
+    first = start(args, "write", ready, tmp_path)
+    try:
+        wait_until(ready, first)
+        code, err = run(capsys, args)
+        refused(code, err, f"is being written by another process (pid {first.pid}")
+        code, err = run(capsys, [*args, "--overwrite"])
+        refused(code, err, "is being written by another process")
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=120)
+    assert first.returncode == 128 + signal.SIGTERM and not out.exists() and not partial_dir(out).exists()
+
+
+# --------------------------------------------------------------------------- resume from a damaged checkpoint
+
+
+def test_resume_falls_back_from_a_truncated_checkpoint(capsys, tmp_path, tiny_llama, synthetic_corpus):
+    """The newest checkpoint's trainable.safetensors / optimizer.pt cut short: resume uses the one before."""
+    from clinpeft.rundir import complete_checkpoints
+    from conftest import pretrain_overrides
+
+    (tmp_path / "r.yaml").write_text("{}\n")
+    out = tmp_path / "run"
+    args = ["pretrain", tmp_path / "r.yaml", *pretrain_overrides(tiny_llama, synthetic_corpus),
+            "train.max_steps=6", "train.checkpoint_every=2", "train.keep_checkpoints=3", "eval.base_model=false",
+            "--out", out, "--quiet"]
+    # a finished run removes its checkpoints: stop it after step 4 by failing the final write, keeping them
+    import clinpeft.recipes.pretrain as pretrain_module
+
+    real = pretrain_module.write_json
+
+    def fail(path, data):
+        raise KeyboardInterrupt
+
+    pretrain_module.write_json = fail
+    try:
+        code, _ = run(capsys, args)
+    finally:
+        pretrain_module.write_json = real
+    assert code == 130
+    checkpoints = complete_checkpoints(partial_dir(out) / "checkpoints")
+    assert [p.name for p in checkpoints][-2:] == ["checkpoint-4", "checkpoint-6"]
+    newest = checkpoints[-1]
+    for name in ("optimizer.pt", "adapter_model.safetensors", "trainable.safetensors"):
+        if (newest / name).exists():
+            data = (newest / name).read_bytes()
+            (newest / name).write_bytes(data[: len(data) // 2])
+    assert [p.name for p in complete_checkpoints(partial_dir(out) / "checkpoints")][-1] == "checkpoint-4"
+    code, err = run(capsys, args)
+    assert code == 0, err
+    assert "checkpoint-6" in err and "resuming from checkpoint-4" in err  # the one warning line
+    assert json.loads((out / "run.json").read_text())["resumed_from_step"] == 4
+
+
+# --------------------------------------------------------------------------- every short command, in process
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("command", ["evaluate", "predict", "explain", "export", "report", "prepare"])
+def test_signal_at_the_last_moment_leaves_nothing(capsys, monkeypatch, tmp_path, small_finetune_run,
+                                                  synthetic_tasks, synthetic_corpus, command, sig):
+    """The signal arrives with the whole output written in OUT.partial/, just before the rename (in this
+    process: the CLI's own handler turns it into one line and the cleanup): exit 128 + signal, nothing left."""
+    import clinpeft.rundir as rundir
+
+    def interrupted(partial, out):
+        signal.raise_signal(sig)
+
+    monkeypatch.setattr(rundir, "_finish", interrupted)
+    test_csv = synthetic_tasks["mor"] / "test.csv"
+    out = tmp_path / "out"
+    args = {"evaluate": ["evaluate", small_finetune_run, "--data", test_csv],
+            "predict": ["predict", small_finetune_run, "--notes", test_csv],
+            "explain": ["explain", small_finetune_run, "--notes", test_csv, "--max-notes", "1"],
+            "export": ["export", small_finetune_run],
+            "report": ["report", small_finetune_run, "--bootstrap-resamples", "0"],
+            "prepare": ["prepare", "notes", "--input", synthetic_corpus["discharge"]]}[command]
+    code, err = run(capsys, [*args, "--out", out, "--quiet"])
+    assert code == 128 + sig, err
+    lines = [line for line in err.splitlines() if not line.startswith("warning: ")]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {signal.Signals(sig).name}"), err
+    assert not out.exists() and not partial_dir(out).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
