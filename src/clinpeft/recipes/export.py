@@ -32,6 +32,7 @@ needs the caller to cut notes into windows and pool their logits (clinpeft_expor
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
