@@ -60,7 +60,16 @@ class PadCollator:
 
 
 class TaskLossTrainer(Trainer):
-    """HF Trainer with the task's loss: class-weighted cross-entropy (single-label) or BCE on logits (multilabel)."""
+    """HF Trainer with the task's loss: class-weighted cross-entropy (single-label) or BCE on logits (multilabel).
+
+    compute_loss returns the micro-batch's mean loss per note (per note and label: multilabel), not a loss
+    already divided by the accumulated batch's item count. transformers 5 would otherwise take it as scaled
+    for gradient accumulation (the classifier accepts loss kwargs, so `num_items_in_batch` is set) and skip
+    its division by grad_accum: backward and the logged loss were grad_accum times the mean (issue 24).
+    With equal micro-batches, batch_size=b, grad_accum=k then gives the same update and logged loss as
+    batch_size=k*b, grad_accum=1 (tests/test_grad_accum.py)."""
+
+    loss_is_scaled_for_ga = False  # read by Trainer.training_step: divide by the accumulation steps
 
     def __init__(self, *args, multilabel: bool, label_weights: torch.Tensor | None = None,
                  chunk_pooling: str = "max", **kwargs):
@@ -85,9 +94,18 @@ class TaskLossTrainer(Trainer):
         if self.multilabel:
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
         else:
-            weight = None if self.label_weights is None else self.label_weights.to(logits.device)
-            loss = torch.nn.functional.cross_entropy(logits, labels, weight=weight)
+            loss = weighted_cross_entropy(logits, labels, self.label_weights)
         return (loss, outputs) if return_outputs else loss
+
+
+def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the notes of weight[label] * cross-entropy. Divided by the note count, not (as torch's
+    `weight=` does) by the batch's sum of weights: the mean of k equal micro-batches' losses is then the
+    whole batch's loss, as gradient accumulation needs; balanced weights average 1 over the training set."""
+    losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    if weights is not None:
+        losses = losses * weights.to(logits.device)[labels]
+    return losses.mean()
 
 
 class KeepBest(TrainerCallback):
