@@ -21,6 +21,7 @@ from clinpeft.errors import ClinpeftError
 from clinpeft.evaluation.bootstrap import bootstrap_fields
 from clinpeft.evaluation.clinical import MIN_POSITIVES, bootstrap_clinical, class_support, clinical_metrics
 from clinpeft.evaluation.metrics import probabilities, task_metrics
+from clinpeft.modeling.adapters import head_module
 from clinpeft.modeling.classifier import Classifier, pad_batch
 from clinpeft.modeling.pooling import pool_windows
 from clinpeft.training.common import Checkpointing, own_forward, silence_trainer, training_arguments
@@ -72,9 +73,27 @@ class TaskLossTrainer(Trainer):
     loss_is_scaled_for_ga = False  # read by Trainer.training_step: divide by the accumulation steps
 
     def __init__(self, *args, multilabel: bool, label_weights: torch.Tensor | None = None,
-                 chunk_pooling: str = "max", **kwargs):
+                 chunk_pooling: str = "max", head: torch.nn.Module | None = None, head_lr: float | None = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.multilabel, self.label_weights, self.chunk_pooling = multilabel, label_weights, chunk_pooling
+        self.head, self.head_lr = head, head_lr
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer; with train.head_lr, the head's parameters in a group of their own at that
+        rate (the scheduler's warm-up and decay apply to both groups alike)."""
+        optimizer = super().create_optimizer(model)
+        if self.head_lr is None or self.head is None or getattr(self, "_head_group_added", False):
+            return optimizer
+        head_ids = {id(p) for p in self.head.parameters() if p.requires_grad}
+        head_params = []
+        for group in optimizer.param_groups:
+            head_params += [p for p in group["params"] if id(p) in head_ids]
+            group["params"] = [p for p in group["params"] if id(p) not in head_ids]
+        if head_params:
+            optimizer.add_param_group({"params": head_params, "lr": self.head_lr, "weight_decay": 0.0})
+        self._head_group_added = True
+        return optimizer
 
     def evaluate(self, *args, **kwargs):
         with own_forward(self.model):  # the epoch is selected on the scores evaluate/predict would give
@@ -186,6 +205,8 @@ def make_trainer(clf: Classifier, task: TaskData, config: FinetuneConfig, checkp
         multilabel=multilabel,
         label_weights=None if multilabel else class_weights(task.targets("train"), task.num_labels),
         chunk_pooling=long_notes.chunk_pooling,
+        head=head_module(clf.model, clf.head_name),
+        head_lr=config.train.head_lr,
     )
     return silence_trainer(trainer, progress), keep_best, checkpointing
 
