@@ -167,6 +167,8 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
     if resume and progress:
         print(f"resuming from {resume} (optimizer step {resumed_from})")
     fit_started = time.time()
+    if config.train.head_init == "probe" and resume is None:
+        trainer.evaluate()  # LP-FT's start is a fitted model: it competes for the kept epoch, as epoch 0
     train_output = trainer.train(resume_from_checkpoint=resume)
     end_mixed_precision(trainer)  # scores below in the model's dtype, as evaluate/predict do
     train_time = time.time() - fit_started

@@ -139,9 +139,10 @@ class KeepBest(TrainerCallback):
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         auroc = (metrics or {}).get("eval_auroc")
-        self.history.append({"epoch": state.epoch, "val_auroc": auroc})
+        epoch = state.epoch or 0.0  # before training (LP-FT's start): epoch 0
+        self.history.append({"epoch": epoch, "val_auroc": auroc})
         if auroc is not None and not math.isnan(auroc) and auroc > self.best_auroc:
-            self.best_auroc, self.best_epoch = auroc, state.epoch
+            self.best_auroc, self.best_epoch = auroc, epoch
             self.best_state = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
     def on_save(self, args, state, control, **kwargs):
