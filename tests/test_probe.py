@@ -118,7 +118,8 @@ def test_finetune_records_the_probe_and_lp_ft_starts_from_it(tiny_llama, synthet
     saved = load_file(tmp_path / "lpft" / "head.safetensors")["weight"].numpy()
     np.testing.assert_allclose(saved, expected, rtol=1e-3, atol=1e-5)
     lines = finetune.summary(result, tmp_path / "lpft")
-    assert "linear probe of the frozen model" in lines[0]
+    assert lines[1] == (f"linear probe of the frozen model: val AUROC {probe['val']:.4f}, "
+                        f"test AUROC {probe['test']:.4f}")
 
 
 def test_head_lr_is_a_separate_optimizer_group(tiny_llama, synthetic_tasks, tmp_path):

@@ -109,7 +109,7 @@ def summary(result: dict, out: str | Path) -> list[str]:
     cut = truncation_lines(result.get("truncation", {}), result.get("long_notes", {}))
     probe = result.get("probe")
     if probe:
-        lines[0] += f" (linear probe of the frozen model: val {probe['val']:.4f}, test {probe['test']:.4f})"
+        lines.append(f"linear probe of the frozen model: val AUROC {probe['val']:.4f}, test AUROC {probe['test']:.4f}")
     return lines + cut + support_warnings(result) + list((result.get("guard") or {}).get("warnings", []))
 
 
