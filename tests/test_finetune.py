@@ -98,8 +98,10 @@ def test_finetune_writes_metrics_predictions_and_bundle(task, tiny_llama, clinic
                                                         clinical_adapter=clinical_run, **{"train.epochs": 2}))
     metrics = finetune.main(config, out, progress=False)
     aurocs = f"val AUROC {metrics['val']['auroc']:.4f}, test AUROC {metrics['test']['auroc']:.4f}"
-    first, cut, *warnings = finetune.summary(metrics, out)  # synthetic notes run past 96 tokens: all are cut
+    first, probe, cut, *warnings = finetune.summary(metrics, out)  # synthetic notes run past 96 tokens: all are cut
     assert first == f"{out}: {task} clinical_trainable+downstream: {aurocs}"
+    assert probe == (f"linear probe of the frozen model: val AUROC {metrics['probe']['val']:.4f}, "
+                     f"test AUROC {metrics['probe']['test']:.4f}")
     assert cut.startswith("note: notes longer than task.max_seq_len=96 were cut (truncate): train ")
     assert metrics["truncation"]["test"]["notes_cut"] == metrics["truncation"]["test"]["n_notes"]
     assert all(line.startswith("warning: ") for line in warnings)  # classes absent / under min_positives

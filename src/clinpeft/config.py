@@ -240,6 +240,12 @@ class FinetuneTrainSection(TrainSection):
     lr: float = Field(5e-5, gt=0)
     grad_accum: int = Field(10, ge=1)
     epochs: float = Field(3.0, gt=0)
+    # learning rate of the classification head (None: train.lr). The head is a fresh linear layer on features
+    # of scale ~1 per unit; adapters move a pretrained model: a head often wants 10-100x the LoRA's rate
+    head_lr: float | None = Field(None, gt=0)
+    # how the head starts. random: transformers' init; probe: LP-FT (Kumar et al. 2022): the head is first fit
+    # as a logistic regression on the frozen model's features (training/probe.py), then everything trains
+    head_init: Literal["random", "probe"] = "random"
 
 
 class CorpusSection(Section):
@@ -347,6 +353,10 @@ class ClassifierEvalSection(Section):
     # operating point of binary tasks: the threshold reaching this specificity on validation, applied to test
     # (fraction of negatives called negative)
     specificity: float = Field(0.9, gt=0.0, lt=1.0)
+    # the linear probe of the run's frozen model (training/probe.py): its val/test AUROC beside the run's in
+    # metrics.json and Table 3, and the guard that warns when fine-tuning ends below it. Costs one forward pass
+    # over train, val and test (no backward) plus a few logistic regressions
+    probe: bool = True
 
 
 class FinetuneConfig(Section):

@@ -87,6 +87,14 @@ from clinpeft.training.common import (
     resume_point,
     set_threads,
 )
+from clinpeft.training.probe import (
+    final_train_loss,
+    fit_probe,
+    guard,
+    init_head_from_probe,
+    note_features,
+    prior_loss,
+)
 
 
 def main(config: FinetuneConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True,
@@ -121,7 +129,10 @@ def summary(result: dict, out: str | Path) -> list[str]:
     lines = [f"{out}: {result['task']} {result['variant']}: val AUROC {result['val']['auroc']:.4f}, "
              f"test AUROC {result['test']['auroc']:.4f}"]
     cut = truncation_lines(result.get("truncation", {}), result.get("long_notes", {}))
-    return lines + cut + support_warnings(result)
+    probe = result.get("probe")
+    if probe:
+        lines.append(f"linear probe of the frozen model: val AUROC {probe['val']:.4f}, test AUROC {probe['test']:.4f}")
+    return lines + cut + support_warnings(result) + list((result.get("guard") or {}).get("warnings", []))
 
 
 def support_warnings(result: dict) -> list[str]:
@@ -162,6 +173,11 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
     fingerprint = base_fingerprint(clf.model)  # before training: identifies the base model's weights
     check_free_space(run_dir, expected_run_bytes(trainable, total, config.train, variant == "full"), "this run")
 
+    # --- probe: the frozen model's features -> logistic regression: the floor to clear, and LP-FT's head
+    probe_started = time.time()
+    probe = linear_probe(clf, task, config, progress)
+    probe_time = time.time() - probe_started
+
     # --- fit, selecting the epoch by validation AUROC
     checkpoints = checkpoints or run_dir / "checkpoints"
     precision = resolve_precision(config.train.precision, hidden_size_of(base_path))
@@ -173,7 +189,9 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
     if resume and progress:
         print(f"resuming from {resume} (optimizer step {resumed_from})")
     fit_started = time.time()
-    trainer.train(resume_from_checkpoint=resume)
+    if config.train.head_init == "probe" and resume is None:
+        trainer.evaluate()  # LP-FT's start is a fitted model: it competes for the kept epoch, as epoch 0
+    train_output = trainer.train(resume_from_checkpoint=resume)
     end_mixed_precision(trainer)  # scores below in the model's dtype, as evaluate/predict do
     clf.model = trainer.consolidated(clf.model)  # FSDP: the whole trained model on every process (else unchanged)
     train_time = time.time() - fit_started
@@ -185,6 +203,9 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
     test_logits, test_metrics, test_cut = score_split(clf, task, "test", config, progress)
     if task.task_type == "binary":  # threshold at eval.specificity on val, applied to test
         test_metrics["operating_point"] = binary_operating_point(task, val_logits, test_logits, config)
+    curve = loss_curve(trainer.state)
+    checks = guard(val_metrics["auroc"], probe, final_train_loss(curve, train_output.training_loss),
+                   prior_loss(task.task_type, task.targets("train"), task.num_labels))
 
     # --- save: the bundle, predictions, metrics
     save_bundle(clf, run_dir, {
@@ -236,7 +257,11 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
         "optimizer_steps": trainer.state.global_step,  # in all, counted once across resumptions
         "resumed_from_step": resumed_from,  # 0: trained in one go
         "fsdp": trainer.sharding,  # sharded training: FSDP version, processes, units per layer class (None: not)
-        "loss_curve": loss_curve(trainer.state),
+        "loss_curve": curve,
+        "probe": probe,  # the linear probe of the frozen model this run started from: {val, test, C, ...}
+        "guard": checks,  # fine-tuning below that probe, or a training loss above the label prior's: warnings
+        "head_init": config.train.head_init,
+        "probe_time_s": probe_time,
         "checkpoints_written": checkpointing.saves,
         "checkpoint_time_s": checkpointing.save_seconds,
         "trainable_params": trainable,
@@ -252,6 +277,27 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
     }
     write_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def linear_probe(clf: Classifier, task: TaskData, config: FinetuneConfig, progress: bool) -> dict | None:
+    """metrics.json's "probe" (training/probe.py; None with eval.probe=false), and with train.head_init=probe
+    the head set to the probe of the features it reads (LP-FT). One forward pass per split, before training:
+    the features of the frozen base (+ clinical adapter), a fresh downstream LoRA being an identity."""
+    if not config.eval.probe and config.train.head_init != "probe":
+        return None
+    long_notes = LongNotes.from_task(config.task)
+    splits = ("train", "val", "test") if config.eval.probe else ("train", "val")
+    features = {split: note_features(clf, encode_notes(clf.tokenizer, task.splits[split]["text"].tolist(), long_notes),
+                                     config.eval.batch_size, progress, f"probe features ({split})")
+                for split in splits}
+    targets = {split: task.targets(split) for split in ("train", "val", "test")}
+    if not config.eval.probe:  # only LP-FT: score test on val's features (never read)
+        features["test"] = features["val"]
+        targets["test"] = targets["val"]
+    fitted = fit_probe(task.task_type, task.labels, {s: f.mean for s, f in features.items()}, targets)
+    if config.train.head_init == "probe":
+        init_head_from_probe(clf, task.task_type, task.num_labels, features["train"].head, targets["train"], fitted.c)
+    return fitted.to_json() if config.eval.probe else None
 
 
 def clinical_adapter(config: FinetuneConfig) -> ClinicalAdapter | None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from clinpeft.errors import ClinpeftError
 from clinpeft.reporting.report import write_report
+from clinpeft.reporting.tables import GUARD_NOTE
 from clinpeft.rundir import atomic_run_dir
 
 
@@ -53,6 +54,8 @@ def summary(result: dict, out: str | Path) -> list[str]:
         for line in table3.read_text().splitlines():
             if "\u2021 Aggregate over few examples" in line:
                 lines.append("warning: " + line.split("\u2021 ", 1)[1].lstrip("- "))
+            if line.lstrip("- ").startswith(GUARD_NOTE):
+                lines.append("warning: " + line.lstrip("- ").removeprefix(GUARD_NOTE))
     if "index.html" in result:
         lines.append(f"report page: {result['index.html']}")
     return lines

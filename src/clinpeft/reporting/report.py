@@ -18,7 +18,7 @@ from clinpeft.evaluation.clinical import DEFAULT_SPECIFICITY, MIN_POSITIVES
 from clinpeft.reporting.clinical import write_clinical
 from clinpeft.reporting.figures import write_plots
 from clinpeft.reporting.html import write_html
-from clinpeft.reporting.runs import find_runs
+from clinpeft.reporting.runs import find_runs, probe_runs
 from clinpeft.reporting.stats import reading_notes, table3_statistics, write_label_lists
 from clinpeft.reporting.tables import (
     MACRO,
@@ -75,11 +75,12 @@ def write_report(paths: Iterable[str | Path], out_dir: str | Path, *, compare: s
         written.update(_write_table2(out, pretrain_runs))
     stats = rows = tasks = None
     if finetune_runs:
-        tasks, rows = table3_layout(finetune_runs)
+        table_runs = finetune_runs + probe_runs(finetune_runs)  # with a row per frozen model's linear probe
+        tasks, rows = table3_layout(table_runs)
         stats = table3_statistics(rows, tasks, n_resamples=n_resamples, seed=seed, compare=compare,
                                   progress=progress, min_positives=min_positives, specificity=specificity,
                                   subgroups=list(subgroups))
-        written.update(_write_table3(out, finetune_runs, stats, rows, tasks))
+        written.update(_write_table3(out, table_runs, stats, rows, tasks))
         written.update(write_clinical(out, stats, rows, tasks, markdown_document))
     if html:
         written["index.html"] = write_html(out / "index.html", written, pretrain_runs, finetune_runs)

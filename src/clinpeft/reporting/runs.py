@@ -15,6 +15,7 @@ from typing import Iterable
 
 from clinpeft.errors import ClinpeftError
 from clinpeft.files import read_json
+from clinpeft.modeling import methods
 
 PRETRAIN_FILE = "run.json"
 FINETUNE_FILE = "metrics.json"
@@ -162,3 +163,50 @@ def table3_base(run: dict) -> str:
     tokens (model.pooling=mean) form their own block, "LLaMA (mean pooling)", beside the
     last-token rows of the same base."""
     return base_name(run) + (" (mean pooling)" if run.get("pooling") == "mean" else "")
+
+
+# --------------------------------------------------------------------------- the linear probe rows
+
+PROBE_KIND = "probe"
+
+
+def probe_runs(finetune_runs: Iterable[dict]) -> list[dict]:
+    """Table 3 rows of the linear probes the fine-tuning runs recorded (metrics.json "probe": logistic
+    regression on the frozen model's features): one pseudo-run per (base block, frozen model, task), the
+    frozen model being the base, or the base + the clinical adapter for clinical_* variants. Its test AUROC is
+    the probe's; it has no predictions.csv (no bootstrap interval). Row name: "<base> (linear probe)" or
+    "<base> + Clinical LoRA (linear probe)"."""
+    found: dict[tuple, dict] = {}
+    for run in finetune_runs:
+        probe = run.get("probe")
+        if not isinstance(probe, dict) or number(probe.get("test")) is None:
+            continue
+        variant = str(run.get("variant", "")).strip()
+        entry = methods.VARIANTS.get(variant)
+        clinical = run.get("clinical_adapter") if entry is not None and entry.needs_clinical else None
+        base = table3_base(run)
+        frozen = base
+        if clinical:
+            frozen += f" + Clinical {methods.method_display_name(run.get('clinical_method') or 'lora')}"
+        task = str(run.get("task", "")).strip()
+        key = (base, frozen, str(clinical or ""), task.lower())
+        if key in found:
+            continue
+        found[key] = {
+            "kind": PROBE_KIND, "task": task, "task_type": run.get("task_type"), "variant": PROBE_KIND,
+            "row": f"{frozen} (linear probe)", "base_model_name": base_name(run), "base_model": run.get("base_model"),
+            "pooling": run.get("pooling"), "model_kind": run.get("model_kind"),
+            "val": {"auroc": probe.get("val")}, "test": {"auroc": probe.get("test")},
+            "_dir": Path(run["_dir"]) / PROBE_KIND,  # not a folder: the probe has no predictions.csv
+        }
+    return list(found.values())
+
+
+def guard_warnings(finetune_runs: Iterable[dict]) -> list[str]:
+    """The guard's lines recorded by `clinpeft finetune` (metrics.json "guard"), each prefixed by its run."""
+    lines = []
+    for run in finetune_runs:
+        guard = run.get("guard")
+        for line in (guard.get("warnings") or []) if isinstance(guard, dict) else []:
+            lines.append(f"{run['_dir']}: {str(line).removeprefix('warning: ')}")
+    return lines

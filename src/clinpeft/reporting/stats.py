@@ -357,7 +357,8 @@ def table3_statistics(rows: list[Row], tasks: list[str], *, n_resamples: int = 1
             preds.probs = None  # (notes x labels) float64: ~100 MB for a DIAG run on MIMIC-III; not needed again
         else:
             cell.support = recorded_test(run).get("class_support")
-            no_predictions.append(str(run["_dir"]))
+            if run.get("kind") != "probe":  # a linear probe row (reporting/runs.probe_runs) never has them
+                no_predictions.append(str(run["_dir"]))
         if cell.ci is None and recorded_ci(run) is not None:
             cell.ci, cell.source = recorded_ci(run), "metrics.json"
         stats.cells[(row.name, task)] = cell

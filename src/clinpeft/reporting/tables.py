@@ -21,8 +21,10 @@ from clinpeft.errors import ClinpeftError
 from clinpeft.evaluation.metrics import macro_average
 from clinpeft.modeling import methods
 from clinpeft.reporting.runs import (
+    PROBE_KIND,
     Row,
     base_name,
+    guard_warnings,
     integer,
     number,
     recorded_auroc,
@@ -421,6 +423,9 @@ _TASK_TYPE_DEFINITIONS = {
 _MULTI_CLASS_NAMES = {"ovo": "one-vs-one (as van Aken et al.)", "ovr": "one-vs-rest"}
 
 
+GUARD_NOTE = "Guard: "  # footnotes of runs whose fine-tuning failed silently; `clinpeft report` prints them
+
+
 def _table3_notes(runs: list[dict], tasks: list[str], incomplete: list, no_auroc: list[str]) -> list[str]:
     """Per-task metric definitions (from the recorded task types), skipped labels, caveats."""
     notes = []
@@ -449,6 +454,11 @@ def _table3_notes(runs: list[dict], tasks: list[str], incomplete: list, no_auroc
         )
     if no_auroc:
         notes.append(f"No test AUROC recorded (cell left blank) in: {', '.join(no_auroc)}.")
+    if any(r.get("kind") == PROBE_KIND for r in runs):
+        notes.append("(linear probe) rows: a logistic regression on the frozen model's mean-pooled features "
+                     "(standardised, C chosen on validation), fitted by `clinpeft finetune` before each run trains: "
+                     "what the frozen model already gives, the floor fine-tuning must clear; no interval.")
+    notes += [f"{GUARD_NOTE}{line}" for line in guard_warnings(r for r in runs if r.get("kind") != PROBE_KIND)]
     return notes
 
 

@@ -21,6 +21,7 @@ from clinpeft.errors import ClinpeftError
 from clinpeft.evaluation.bootstrap import bootstrap_fields
 from clinpeft.evaluation.clinical import MIN_POSITIVES, bootstrap_clinical, class_support, clinical_metrics
 from clinpeft.evaluation.metrics import probabilities, task_metrics
+from clinpeft.modeling.adapters import head_module
 from clinpeft.modeling.classifier import Classifier, pad_batch
 from clinpeft.modeling.pooling import pool_windows
 from clinpeft.training.common import (
@@ -69,12 +70,39 @@ class PadCollator:
 
 
 class TaskLossTrainer(ShardedTrainer):
-    """HF Trainer with the task's loss: class-weighted cross-entropy (single-label) or BCE on logits (multilabel)."""
+    """HF Trainer with the task's loss: class-weighted cross-entropy (single-label) or BCE on logits (multilabel).
+
+    compute_loss returns the micro-batch's mean loss per note (per note and label: multilabel), not a loss
+    already divided by the accumulated batch's item count. transformers 5 would otherwise take it as scaled
+    for gradient accumulation (the classifier accepts loss kwargs, so `num_items_in_batch` is set) and skip
+    its division by grad_accum: backward and the logged loss were grad_accum times the mean (issue 24).
+    With equal micro-batches, batch_size=b, grad_accum=k then gives the same update and logged loss as
+    batch_size=k*b, grad_accum=1 (tests/test_grad_accum.py)."""
+
+    loss_is_scaled_for_ga = False  # read by Trainer.training_step: divide by the accumulation steps
 
     def __init__(self, *args, multilabel: bool, label_weights: torch.Tensor | None = None,
-                 chunk_pooling: str = "max", **kwargs):
+                 chunk_pooling: str = "max", head: torch.nn.Module | None = None, head_lr: float | None = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.multilabel, self.label_weights, self.chunk_pooling = multilabel, label_weights, chunk_pooling
+        self.head, self.head_lr = head, head_lr
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer; with train.head_lr, the head's parameters in a group of their own at that
+        rate (the scheduler's warm-up and decay apply to both groups alike)."""
+        optimizer = super().create_optimizer(model)
+        if self.head_lr is None or self.head is None or getattr(self, "_head_group_added", False):
+            return optimizer
+        head_ids = {id(p) for p in self.head.parameters() if p.requires_grad}
+        head_params = []
+        for group in optimizer.param_groups:
+            head_params += [p for p in group["params"] if id(p) in head_ids]
+            group["params"] = [p for p in group["params"] if id(p) not in head_ids]
+        if head_params:
+            optimizer.add_param_group({"params": head_params, "lr": self.head_lr, "weight_decay": 0.0})
+        self._head_group_added = True
+        return optimizer
 
     def evaluate(self, *args, **kwargs):
         with own_forward(self.model):  # the epoch is selected on the scores evaluate/predict would give
@@ -94,9 +122,18 @@ class TaskLossTrainer(ShardedTrainer):
         if self.multilabel:
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
         else:
-            weight = None if self.label_weights is None else self.label_weights.to(logits.device)
-            loss = torch.nn.functional.cross_entropy(logits, labels, weight=weight)
+            loss = weighted_cross_entropy(logits, labels, self.label_weights)
         return (loss, outputs) if return_outputs else loss
+
+
+def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the notes of weight[label] * cross-entropy. Divided by the note count, not (as torch's
+    `weight=` does) by the batch's sum of weights: the mean of k equal micro-batches' losses is then the
+    whole batch's loss, as gradient accumulation needs; balanced weights average 1 over the training set."""
+    losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    if weights is not None:
+        losses = losses * weights.to(logits.device)[labels]
+    return losses.mean()
 
 
 class KeepBest(TrainerCallback):
@@ -111,9 +148,10 @@ class KeepBest(TrainerCallback):
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         auroc = (metrics or {}).get("eval_auroc")
-        self.history.append({"epoch": state.epoch, "val_auroc": auroc})
+        epoch = state.epoch or 0.0  # before training (LP-FT's start): epoch 0
+        self.history.append({"epoch": epoch, "val_auroc": auroc})
         if auroc is not None and not math.isnan(auroc) and auroc > self.best_auroc:
-            self.best_auroc, self.best_epoch = auroc, state.epoch
+            self.best_auroc, self.best_epoch = auroc, epoch
             # whole weights (under FSDP gathered by every process: on_evaluate runs on all of them)
             self.best_state = {n: whole(p).clone() for n, p in named_weights(model).items() if p.requires_grad}
 
@@ -177,6 +215,8 @@ def make_trainer(clf: Classifier, task: TaskData, config: FinetuneConfig, checkp
         multilabel=multilabel,
         label_weights=None if multilabel else class_weights(task.targets("train"), task.num_labels),
         chunk_pooling=long_notes.chunk_pooling,
+        head=head_module(clf.model, clf.head_name),
+        head_lr=config.train.head_lr,
     )
     return silence_trainer(trainer, progress), keep_best, checkpointing
 
