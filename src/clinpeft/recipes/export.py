@@ -100,14 +100,20 @@ def export_classifier(run: Path, out: str | Path, dtype: str, base: str | None, 
             "pooling": meta.get("pooling", "last"), "long_notes": meta.get("long_notes") or {"mode": "truncate"},
             "max_seq_len": meta["max_seq_len"], "padding_side": clf.tokenizer.padding_side,
             "head": clf.head_name, "labels": labels, "clinpeft_version": __version__}
+    write_export(out, overwrite, model, clf.tokenizer, run, info, serving_config(info, str(out)))
+    return info
+
+
+def write_export(out: str | Path, overwrite: bool, model, tokenizer, run: Path, info: dict, serving: dict) -> None:
+    """An export folder, written whole: the model (or adapter) and tokenizer, the run's labels.txt,
+    clinpeft_export.json (how the run scored) and serving.json (what a server needs)."""
     with atomic_run_dir(out, overwrite) as out_dir:
         model.save_pretrained(out_dir, safe_serialization=True)
-        clf.tokenizer.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
         if (run / "labels.txt").is_file():
             shutil.copy(run / "labels.txt", out_dir / "labels.txt")
         write_json(out_dir / "clinpeft_export.json", info)
-        write_json(out_dir / "serving.json", serving_config(info, str(out)))
-    return info
+        write_json(out_dir / "serving.json", serving)
 
 
 def serving_config(info: dict, model_dir: str) -> dict:
@@ -171,13 +177,7 @@ def export_task_adapter(run: Path, out: str | Path, dtype: str, base: str | None
             "labels": labels, "head": head_name, "pooling": pooling, "ranks": ranks,
             "long_notes": meta.get("long_notes") or {"mode": "truncate"}, "max_seq_len": meta["max_seq_len"],
             "padding_side": tokenizer.padding_side, "clinpeft_version": __version__}
-    with atomic_run_dir(out, overwrite) as out_dir:
-        model.save_pretrained(out_dir, safe_serialization=True)
-        tokenizer.save_pretrained(out_dir)
-        if (run / "labels.txt").is_file():
-            shutil.copy(run / "labels.txt", out_dir / "labels.txt")
-        write_json(out_dir / "clinpeft_export.json", info)
-        write_json(out_dir / "serving.json", adapter_serving_config(info, str(out)))
+    write_export(out, overwrite, model, tokenizer, run, info, adapter_serving_config(info, str(out)))
     return info
 
 
