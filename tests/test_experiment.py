@@ -62,6 +62,11 @@ def test_grid_runs_every_cell_and_writes_table3(first_run):
         assert metrics["kind"] == "finetune" and 0.0 <= metrics["test"]["auroc"] <= 1.0
     assert json.loads((out / "tiny/lora/mor/metrics.json").read_text())["base_model_name"] == "tiny"
     table = pd.read_csv(out / "report" / "table3.csv")
+    probes = table["Model"].str.endswith("(linear probe)")
+    # each frozen model's linear probe (issue 24: what fine-tuning must clear) as rows of its own
+    assert set(table.loc[probes, "Model"]) == {"tiny (linear probe)", "tiny + Clinical LoRA (linear probe)",
+                                                "TinyBERT (linear probe)"}
+    table = table[~probes]
     assert set(table["Model"]) == {"tiny + LoRA", "tiny + Clinical LoRA (Trainable) + Downstream LoRA", "TinyBERT"}
     assert table["Tasks averaged"].tolist() == [2, 2, 2]
     assert table[["MOR", "DIAG"]].notna().all().all()
