@@ -153,10 +153,7 @@ def read_header(path: Path) -> dict:
 
 def _field(reader, key: str):
     field = reader.fields.get(key)
-    if field is None:
-        return None
-    value = field.contents()
-    return value
+    return None if field is None else field.contents()
 
 
 def check_readable(path: Path, header: dict) -> None:
@@ -220,11 +217,11 @@ def resolve_gguf(base: str, progress: bool = True) -> Path:
     from filelock import FileLock
 
     path = find_gguf(base)
-    header = read_header(path)
-    sha = content_hash(path, progress)
+    sha = content_hash(path, progress)  # remembered by path, size and mtime: a changed file is hashed anew
     folder = dequantized_dir(sha[:KEY_DIGITS])
-    if (folder / SOURCE_FILE).is_file():
+    if (folder / SOURCE_FILE).is_file():  # built from these very bytes: the header was checked then
         return folder
+    header = read_header(path)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder.parent / f"{folder.name}.lock")):
         if not (folder / SOURCE_FILE).is_file():  # another process may have built it while we waited
