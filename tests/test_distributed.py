@@ -126,6 +126,14 @@ def kill_all(process: subprocess.Popen) -> None:
     process.wait()
 
 
+def wait_for_checkpoint(process, out: Path, seconds: float = 300) -> None:
+    """Until the first complete Trainer checkpoint of `out` (its trainer_state.json written) while `process` runs."""
+    deadline = time.time() + seconds
+    while not list(Path(f"{out}.partial").glob("checkpoints/checkpoint-*/trainer_state.json")):
+        assert process.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.05)
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the training processes through /proc")
 def test_two_processes_train_one_model_together_and_resume(tmp_path, tiny_llama, synthetic_corpus, synthetic_tasks):
     """pretrain and finetune with two data-parallel processes (torchrun, accelerate launch): one process group
@@ -156,10 +164,7 @@ def test_two_processes_train_one_model_together_and_resume(tmp_path, tiny_llama,
     # pre-empted after its first checkpoint, all processes at once; the same command resumes it
     out = tmp_path / "resumed"
     killed = launch("accelerate", "pretrain", recipe, *overrides, "--out", str(out), wait=False)
-    deadline = time.time() + 300
-    while not list(Path(f"{out}.partial").glob("checkpoints/checkpoint-*/trainer_state.json")):
-        assert killed.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
-        time.sleep(0.05)
+    wait_for_checkpoint(killed, out)
     kill_all(killed)
     assert not out.exists() and Path(f"{out}.partial").is_dir()
     launch("accelerate", "pretrain", recipe, *overrides, "--out", str(out))

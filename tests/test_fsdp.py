@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import load_clinical_lm, pretrain_overrides
-from test_distributed import LAUNCHERS, kill_all, launch
+from test_distributed import LAUNCHERS, kill_all, launch, wait_for_checkpoint
 
 # FSDP chosen by accelerate's launcher (the answers of `accelerate config`) instead of train.fsdp; the decoder
 # layer as the unit needs TRANSFORMER_BASED_WRAP (accelerate's default is no auto-wrap policy)
@@ -101,10 +100,7 @@ def test_fsdp_full_fine_tuning_equals_one_process_and_resumes(tmp_path, tiny_lla
     # pre-empted after its first sharded checkpoint (one file per process: torch.distributed.checkpoint)
     out = tmp_path / "resumed"
     killed = launch("accelerate-fsdp", "pretrain", recipe, *args, "--out", str(out), wait=False)
-    deadline = time.time() + 300
-    while not list(Path(f"{out}.partial").glob("checkpoints/checkpoint-*/trainer_state.json")):
-        assert killed.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
-        time.sleep(0.05)
+    wait_for_checkpoint(killed, out)
     checkpoint = next(Path(f"{out}.partial").glob("checkpoints/checkpoint-*"))
     assert list(checkpoint.glob("pytorch_model_fsdp_0/*.distcp")), sorted(p.name for p in checkpoint.iterdir())
     kill_all(killed)
