@@ -82,6 +82,26 @@ def test_nothing_but_the_cli_and_recipes_imports_a_recipe():
     assert not bad
 
 
+# modules that import no deep-learning library at import time, and the modules that may use them from `training`:
+# the CLI and the sweep's worker set-up count cores and switch progress bars without loading torch
+TORCH_FREE = {"training.runtime"}
+TRAINING_FOR_LIGHT_MODULES = {"cli": TORCH_FREE, "sweep.workers": TORCH_FREE}
+
+
+def test_torch_free_modules_import_no_model_library_at_the_top():
+    bad = [f"clinpeft.{name} line {node.lineno}" for name in TORCH_FREE for node in ALL[name].body
+           if isinstance(node, (ast.Import, ast.ImportFrom))
+           for m, _, _ in imports(ast.Module(body=[node], type_ignores=[]))
+           if m.split(".")[0] in EVALUATION_MAY_NOT_IMPORT or (m.split(".")[0] in PACKAGES and m not in {"errors"})]
+    assert not bad
+
+
+@pytest.mark.parametrize("name", sorted(TRAINING_FOR_LIGHT_MODULES))
+def test_the_cli_and_the_sweep_workers_use_only_the_torch_free_training_module(name):
+    used = {m for m, _, _ in clinpeft_imports(ALL[name]) if m.split(".")[0] == "training"}
+    assert used <= TRAINING_FOR_LIGHT_MODULES[name], f"clinpeft.{name} imports {sorted(used)}"
+
+
 def test_evaluation_is_pure_functions_of_arrays():
     bad = [f"clinpeft.{name} line {line}: {m}" for name, tree in ALL.items() if name.startswith("evaluation")
            for m, _, line in imports(tree) if m.split(".")[0] in EVALUATION_MAY_NOT_IMPORT]

@@ -15,7 +15,7 @@ from clinpeft.config import FinetuneConfig, PretrainConfig, load_config
 from clinpeft.errors import ClinpeftError
 from clinpeft.modeling.base import load_causal_lm
 from clinpeft.recipes import evaluate, finetune, pretrain
-from clinpeft.training import common
+from clinpeft.training import precision as common
 from conftest import pretrain_overrides
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU precision rules")

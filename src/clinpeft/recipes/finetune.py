@@ -56,7 +56,6 @@ from clinpeft.modeling.base import (
     base_display_name,
     base_fingerprint,
     base_record,
-    check_attention,
     check_base,
     check_positions,
     check_quantization,
@@ -64,7 +63,6 @@ from clinpeft.modeling.base import (
     device_summary,
     is_encoder,
     resolve_base,
-    torch_dtype,
 )
 from clinpeft.modeling.classifier import Classifier, build_classifier, save_bundle, score_notes
 from clinpeft.modeling.pooling import check_pooling
@@ -76,17 +74,9 @@ from clinpeft.rundir import (
     is_main_process,
     write_json,
 )
+from clinpeft.training.checkpointing import resume_point
 from clinpeft.training.classification import make_trainer, split_metrics, truncation_lines, write_predictions
-from clinpeft.training.common import (
-    check_kernels,
-    check_sharding,
-    end_mixed_precision,
-    hidden_size_of,
-    loss_curve,
-    resolve_precision,
-    resume_point,
-    set_threads,
-)
+from clinpeft.training.precision import check_precision, end_mixed_precision, run_precision
 from clinpeft.training.probe import (
     final_train_loss,
     fit_probe,
@@ -95,6 +85,8 @@ from clinpeft.training.probe import (
     note_features,
     prior_loss,
 )
+from clinpeft.training.runtime import loss_curve, set_threads
+from clinpeft.training.trainer import check_kernels, check_sharding
 
 
 def main(config: FinetuneConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True,
@@ -106,8 +98,8 @@ def main(config: FinetuneConfig, out: str | Path, *, overwrite: bool = False, pr
     the per-epoch val AUROC)."""
     check_pooling(config.model.base, config.model.pooling)  # before any work: encoders read [CLS]
     check_quantization(config.model.quantization)  # before any work: 4bit/8bit need a GPU and bitsandbytes
-    resolve_precision(config.train.precision)  # before any work: fp16 needs a GPU
-    check_attention(config.model.attn_implementation, torch_dtype(config.model.dtype))
+    # before any work: fp16 on a CPU, flash attention on fp32 weights
+    check_precision(config.train.precision, config.model.dtype, config.model.attn_implementation)
     check_kernels(config.train)  # train.compile on a CPU: a C++ compiler
     task = load_task(config.task.path, config.task.name, config.task.kind, config.task.max_examples)
     check_classes(task, Path(config.task.path))  # one class in train or val: refused before training
@@ -164,8 +156,9 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
     base_path, variant, clinical, base_name = variant_base(config, clinical, progress)
     encoder = is_encoder(base_path)
     check_positions(base_path, config.task.max_seq_len, "task.max_seq_len")
+    precision = run_precision(config.train.precision, config.model.dtype, base_path)
     clf = build_classifier(base_path, task.task_type, task.num_labels, variant, clinical, config.lora,
-                           config.model.dtype, config.model.attn_implementation, config.model.pooling,
+                           precision.weights, config.model.attn_implementation, config.model.pooling,
                            config.model.quantization, init_notes=task.splits["train"]["text"].tolist())
     trainable, total = count_parameters(clf.model)
     train_cut = encode_notes(clf.tokenizer, task.splits["train"]["text"].tolist(),
@@ -180,8 +173,8 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
 
     # --- fit, selecting the epoch by validation AUROC
     checkpoints = checkpoints or run_dir / "checkpoints"
-    precision = resolve_precision(config.train.precision, hidden_size_of(base_path))
-    trainer, keep_best, checkpointing = make_trainer(clf, task, config, checkpoints, progress, callbacks, precision)
+    trainer, keep_best, checkpointing = make_trainer(clf, task, config, checkpoints, progress, callbacks,
+                                                     precision.train)
     resume = resume_point(checkpoints)  # an interrupted run's last checkpoint: same data order, schedule, RNG
     resumed_from = int(Path(resume).name.split("-")[-1]) if resume else 0
     checkpointing.resume = resume
@@ -270,7 +263,7 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
         "train_time_s": train_time,
         "wall_time_s": time.time() - started,
         "cpu_threads": threads,
-        "precision": precision,  # train.precision as resolved on this machine and model (auto -> fp32 or bf16)
+        "precision": precision.train,  # train.precision as resolved on this machine and model (auto -> fp32 or bf16)
         "kernels": {"attn_implementation": config.model.attn_implementation, "compile": config.train.compile},
         **device_summary(),
         "clinpeft_version": __version__,

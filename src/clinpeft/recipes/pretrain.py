@@ -36,7 +36,6 @@ from clinpeft.modeling.base import (
     base_display_name,
     base_fingerprint,
     base_record,
-    check_attention,
     check_base,
     check_positions,
     check_quantization,
@@ -45,29 +44,20 @@ from clinpeft.modeling.base import (
     load_causal_lm,
     load_tokenizer,
     resolve_base,
-    torch_dtype,
 )
 from clinpeft.modeling.methods import lora_flavours
 from clinpeft.rundir import atomic_run_dir, check_free_space, checkpoint_dir, expected_run_bytes, write_json
-from clinpeft.training.common import (
-    WARMUP_STEPS,
-    Checkpointing,
+from clinpeft.training.checkpointing import Checkpointing, resume_point
+from clinpeft.training.perplexity import split_perplexity
+from clinpeft.training.precision import check_precision, end_mixed_precision, run_precision, upcast_trainable
+from clinpeft.training.runtime import WARMUP_STEPS, StepClock, loss_curve, set_threads
+from clinpeft.training.trainer import (
     ShardedTrainer,
-    StepClock,
     check_kernels,
     check_sharding,
-    end_mixed_precision,
-    hidden_size_of,
-    loss_curve,
-    model_dtype,
-    resolve_precision,
-    resume_point,
-    set_threads,
     silence_trainer,
     training_arguments,
-    upcast_trainable,
 )
-from clinpeft.training.perplexity import split_perplexity
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +67,10 @@ def main(config: PretrainConfig, out: str | Path, *, overwrite: bool = False, pr
     """Run one pretraining job into `out` (created whole, or not at all). Returns run.json.
 
     Unfinished, it lives in `OUT.partial/` with its checkpoints; the same call resumes it (`restart`: discard it)."""
-    precision = resolve_precision(config.train.precision)  # before any work: fp16 on a CPU is refused here
+    # before any work: fp16 on a CPU, flash attention on fp32 weights
+    check_precision(config.train.precision, config.model.dtype, config.model.attn_implementation)
     check_base(config.model.base)  # before any work: the folder, or the GGUF file's header
     check_quantization(config.model.quantization)  # before any work: 4bit/8bit need a GPU and bitsandbytes
-    check_attention(config.model.attn_implementation, torch_dtype(model_dtype(config.model.dtype, precision)))
     check_kernels(config.train)  # train.compile: a C++ compiler on a CPU; train.fused_loss: a GPU, liger-kernel
     check_sharding(config.train, config.peft.method, config.model.quantization)  # train.fsdp: processes, method
     with atomic_run_dir(out, overwrite, resumable=True, config=config.model_dump(mode="json"),
@@ -192,9 +182,8 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True, checkpoint
     train_tokens = count_predicted_tokens(train_blocks)
     ppl_train_blocks = sample_blocks(train_blocks, config.eval.train_max_blocks, config.data.split_seed)
 
-    precision = resolve_precision(config.train.precision, hidden_size_of(base_path))
-    model = load_causal_lm(base_path, model_dtype(config.model.dtype, precision), config.model.attn_implementation,
-                           config.model.quantization)
+    precision = run_precision(config.train.precision, config.model.dtype, base_path)
+    model = load_causal_lm(base_path, precision.weights, config.model.attn_implementation, config.model.quantization)
     fingerprint = base_fingerprint(model)
     if progress:
         names = ["train", "test"] + (["val"] if val_blocks is not None else [])
@@ -207,8 +196,9 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True, checkpoint
     if config.eval.base_model:
         base_ppl = {
             "base_train_ppl": split_perplexity(model, ppl_train_blocks, batch_size, "base ppl (train)", progress,
-                                               precision),
-            "base_test_ppl": split_perplexity(model, test_blocks, batch_size, "base ppl (test)", progress, precision),
+                                               precision.train),
+            "base_test_ppl": split_perplexity(model, test_blocks, batch_size, "base ppl (test)", progress,
+                                              precision.train),
         }
 
     # --- the clinical adapter: the only trainable weights (full: every weight); a data-driven init_lora_weights
@@ -229,7 +219,7 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True, checkpoint
     clock = StepClock(warmup_steps=WARMUP_STEPS)
     trainer = silence_trainer(ShardedTrainer(
         model=model,
-        args=training_arguments(config.train, checkpoints, progress, precision),
+        args=training_arguments(config.train, checkpoints, progress, precision.train),
         train_dataset=train_blocks,
         data_collator=default_data_collator,  # rows are fixed-size; no attention_mask on purpose (see packing)
         callbacks=[checkpointing, clock.callback()],
@@ -260,11 +250,11 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True, checkpoint
              useful_per_s or float("nan"), clock.warmup_steps)
 
     # --- validate: token-weighted perplexity on each split
-    train_ppl = split_perplexity(model, ppl_train_blocks, batch_size, "ppl (train)", progress, precision)
-    test_ppl = split_perplexity(model, test_blocks, batch_size, "ppl (test)", progress, precision)
+    train_ppl = split_perplexity(model, ppl_train_blocks, batch_size, "ppl (train)", progress, precision.train)
+    test_ppl = split_perplexity(model, test_blocks, batch_size, "ppl (test)", progress, precision.train)
     # the split a sweep may select on, so the test perplexity stays untouched by model selection
     val_ppl = (None if val_blocks is None
-               else split_perplexity(model, val_blocks, batch_size, "ppl (val)", progress, precision))
+               else split_perplexity(model, val_blocks, batch_size, "ppl (val)", progress, precision.train))
 
     # --- save: adapter in PEFT layout (full: the whole model + tokenizer) + what it was trained on
     save_clinical(model, method, run_dir, base_path, fingerprint, initial_adapter, config.model.base)
@@ -310,7 +300,7 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True, checkpoint
         "wall_time_s": time.time() - started,
         **data_info,
         "cpu_threads": threads,
-        "precision": precision,  # train.precision as resolved on this machine (auto -> fp32 or bf16)
+        "precision": precision.train,  # train.precision as resolved on this machine (auto -> fp32 or bf16)
         "kernels": {"attn_implementation": config.model.attn_implementation, "compile": config.train.compile,
                     "fused_loss": config.train.fused_loss},
         "model_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),

@@ -24,16 +24,9 @@ from clinpeft.evaluation.metrics import probabilities, task_metrics
 from clinpeft.modeling.adapters import head_module
 from clinpeft.modeling.classifier import Classifier, pad_batch
 from clinpeft.modeling.pooling import pool_windows
-from clinpeft.training.common import (
-    Checkpointing,
-    ShardedTrainer,
-    load_whole,
-    named_weights,
-    own_forward,
-    silence_trainer,
-    training_arguments,
-    whole,
-)
+from clinpeft.training.checkpointing import Checkpointing, load_whole, named_weights, whole
+from clinpeft.training.precision import own_forward
+from clinpeft.training.trainer import ShardedTrainer, silence_trainer, training_arguments
 
 
 def class_weights(targets: np.ndarray, num_labels: int) -> torch.Tensor:
