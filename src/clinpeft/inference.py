@@ -54,11 +54,12 @@ class Predictor:
     def encode(self, texts: list[str]) -> EncodedNotes:
         return encode_notes(self.clf.tokenizer, list(texts), self.long_notes)
 
-    def logits(self, texts: list[str] | EncodedNotes, progress: bool = False) -> np.ndarray:
+    def logits(self, texts: list[str] | EncodedNotes, progress: bool = False, desc: str = "predict") -> np.ndarray:
+        """Logits (n_notes, n_labels) in input order; desc: the progress bar's label."""
         from clinpeft.modeling.classifier import score_notes
 
         encoded = texts if isinstance(texts, EncodedNotes) else self.encode(texts)
-        return score_notes(self.clf, encoded, self.long_notes, self.batch_size, progress, "predict")
+        return score_notes(self.clf, encoded, self.long_notes, self.batch_size, progress, desc)
 
     def predict(self, texts: list[str] | EncodedNotes, progress: bool = False) -> np.ndarray:
         """Probabilities, one row per note in input order, one column per label (self.labels)."""

@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from clinpeft.data.long_notes import EncodedNotes, LongNotes, encode_notes
+from clinpeft.data.long_notes import EncodedNotes, LongNotes
 from clinpeft.errors import ClinpeftError
 from clinpeft.modeling import lora_init
 from clinpeft.modeling.adapters import (
@@ -258,13 +258,6 @@ def _load_full_bundle(run_dir: Path, meta: dict, dtype: str) -> Classifier:
 
 def pad_batch(tokenizer, rows: list[list[int]]) -> dict[str, torch.Tensor]:
     return tokenizer.pad({"input_ids": rows}, return_tensors="pt")
-
-
-def predict_logits(clf: Classifier, texts: list[str], max_seq_len: int, batch_size: int = 16,
-                   progress: bool = True, desc: str = "predict", long_notes: LongNotes | None = None) -> np.ndarray:
-    """Logits (n_notes, n_labels) in input order. long_notes: None = truncate on the right at max_seq_len."""
-    long_notes = long_notes or LongNotes(max_seq_len)
-    return score_notes(clf, encode_notes(clf.tokenizer, texts, long_notes), long_notes, batch_size, progress, desc)
 
 
 @torch.no_grad()
