@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 import torch
 
+from clinpeft import methods
 from clinpeft.config import FinetuneConfig, load_config
 from clinpeft.data.tasks import load_task
-from clinpeft.modeling import methods
+from clinpeft.methods import VARIANT_NAMES as VARIANTS
 from clinpeft.modeling.adapters import CLINICAL, DOWNSTREAM, find_clinical_adapter
 from clinpeft.modeling.classifier import build_classifier
-from clinpeft.modeling.methods import VARIANT_NAMES as VARIANTS
 from clinpeft.recipes import evaluate, finetune
 from clinpeft.training.classification import make_trainer
 

@@ -16,7 +16,7 @@ import importlib
 import os
 import sys
 
-from clinpeft import __version__
+from clinpeft._version import __version__
 from clinpeft.argtypes import count, fraction, seed
 from clinpeft.errors import ClinpeftError, Stopped
 from clinpeft.rundir import check_out_not_input, is_main_process, out_lock, set_command

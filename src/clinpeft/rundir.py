@@ -378,7 +378,7 @@ def _clear(partial: Path) -> None:
 def _finish(partial: Path, out: Path) -> None:
     """Record the command in the marker, then put OUT.partial/ in place of `out` (the lock still held: the lock
     file travels with the rename and is removed from `out` after it)."""
-    from clinpeft import __version__
+    from clinpeft._version import __version__
 
     write_json(partial / MARKER, {"command": _COMMAND, "clinpeft_version": __version__})
     if out.exists():

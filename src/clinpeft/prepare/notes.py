@@ -321,7 +321,7 @@ def prepare_notes(sources: list[Source], out: str | Path, note_types: list[str] 
     import pyarrow.compute as pc
     from tqdm.auto import tqdm
 
-    from clinpeft import __version__
+    from clinpeft._version import __version__
     from clinpeft.data.rows import BadRows
     from clinpeft.rundir import atomic_run_dir, write_json
 

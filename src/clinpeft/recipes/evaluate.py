@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from clinpeft import __version__
+from clinpeft._version import __version__
 from clinpeft.config import ClassifierEvalSection
 from clinpeft.data.tasks import TaskData, extra_columns, read_split_csv, validate_split
 from clinpeft.inference import Predictor

@@ -34,6 +34,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from clinpeft import methods
 from clinpeft.config import (
     FinetuneConfig,
     PretrainConfig,
@@ -47,7 +48,6 @@ from clinpeft.config import (
 )
 from clinpeft.data.definitions import TASKS
 from clinpeft.errors import ClinpeftError
-from clinpeft.modeling import methods
 from clinpeft.rundir import atomic_write, write_json
 
 PRETRAIN_DIR = "pretrain"  # OUT/<model>/pretrain/: a clinical adapter the grid trained itself

@@ -36,7 +36,7 @@ import json
 import shutil
 from pathlib import Path
 
-from clinpeft import __version__
+from clinpeft._version import __version__
 from clinpeft.errors import ClinpeftError
 from clinpeft.rundir import atomic_run_dir, check_out_dir, read_json, write_json
 

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clinpeft import methods
 from clinpeft.config import FinetuneConfig, save_config
 from clinpeft.data.long_notes import LongNotes, encode_notes
 from clinpeft.data.tasks import (
@@ -50,7 +51,6 @@ from clinpeft.data.tasks import (
 from clinpeft.errors import ClinpeftError
 from clinpeft.evaluation.clinical import operating_point
 from clinpeft.evaluation.metrics import probabilities
-from clinpeft.modeling import methods
 from clinpeft.modeling.adapters import ClinicalAdapter, check_variant, find_clinical_adapter, full_model_variant
 from clinpeft.modeling.base import (
     base_display_name,

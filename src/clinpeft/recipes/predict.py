@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from clinpeft import __version__
+from clinpeft._version import __version__
 from clinpeft.data.note_files import check_note_file, read_note_chunks
 from clinpeft.data.predictions import HEADER_MAP_FILE, predicted_cells, probability_columns, write_header_map
 from clinpeft.errors import ClinpeftError

@@ -30,6 +30,7 @@ from pathlib import Path
 from clinpeft.config import PretrainConfig, save_config
 from clinpeft.data.notes import cache_file, load_corpus
 from clinpeft.data.packing import count_predicted_tokens, packing_mode, slot_share, tokenize_and_pack
+from clinpeft.methods import lora_flavours
 from clinpeft.modeling import lora_init
 from clinpeft.modeling.adapters import add_pretraining_adapter, packing_fallback, write_adapter_meta
 from clinpeft.modeling.base import (
@@ -44,7 +45,6 @@ from clinpeft.modeling.base import (
     load_tokenizer,
     resolve_base,
 )
-from clinpeft.modeling.methods import lora_flavours
 from clinpeft.rundir import atomic_run_dir, check_free_space, checkpoint_dir, expected_run_bytes, write_json
 from clinpeft.training.checkpointing import Checkpointing
 from clinpeft.training.fit import Fitted, fit, run_record

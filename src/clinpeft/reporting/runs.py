@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from clinpeft import methods
 from clinpeft.errors import ClinpeftError
 from clinpeft.files import read_json
-from clinpeft.modeling import methods
 
 PRETRAIN_FILE = "run.json"
 FINETUNE_FILE = "metrics.json"

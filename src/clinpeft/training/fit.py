@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from clinpeft import __version__
+from clinpeft._version import __version__
 from clinpeft.config import TrainSection
 from clinpeft.modeling.base import device_summary
 from clinpeft.training.checkpointing import Checkpointing, resume_point
