@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from clinpeft.errors import ClinpeftError
 from clinpeft.files import read_yaml, yaml_error
 from clinpeft.methods import METHOD_NAMES, METHODS, VARIANT_NAMES, lora_init
+from clinpeft.run_files import CONFIG
 
 # Table 3's fine-tuning variants and Table 2's pretraining methods: methods.py says what each does.
 Variant = Literal[VARIANT_NAMES]  # type: ignore[valid-type]
@@ -533,6 +534,6 @@ def config_to_yaml(config: Section) -> str:
 
 
 def save_config(config: Section, run_dir: Path) -> Path:
-    path = Path(run_dir) / "config.yaml"
+    path = Path(run_dir) / CONFIG
     path.write_text(config_to_yaml(config))
     return path

@@ -16,6 +16,7 @@ from clinpeft._version import __version__
 from clinpeft.config import ClassifierEvalSection
 from clinpeft.data.tasks import TaskData, extra_columns, read_split_csv, validate_split
 from clinpeft.inference import Predictor
+from clinpeft.run_files import METRICS, PREDICTIONS
 from clinpeft.rundir import atomic_run_dir, write_json
 from clinpeft.training.classification import split_metrics, truncation_lines, write_predictions
 
@@ -56,8 +57,8 @@ def main(run: str | Path, data: str | Path, out: str | Path, *, base: str | None
         "clinpeft_version": __version__,
     }
     with atomic_run_dir(out, overwrite) as out_dir:
-        write_predictions(out_dir / "predictions.csv", task, "eval", logits, extra_columns(frame))
-        write_json(out_dir / "metrics.json", metrics)
+        write_predictions(out_dir / PREDICTIONS, task, "eval", logits, extra_columns(frame))
+        write_json(out_dir / METRICS, metrics)
     return metrics
 
 

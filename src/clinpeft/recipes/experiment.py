@@ -25,7 +25,6 @@ All cell configs are built and validated before any training, so a typo stops th
 
 from __future__ import annotations
 
-import json
 import time
 import traceback
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from clinpeft.config import (
 )
 from clinpeft.data.definitions import TASKS
 from clinpeft.errors import ClinpeftError
+from clinpeft.run_files import METRICS, RUN_RECORD, read_record
 from clinpeft.rundir import atomic_write, write_json
 
 PRETRAIN_DIR = "pretrain"  # OUT/<model>/pretrain/: a clinical adapter the grid trained itself
@@ -154,7 +154,7 @@ class Cell:
         return self.out.with_name(self.out.name + FAILED_SUFFIX)
 
     def finished(self) -> bool:
-        return (self.out / "metrics.json").is_file()
+        return (self.out / METRICS).is_file()
 
 
 def resolve_recipe(path: str | None, grid_recipe: Path | None) -> Path | None:
@@ -279,7 +279,7 @@ def main(grid: ExperimentConfig, out: str | Path, recipe_path: str | Path | None
     pretrain_errors: dict[str, str] = {}
     for name, config in pretrain_configs.items():
         run_dir, failed = clinical_dirs[name], clinical_dirs[name].with_name(PRETRAIN_DIR + FAILED_SUFFIX)
-        if (run_dir / "run.json").is_file():
+        if (run_dir / RUN_RECORD).is_file():
             continue
         print(f"pretraining the clinical adapter of {name} ({config.peft.method}) into {run_dir}", flush=True)
         t0 = time.time()
@@ -301,7 +301,7 @@ def main(grid: ExperimentConfig, out: str | Path, recipe_path: str | Path | None
         record = {"cell": cell.label, "dir": str(cell.out)}
         t0 = time.time()
         if cell.finished():
-            metrics = json.loads((cell.out / "metrics.json").read_text())
+            metrics = read_record(cell.out / METRICS)
             record.update(status="done earlier", val_auroc=metrics["val"].get("auroc"),
                           test_auroc=metrics["test"].get("auroc"))
             tqdm.write(f"{prefix} ... done earlier ({auroc_text(metrics)})")

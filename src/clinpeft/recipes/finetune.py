@@ -65,6 +65,7 @@ from clinpeft.modeling.base import (
 )
 from clinpeft.modeling.classifier import Classifier, build_classifier, save_bundle, score_notes
 from clinpeft.modeling.pooling import check_pooling
+from clinpeft.run_files import LABELS, METRICS, PREDICTIONS, VAL_PREDICTIONS
 from clinpeft.rundir import (
     atomic_run_dir,
     check_free_space,
@@ -202,7 +203,7 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
                "head_init": config.train.head_init, "probe_time_s": probe_time,
                **run_record(fitted, config.train, precision, threads, params, started,
                             config.model.attn_implementation)}
-    write_json(run_dir / "metrics.json", metrics)
+    write_json(run_dir / METRICS, metrics)
     return metrics
 
 
@@ -263,10 +264,10 @@ def save(clf: Classifier, run_dir: Path, task: TaskData, config: FinetuneConfig,
     })
     if clf.initial_adapter is not None:  # the untrained pissa/olora adapter, read by the conversion just done
         shutil.rmtree(clf.initial_adapter.parent, ignore_errors=True)
-    (run_dir / "labels.txt").write_text("\n".join(task.labels) + "\n")
+    (run_dir / LABELS).write_text("\n".join(task.labels) + "\n")
     extras = extra_columns(task.splits["test"])
-    write_predictions(run_dir / "predictions.csv", task, "test", logits["test"], extras)
-    write_predictions(run_dir / "predictions_val.csv", task, "val", logits["val"], extras)
+    write_predictions(run_dir / PREDICTIONS, task, "test", logits["test"], extras)
+    write_predictions(run_dir / VAL_PREDICTIONS, task, "val", logits["val"], extras)
 
 
 def record(config: FinetuneConfig, task: TaskData, setup: Setup, fingerprint: str, long_notes: LongNotes) -> dict:

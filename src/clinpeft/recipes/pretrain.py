@@ -45,6 +45,7 @@ from clinpeft.modeling.base import (
     load_tokenizer,
     resolve_base,
 )
+from clinpeft.run_files import RUN_RECORD
 from clinpeft.rundir import atomic_run_dir, check_free_space, checkpoint_dir, expected_run_bytes, write_json
 from clinpeft.training.checkpointing import Checkpointing
 from clinpeft.training.fit import Fitted, fit, run_record
@@ -210,7 +211,7 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True, checkpoint
     result = {**record(config, corpus, base_path, fingerprint), **measured, **base_ppl, **corpus.info,
               **run_record(fitted, config.train, precision, threads, params, started, config.model.attn_implementation),
               "model_dtype": str(next(fitted.model.parameters()).dtype).removeprefix("torch.")}
-    write_json(run_dir / "run.json", result)
+    write_json(run_dir / RUN_RECORD, result)
     return result
 
 

@@ -36,12 +36,13 @@ CPU_BF16_MIN_HIDDEN = 256
 
 
 def hidden_size_of(base_path) -> int | None:
-    """The model's hidden size from its config.json (multimodal configs: text_config), None if unreadable."""
-    import json
+    """The model's hidden size from its config.json (multimodal configs: text_config), None if unreadable
+    (resolve_base and loading report a broken model; here it only means `auto` cannot see the width)."""
+    from clinpeft.files import read_json
 
     try:
-        config = json.loads((Path(base_path) / "config.json").read_text())
-    except (OSError, ValueError, TypeError):
+        config = read_json(Path(base_path) / "config.json", dict, what="model config")
+    except ClinpeftError:
         return None
     value = config.get("hidden_size") or (config.get("text_config") or {}).get("hidden_size") or config.get("d_model")
     return value if isinstance(value, int) else None
