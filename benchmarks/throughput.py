@@ -395,7 +395,8 @@ def main(argv=None) -> dict:
     pad = PAD
     args.base_path = None
     if args.base:  # the real model: its shape, its tokenizer, clinical-style notes
-        from clinpeft.modeling.base import load_tokenizer, resolve_base
+        from clinpeft.bases import resolve_base
+        from clinpeft.modeling.base import load_tokenizer
 
         args.base_path = resolve_base(args.base)
         read_shape(args, args.base_path)

@@ -87,6 +87,13 @@ def test_no_module_imports_the_package_face():
     assert not bad
 
 
+def test_the_model_loader_builds_no_demo_model():
+    """The demo bases are resolved by the named-base table (clinpeft/bases.py), not by the model loader."""
+    bad = [f"clinpeft.{name} line {line}: clinpeft.{m}" for name, tree in ALL.items()
+           if name.startswith("modeling") for m, _, line in clinpeft_imports(tree) if m.split(".")[0] == "demo"]
+    assert not bad
+
+
 def test_nothing_but_the_cli_and_recipes_imports_a_recipe():
     bad = [f"clinpeft.{name} line {line}: clinpeft.{m}" for name, tree in ALL.items()
            if name.split(".")[0] not in {"cli", "recipes", "__main__"}

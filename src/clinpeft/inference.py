@@ -38,10 +38,11 @@ class Predictor:
                  batch_size: int = 16):
         import torch
 
+        from clinpeft.bases import demo_built
         from clinpeft.modeling.classifier import load_bundle
 
         self.run_dir = check_finetune_run(run_dir)
-        self.clf, self.meta = load_bundle(self.run_dir, base=base)
+        self.clf, self.meta = load_bundle(self.run_dir, base=demo_built(base))
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
             self.clf.model.to(self.device)

@@ -37,6 +37,7 @@ import shutil
 from pathlib import Path
 
 from clinpeft._version import __version__
+from clinpeft.bases import demo_built
 from clinpeft.errors import ClinpeftError
 from clinpeft.run_files import BUNDLE, LABELS, RUN_RECORD, read_record
 from clinpeft.rundir import atomic_run_dir, check_out_dir, write_json
@@ -68,6 +69,7 @@ def main(run: str | Path, out: str | Path, *, dtype: str = "fp32", base: str | N
     if not run.is_dir():
         raise ClinpeftError(f"{run}: no such directory; give a `clinpeft finetune` or `clinpeft pretrain` run")
     check_out_dir(out, overwrite)
+    base = demo_built(base, progress)  # --base demo: the built demo folder (the loader knows no demo)
     if as_adapter:
         if not (run / BUNDLE).is_file():
             raise ClinpeftError(f"{run}: --as-adapter ships a finetune run's LoRAs and head as one adapter; this is "

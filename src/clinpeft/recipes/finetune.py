@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from clinpeft import methods
+from clinpeft.bases import resolve_base
 from clinpeft.config import FinetuneConfig, save_config
 from clinpeft.data.long_notes import LongNotes, encode_notes
 from clinpeft.data.tasks import (
@@ -61,7 +62,6 @@ from clinpeft.modeling.base import (
     check_quantization,
     count_parameters,
     is_encoder,
-    resolve_base,
 )
 from clinpeft.modeling.classifier import Classifier, build_classifier, save_bundle, score_notes
 from clinpeft.modeling.pooling import check_pooling

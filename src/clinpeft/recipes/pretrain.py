@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from clinpeft.bases import resolve_base
 from clinpeft.config import PretrainConfig, save_config
 from clinpeft.data.notes import cache_file, load_corpus
 from clinpeft.data.packing import count_predicted_tokens, packing_mode, slot_share, tokenize_and_pack
@@ -43,7 +44,6 @@ from clinpeft.modeling.base import (
     count_parameters,
     load_causal_lm,
     load_tokenizer,
-    resolve_base,
 )
 from clinpeft.run_files import RUN_RECORD
 from clinpeft.rundir import atomic_run_dir, check_free_space, checkpoint_dir, expected_run_bytes, write_json
