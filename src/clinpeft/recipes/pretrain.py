@@ -279,10 +279,10 @@ def train(model, config: PretrainConfig, corpus: Corpus, precision: Precision, c
 def throughput(fitted: Fitted, config: PretrainConfig, corpus: Corpus, clock: StepClock) -> dict:
     """Measure: block tokens (padding included) per second over all devices in this process's share of the steps,
     and labelled tokens per second after the warm-up steps (their blocks carry the split's mean labelled share)."""
-    train, blocks = config.train, corpus.blocks["train"]
-    blocks_per_step = train.batch_size * train.grad_accum * fitted.trainer.args.world_size
+    section, blocks = config.train, corpus.blocks["train"]
+    blocks_per_step = section.batch_size * section.grad_accum * fitted.trainer.args.world_size
     blocks_seen = min((fitted.steps - fitted.resumed_from) * blocks_per_step,
-                      int(len(blocks) * train.epochs) if train.max_steps <= 0 else float("inf"))
+                      int(len(blocks) * section.epochs) if section.max_steps <= 0 else float("inf"))
     tokens_seen = blocks_seen * config.data.max_seq_len
     useful_per_s = clock.rate(blocks_per_step * corpus.train_tokens / max(len(blocks), 1))
     log.info("trained %d optimizer steps in %.1f s: %.0f block tokens/s, %.0f labelled tokens/s (after %d warm-up "
