@@ -179,6 +179,7 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
     params = count_parameters(clf.model)
     encoded = {split: encode_notes(clf.tokenizer, task.splits[split]["text"].tolist(), long_notes)
                for split in ("train", "val", "test")}  # each split tokenized once; truncation counted from it
+    truncation = {split: notes.truncation() for split, notes in encoded.items()}
     fingerprint = base_fingerprint(clf.model)  # before training: identifies the base model's weights
     check_free_space(run_dir, expected_run_bytes(*params, config.train, setup.variant == "full"), "this run")
 
@@ -189,6 +190,7 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
                               checkpoints or run_dir / "checkpoints", run_dir, progress)
     clf.model = fitted.model
     keep_best.restore(clf.model)  # the epoch selected by validation AUROC
+    del encoded["train"]  # the Trainer held it as Arrow; as Python lists of token ids it is the largest object here
 
     logits, scores = measure(clf, task, config, encoded, long_notes, progress)
     checks = guard(scores["val"]["auroc"], probe, final_train_loss(loss_curve(fitted.trainer.state),
@@ -196,7 +198,7 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
                    prior_loss(task.task_type, task.targets("train"), task.num_labels))
     save(clf, run_dir, task, config, setup, long_notes, logits)
     metrics = {**record(config, task, setup, fingerprint, long_notes), **scores,
-               "truncation": {split: encoded[split].truncation() for split in ("train", "val", "test")},
+               "truncation": truncation,
                "best_epoch": keep_best.best_epoch, "val_history": keep_best.history,
                "probe": probe,  # the linear probe of the frozen model this run started from: {val, test, C, ...}
                "guard": checks,  # fine-tuning below that probe, or a training loss above the label prior's: warnings
