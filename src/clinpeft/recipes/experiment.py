@@ -47,6 +47,7 @@ from clinpeft.config import (
 )
 from clinpeft.data.definitions import TASKS
 from clinpeft.errors import ClinpeftError
+from clinpeft.files import read_text
 from clinpeft.run_files import METRICS, RUN_RECORD, read_record
 from clinpeft.rundir import atomic_write, write_json
 
@@ -344,7 +345,7 @@ def main(grid: ExperimentConfig, out: str | Path, recipe_path: str | Path | None
 
 def summary(state: dict, out: str | Path) -> list[str]:
     """Table 3 (when some cell finished) and the counts of this invocation."""
-    table = ["\n" + Path(state["report"]["table3.md"]).read_text()] if "report" in state else []
+    table = ["\n" + read_text(state["report"]["table3.md"], what="report table")] if "report" in state else []
     return [*table, f"{out}: {state['n_ran']} cells run, {state['n_done_earlier']} done earlier, "
             f"{state['n_failed']} failed ({state['wall_time_s'] / 60:.1f} min)"]
 

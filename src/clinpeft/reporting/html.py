@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 from clinpeft.errors import ClinpeftError
+from clinpeft.files import read_text
 from clinpeft.reporting.runs import base_name, recorded_test
 from clinpeft.run_files import read_config, read_record
 
@@ -228,7 +229,7 @@ def write_html(path: Path, written: dict[str, Path], pretrain_runs: list[dict], 
     for key, name in (("table2", "table2.md"), ("table3", "table3.md"), ("clinical", "clinical.md"),
                       ("subgroups", "subgroups.md")):
         if name in written:
-            body[key] = markdown_to_html(written[name].read_text(encoding="utf-8"))
+            body[key] = markdown_to_html(read_text(written[name], what="report table"))
     images = [p for n, p in sorted(written.items()) if n.endswith(".png")]
     order = ("roc_", "pr_", "reliability_", "macro_")
     images.sort(key=lambda p: next((i for i, o in enumerate(order) if p.name.startswith(o)), 9))
@@ -236,7 +237,7 @@ def write_html(path: Path, written: dict[str, Path], pretrain_runs: list[dict], 
         body["figures"] = f"<div class='figs'>{''.join(_image(p) for p in images)}</div>"
     labels = [p for n, p in sorted(written.items()) if n.startswith("labels_") and n.endswith(".md")]
     if labels:
-        body["labels"] = "".join(markdown_to_html(p.read_text(encoding="utf-8")) for p in labels)
+        body["labels"] = "".join(markdown_to_html(read_text(p, what="report table")) for p in labels)
     if finetune_runs:
         body["cards"] = ("<p class='note'>One card per fine-tuning run: where its data came from, what was "
                          "trained, what it is for and what it cannot tell.</p>"

@@ -20,6 +20,7 @@ from clinpeft.data.tasks import TaskData
 from clinpeft.evaluation import scoring
 from clinpeft.evaluation.clinical import MIN_POSITIVES
 from clinpeft.evaluation.metrics import probabilities, task_metrics
+from clinpeft.files import read_json
 from clinpeft.modeling.adapters import head_module
 from clinpeft.modeling.classifier import Classifier, pad_batch
 from clinpeft.modeling.pooling import pool_windows
@@ -164,7 +165,8 @@ class KeepBest(TrainerCallback):
             return
         from safetensors.torch import load_file
 
-        saved = json.loads((Path(checkpoint) / self.STATE).read_text())
+        saved = read_json(Path(checkpoint) / self.STATE, dict, keys=("history", "best_epoch", "best_auroc"),
+                          what="checkpoint state", hint="remove that checkpoint folder to resume from the one before")
         self.history, self.best_epoch = saved["history"], saved["best_epoch"]
         if saved["best_auroc"] is not None and (Path(checkpoint) / self.WEIGHTS).exists():
             self.best_auroc = saved["best_auroc"]
