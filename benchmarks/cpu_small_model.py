@@ -58,9 +58,9 @@ def build(shape: str, path: Path, texts: list[str]) -> Path:
 def main() -> None:
     import pandas as pd
 
+    from clinpeft.bases import resolve_base
     from clinpeft.config import BUNDLED_CONFIGS, FinetuneConfig, PretrainConfig, load_config
     from clinpeft.demo.synthetic import write_pretraining_corpus, write_tasks
-    from clinpeft.modeling.base import resolve_base
     from clinpeft.recipes import finetune, predict, pretrain
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

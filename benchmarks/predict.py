@@ -101,8 +101,8 @@ def main() -> None:
 
     import pandas as pd
 
+    from clinpeft.bases import resolve_base
     from clinpeft.demo.synthetic import write_tasks
-    from clinpeft.modeling.base import resolve_base
 
     work = Path(tempfile.mkdtemp(prefix="clinpeft-bench-"))
     try:

@@ -83,7 +83,7 @@ def tokenise(corpus: Path, num_proc: int, max_seq_len: int, work: Path) -> None:
     from clinpeft.data.packing import count_predicted_tokens
     from clinpeft.demo import llama as demo_base
     from clinpeft.recipes.pretrain import tokenize_corpus
-    from clinpeft.training.common import set_progress_bars
+    from clinpeft.training.runtime import set_progress_bars
 
     set_progress_bars(False)
     tokenizer = demo_base.train_tokenizer(demo_base.general_english_documents(max_chars=2_000_000),

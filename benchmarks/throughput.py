@@ -75,7 +75,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from clinpeft.data.packing import DEFAULT_PACKING, IGNORE_INDEX, pack_documents  # noqa: E402
 from clinpeft.errors import ClinpeftError  # noqa: E402
 from clinpeft.modeling.base import check_attention  # noqa: E402
-from clinpeft.training.common import cpu_has_native_bf16  # noqa: E402
+from clinpeft.training.precision import cpu_has_native_bf16  # noqa: E402
 
 BOS, EOS, PAD = 1, 2, 0
 
@@ -198,7 +198,7 @@ def add_lora(model, args, kernels: str, dropout: float):
     if kernels == "liger":
         from liger_kernel.transformers import _apply_liger_kernel_to_instance
 
-        # what TrainingArguments.use_liger_kernel does with train.fused_loss's config (training/common.kernel_flags)
+        # what TrainingArguments.use_liger_kernel does with train.fused_loss's config (training/trainer.kernel_flags)
         _apply_liger_kernel_to_instance(model=model, fused_linear_cross_entropy=True, cross_entropy=False,
                                         rms_norm=True, rope=True, swiglu=True)
     lora = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=dropout,
@@ -395,7 +395,8 @@ def main(argv=None) -> dict:
     pad = PAD
     args.base_path = None
     if args.base:  # the real model: its shape, its tokenizer, clinical-style notes
-        from clinpeft.modeling.base import load_tokenizer, resolve_base
+        from clinpeft.bases import resolve_base
+        from clinpeft.modeling.base import load_tokenizer
 
         args.base_path = resolve_base(args.base)
         read_shape(args, args.base_path)

@@ -93,6 +93,17 @@ def pretrain_overrides(base: Path, corpus: dict) -> list[str]:
             "train.max_steps=4", "train.lr=1e-2", "eval.train_max_blocks=8", "peft.r=4"]
 
 
+def predict_logits(clf, texts: list[str], max_seq_len: int, batch_size: int = 16, progress: bool = False,
+                   desc: str = "predict", long_notes=None):
+    """A built or loaded Classifier's logits (n_notes, n_labels) in input order, notes cut as `long_notes` says
+    (None: truncated on the right at max_seq_len): the recipes' scoring (modeling.classifier.score_notes)."""
+    from clinpeft.data.long_notes import LongNotes, encode_notes
+    from clinpeft.modeling.classifier import score_notes
+
+    long_notes = long_notes or LongNotes(max_seq_len)
+    return score_notes(clf, encode_notes(clf.tokenizer, texts, long_notes), long_notes, batch_size, progress, desc)
+
+
 def load_clinical_lm(run_dir: Path, dtype: str = "float32"):
     """The causal LM a pretrain run saved (base model + adapter, or the full model), in eval mode."""
     from peft import PeftModel

@@ -257,3 +257,16 @@ def test_a_build_leaves_the_callers_random_numbers_alone(tmp_path):
     assert db.build_into_place(tmp_path / "model", build, lambda p: (p / "done").is_file()) == {"built": True}
     assert torch.equal(torch.rand(3), expected)
     assert (tmp_path / "model" / "done").read_text() == "yes"
+
+
+def test_the_demo_is_resolved_by_the_named_base_table_not_by_the_loader(demo_home, demo_base, monkeypatch):
+    from clinpeft import bases
+    from clinpeft.errors import ClinpeftError
+    from clinpeft.modeling.base import resolve_base as loader_resolve
+
+    monkeypatch.setenv("CLINPEFT_HOME", str(demo_home))
+    assert bases.resolve_base("demo", progress=False) == demo_base
+    assert bases.demo_built("demo") == str(demo_base)  # --base demo reaches the loader as the built folder
+    assert bases.demo_built(str(demo_base)) == str(demo_base)  # anything else as given
+    with pytest.raises(ClinpeftError, match="clinpeft.bases"):
+        loader_resolve("demo", progress=False)

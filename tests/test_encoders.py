@@ -17,8 +17,9 @@ from safetensors.torch import load_file
 from clinpeft.config import FinetuneConfig, load_config
 from clinpeft.errors import ClinpeftError
 from clinpeft.modeling.base import is_encoder
-from clinpeft.modeling.classifier import load_bundle, predict_logits
+from clinpeft.modeling.classifier import load_bundle
 from clinpeft.recipes import evaluate, finetune
+from conftest import predict_logits
 
 
 def overrides(base, task_dir, variant="full", **extra) -> list[str]:

@@ -11,9 +11,9 @@ import torch
 
 from clinpeft.cli import main
 from clinpeft.config import DownstreamLoraSection
+from clinpeft.methods import variant as variant_info
 from clinpeft.modeling.adapters import find_clinical_adapter
 from clinpeft.modeling.classifier import build_classifier, load_bundle, pad_batch, save_bundle
-from clinpeft.modeling.methods import variant as variant_info
 from clinpeft.recipes import export
 
 NOTES = ["Chief complaint: shortness of breath.", "Pt s/p CABG, hx CHF, HTN.",

@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 import torch
 
+from clinpeft import methods
 from clinpeft.config import FinetuneConfig, load_config
 from clinpeft.data.tasks import load_task
-from clinpeft.modeling import methods
+from clinpeft.methods import VARIANT_NAMES as VARIANTS
 from clinpeft.modeling.adapters import CLINICAL, DOWNSTREAM, find_clinical_adapter
 from clinpeft.modeling.classifier import build_classifier
-from clinpeft.modeling.methods import VARIANT_NAMES as VARIANTS
 from clinpeft.recipes import evaluate, finetune
 from clinpeft.training.classification import make_trainer
 
@@ -178,3 +178,27 @@ def test_frozen_clinical_adapter_is_saved_unchanged(tiny_llama, clinical_run, sy
     assert original.keys() == saved.keys()
     for key in original:
         assert torch.equal(original[key], saved[key]), key
+
+
+def test_each_split_is_tokenized_once_per_run(tiny_llama, synthetic_tasks, tmp_path, monkeypatch):
+    """Training, the linear probe, scoring and the truncation counts read one encoding per split: the notes of
+    train, val and test go through the tokenizer once each (before: train twice, val three times, test twice)."""
+    from clinpeft.data import long_notes
+
+    calls = []
+    encode = long_notes.encode_notes
+
+    def counting(tokenizer, texts, settings):
+        calls.append(len(texts))
+        return encode(tokenizer, texts, settings)
+
+    for module in ("clinpeft.recipes.finetune", "clinpeft.training.classification", "clinpeft.training.probe",
+                   "clinpeft.modeling.classifier"):
+        if hasattr(__import__(module, fromlist=["x"]), "encode_notes"):
+            monkeypatch.setattr(f"{module}.encode_notes", counting)
+    config = load_config(FinetuneConfig, None, overrides(tiny_llama, synthetic_tasks["mor"], variant="lora",
+                                                        **{"eval.probe": "true", "eval.bootstrap_resamples": 0}))
+    metrics = finetune.main(config, tmp_path / "run", progress=False)
+    task = load_task(config.task.path)
+    assert sorted(calls) == sorted(len(task.splits[s]) for s in ("train", "val", "test"))
+    assert metrics["truncation"]["train"]["n_notes"] == len(task.splits["train"])

@@ -17,10 +17,10 @@ from clinpeft.data.tasks import load_task
 from clinpeft.errors import ClinpeftError
 from clinpeft.modeling.adapters import CLINICAL, add_pretraining_adapter, find_clinical_adapter
 from clinpeft.modeling.base import base_fingerprint, load_causal_lm
-from clinpeft.modeling.classifier import build_classifier, load_bundle, predict_logits, save_bundle
+from clinpeft.modeling.classifier import build_classifier, load_bundle, save_bundle
 from clinpeft.recipes import finetune, pretrain
 from clinpeft.training.classification import make_trainer
-from conftest import pretrain_overrides
+from conftest import predict_logits, pretrain_overrides
 
 CLINICAL_SETTINGS = {
     "adaption_prompt": ["peft.adapter_len=4", "peft.adapter_layers=2"],

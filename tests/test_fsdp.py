@@ -180,7 +180,7 @@ def test_fsdp_lora_pretraining_and_stacked_fine_tuning(tmp_path, tiny_llama, syn
 def test_fsdp_settings_that_cannot_run_fail_in_one_line(monkeypatch, setting, world, message):
     from clinpeft.config import PretrainConfig, load_config
     from clinpeft.errors import ClinpeftError
-    from clinpeft.training.common import check_sharding
+    from clinpeft.training.trainer import check_sharding
 
     monkeypatch.setenv("WORLD_SIZE", world)
     config = load_config(PretrainConfig, None, ["train.fsdp=true", *setting])
@@ -194,7 +194,7 @@ def test_fsdp_config_uses_transformers_names():
     """train.fsdp_config reaches TrainingArguments as its fsdp_config: FSDP2, the decoder layer from the model
     (no class named unless the recipe names one), sharded checkpoints."""
     from clinpeft.config import PretrainConfig, load_config
-    from clinpeft.training.common import fsdp_flags
+    from clinpeft.training.trainer import fsdp_flags
 
     config = load_config(PretrainConfig, None, ["train.fsdp=true"])
     assert fsdp_flags(config.train) == {"fsdp": True, "fsdp_config": {

@@ -17,7 +17,7 @@ from clinpeft.config import FinetuneConfig, PretrainConfig, load_config
 from clinpeft.errors import ClinpeftError
 from clinpeft.modeling.base import check_attention
 from clinpeft.recipes import pretrain
-from clinpeft.training import common
+from clinpeft.training import trainer
 from conftest import pretrain_overrides
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusals on a machine without CUDA")
@@ -38,16 +38,16 @@ def test_options_are_config_keys_with_safe_defaults():
 
 
 def test_kernel_options_become_the_trainers_flags(tmp_path):
-    plain = common.training_arguments(load_config(PretrainConfig).train, tmp_path)
+    plain = trainer.training_arguments(load_config(PretrainConfig).train, tmp_path)
     assert plain.torch_compile is False and plain.use_liger_kernel is False
     train = load_config(PretrainConfig, None, ["train.compile=true", "train.fused_loss=true"]).train
-    assert common.kernel_flags(train) == {
+    assert trainer.kernel_flags(train) == {
         "torch_compile": True, "use_liger_kernel": True, "liger_kernel_config": {
             "fused_linear_cross_entropy": True, "cross_entropy": False, "rms_norm": True, "rope": True,
             "swiglu": True}}
-    args = common.training_arguments(train, tmp_path)
+    args = trainer.training_arguments(train, tmp_path)
     assert args.torch_compile and args.use_liger_kernel
-    assert common.kernel_flags(load_config(FinetuneConfig).train) == {"torch_compile": False}
+    assert trainer.kernel_flags(load_config(FinetuneConfig).train) == {"torch_compile": False}
 
 
 @no_cuda
@@ -66,11 +66,11 @@ def test_gpu_attention_refused_on_a_cpu_in_one_line(attn, expected):
 @no_cuda
 def test_fused_loss_and_compile_without_a_compiler_refused_in_one_line(monkeypatch):
     with pytest.raises(ClinpeftError, match="^train.fused_loss needs a CUDA GPU"):
-        common.check_kernels(load_config(PretrainConfig, None, ["train.fused_loss=true"]).train)
+        trainer.check_kernels(load_config(PretrainConfig, None, ["train.fused_loss=true"]).train)
     monkeypatch.setattr("shutil.which", lambda *args, **kwargs: None)  # no g++, no c++, no $CXX
     with pytest.raises(ClinpeftError, match="^train.compile on a CPU needs a C[+][+] compiler"):
-        common.check_kernels(load_config(PretrainConfig, None, ["train.compile=true"]).train)
-    common.check_kernels(load_config(PretrainConfig).train)
+        trainer.check_kernels(load_config(PretrainConfig, None, ["train.compile=true"]).train)
+    trainer.check_kernels(load_config(PretrainConfig).train)
 
 
 @no_cuda

@@ -12,9 +12,10 @@ from clinpeft.config import DownstreamLoraSection, FinetuneConfig, load_config
 from clinpeft.data.long_notes import LongNotes, encode_notes, special_tokens, window_starts
 from clinpeft.errors import ClinpeftError
 from clinpeft.modeling.adapters import head_module
-from clinpeft.modeling.classifier import build_classifier, predict_logits
+from clinpeft.modeling.classifier import build_classifier
 from clinpeft.modeling.pooling import pool_windows
 from clinpeft.recipes import evaluate, finetune
+from conftest import predict_logits
 
 FILLER = "BP 128/76 HR 88 RR 18 SpO2 96% RA. " * 12
 KEYWORD = " Discharge diagnosis: pneumonia, sepsis, acute kidney injury."

@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
+from clinpeft import methods
 from clinpeft.config import FinetuneConfig, LoraSection, PretrainConfig, load_config
 from clinpeft.errors import ClinpeftError
-from clinpeft.modeling import methods
+from clinpeft.methods import LORA_KEYS, method_display_name
 from clinpeft.modeling.adapters import CLINICAL, DOWNSTREAM, find_clinical_adapter
 from clinpeft.modeling.classifier import build_classifier
-from clinpeft.modeling.methods import LORA_KEYS, method_display_name
 from clinpeft.recipes import pretrain
 from conftest import pretrain_overrides
 

@@ -8,9 +8,9 @@ import torch
 
 from clinpeft.config import FinetuneConfig, PretrainConfig, load_config
 from clinpeft.errors import ClinpeftError
+from clinpeft.methods import method_display_name
 from clinpeft.modeling.adapters import add_pretraining_adapter
 from clinpeft.modeling.base import load_causal_lm
-from clinpeft.modeling.methods import method_display_name
 from clinpeft.recipes import pretrain
 from conftest import pretrain_overrides
 

@@ -20,9 +20,9 @@ from clinpeft.config import PretrainConfig, load_config
 from clinpeft.data.notes import load_corpus
 from clinpeft.data.packing import note_segments, tokenize_and_pack
 from clinpeft.errors import ClinpeftError
+from clinpeft.methods import METHOD_NAMES as PEFT_METHODS
 from clinpeft.modeling.adapters import add_pretraining_adapter, packing_fallback
 from clinpeft.modeling.base import base_fingerprint, load_causal_lm, load_tokenizer
-from clinpeft.modeling.methods import METHOD_NAMES as PEFT_METHODS
 from clinpeft.recipes import pretrain
 from clinpeft.training.perplexity import token_nll
 from conftest import load_clinical_lm, pretrain_overrides

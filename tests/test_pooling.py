@@ -17,9 +17,10 @@ import torch
 from clinpeft.config import DownstreamLoraSection, FinetuneConfig, PretrainConfig, load_config
 from clinpeft.errors import ClinpeftError
 from clinpeft.modeling.adapters import find_clinical_adapter, head_module
-from clinpeft.modeling.classifier import build_classifier, load_bundle, pad_batch, predict_logits
+from clinpeft.modeling.classifier import build_classifier, load_bundle, pad_batch
 from clinpeft.modeling.pooling import apply_pooling
 from clinpeft.recipes import finetune
+from conftest import predict_logits
 
 NOTES = ["Chief complaint: shortness of breath.", "Pt s/p CABG.",
          "Discharge diagnosis: pneumonia, sepsis, acute kidney injury. Medications on admission: aspirin 81 mg daily."]

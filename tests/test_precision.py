@@ -15,7 +15,7 @@ from clinpeft.config import FinetuneConfig, PretrainConfig, load_config
 from clinpeft.errors import ClinpeftError
 from clinpeft.modeling.base import load_causal_lm
 from clinpeft.recipes import evaluate, finetune, pretrain
-from clinpeft.training import common
+from clinpeft.training import precision as common
 from conftest import pretrain_overrides
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU precision rules")
@@ -90,3 +90,23 @@ def test_bf16_finetune_scores_what_evaluate_scores(tiny_llama, clinical_run, syn
     own = pd.read_csv(tmp_path / "run" / "predictions.csv")
     rescored = pd.read_csv(tmp_path / "eval" / "predictions.csv")
     np.testing.assert_allclose(rescored[["p_0", "p_1"]], own[["p_0", "p_1"]], atol=1e-6)
+
+
+@pytest.mark.parametrize(("train", "dtype", "weights"), [
+    ("auto", "auto", "bfloat16"), ("bf16", "auto", "bfloat16"), ("fp32", "auto", "float32"),
+    ("fp16", "auto", "float16"), ("fp32", "bfloat16", "bfloat16")])
+def test_one_meaning_of_auto_for_loading_and_autocast_on_a_gpu(train, dtype, weights, monkeypatch, tiny_llama):
+    """On a bf16 GPU the weights follow train.precision (model.dtype=auto), for pretraining and fine-tuning alike:
+    both recipes load `run_precision(...).weights` (before, finetune loaded bf16 under train.precision=fp32)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    decided = common.run_precision(train, dtype, tiny_llama)
+    assert decided.weights == weights
+    assert decided.train == ("bf16" if train == "auto" else train)
+
+
+def test_on_a_cpu_the_weights_load_in_fp32_and_the_width_decides_auto(monkeypatch, tiny_llama):
+    monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: True)
+    assert common.run_precision("auto", "auto", tiny_llama) == common.Precision(train="fp32", weights="float32")
+    assert common.run_precision("auto", "auto") == common.Precision(train="bf16", weights="float32")  # width unknown
+    assert common.run_precision("bf16", "auto", tiny_llama) == common.Precision(train="bf16", weights="float32")

@@ -6,7 +6,7 @@ import pytest
 
 from clinpeft.config import METHOD_FIELDS, PretrainConfig, load_config
 from clinpeft.errors import ClinpeftError
-from clinpeft.modeling.methods import METHOD_NAMES as PEFT_METHODS
+from clinpeft.methods import METHOD_NAMES as PEFT_METHODS
 from clinpeft.recipes.demo import parse_methods
 from clinpeft.sweep.space import (
     check_search_space,

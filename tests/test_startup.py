@@ -45,3 +45,10 @@ def test_a_config_error_imports_no_deep_learning_library(tmp_path):
             "assert main(['recipes']) == 0\n")
     assert heavy_modules_after(code) == []
     assert not out.exists()
+
+
+def test_counting_cores_and_threads_imports_no_deep_learning_library():
+    """What the CLI and the sweep workers take from training (cores, threads) loads no torch."""
+    code = ("from clinpeft.training.runtime import available_cores, thread_count\n"
+            "assert available_cores() >= 1 and thread_count(3) == (3, 'train.threads')")
+    assert heavy_modules_after(code) == []

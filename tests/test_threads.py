@@ -4,7 +4,7 @@ import pytest
 
 from clinpeft.errors import ClinpeftError
 from clinpeft.sweep.workers import worker_env
-from clinpeft.training.common import available_cores, set_threads, thread_count
+from clinpeft.training.runtime import available_cores, set_threads, thread_count
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ Two steps, each a small adapter on a frozen general LLM (Gema et al. 2023):
 2. downstream fine-tuning for clinical outcome prediction (`clinpeft finetune`).
 """
 
-__version__ = "0.1.0"
+from clinpeft._version import __version__  # noqa: F401 -- clinpeft.__version__
 
 
 def load(run_dir, base=None, device=None, batch_size=16):

@@ -16,7 +16,7 @@ import importlib
 import os
 import sys
 
-from clinpeft import __version__
+from clinpeft._version import __version__
 from clinpeft.argtypes import count, fraction, seed
 from clinpeft.errors import ClinpeftError, Stopped
 from clinpeft.rundir import check_out_not_input, is_main_process, out_lock, set_command
@@ -89,7 +89,7 @@ def print_lines(lines: list[str], file=None) -> None:
 
 def hf_progress_bars(progress: bool) -> None:
     """The Hugging Face libraries' own bars (weights loading, datasets.map) follow --quiet."""
-    from clinpeft.training.common import set_progress_bars  # imports torch, transformers, datasets
+    from clinpeft.training.runtime import set_progress_bars
 
     set_progress_bars(progress)
 
@@ -597,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     import threading
 
     # SIGTERM anywhere (tokenising, scoring, writing): an exception, so the cleanup of OUT.partial/ runs; training
-    # replaces it with its checkpointing handler while it trains (training/common.Checkpointing)
+    # replaces it with its checkpointing handler while it trains (training/checkpointing.Checkpointing)
     handler = (signal.signal(signal.SIGTERM, _stop) if threading.current_thread() is threading.main_thread()
                else None)
     try:

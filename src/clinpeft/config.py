@@ -22,9 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from clinpeft.errors import ClinpeftError
 from clinpeft.files import read_yaml, yaml_error
-from clinpeft.modeling.methods import METHOD_NAMES, METHODS, VARIANT_NAMES, lora_init
+from clinpeft.methods import METHOD_NAMES, METHODS, VARIANT_NAMES, lora_init
+from clinpeft.run_files import CONFIG
 
-# Table 3's fine-tuning variants and Table 2's pretraining methods: modeling/methods.py says what each does.
+# Table 3's fine-tuning variants and Table 2's pretraining methods: methods.py says what each does.
 Variant = Literal[VARIANT_NAMES]  # type: ignore[valid-type]
 PeftMethod = Literal[METHOD_NAMES]  # type: ignore[valid-type]
 
@@ -82,12 +83,12 @@ class LoraSection(Section):
     lora_dropout: float = Field(0.1, ge=0.0, lt=1.0)
     target_modules: list[str] = ["q_proj", "v_proj"]
     bias: Literal["none", "all", "lora_only"] = "none"
-    # LoRA flavours (peft's flags; modeling/methods.LORA_FLAVOURS). DoRA: the weight split into a
+    # LoRA flavours (peft's flags; methods.LORA_FLAVOURS). DoRA: the weight split into a
     # magnitude (one trainable value per output unit) and a LoRA-updated direction (Liu et al. 2024).
     use_dora: bool = False
     # rsLoRA: scale lora_alpha / sqrt(r) instead of lora_alpha / r, stable at large ranks (Kalajdzievski 2023)
     use_rslora: bool = False
-    # How A and B start (peft's values; modeling/methods.LORA_INITS, README "LoRA initialisations"). true: peft's
+    # How A and B start (peft's values; methods.LORA_INITS, README "LoRA initialisations"). true: peft's
     # default (Kaiming A, B = 0); gaussian; pissa / pissa_niter_N (top singular vectors of W, base keeps the rest);
     # olora (QR of W); eva (activations' top directions, ranks redistributed); corda (W x input covariance);
     # lora_ga (the full gradient's SVD); mica (minor singular vectors, B frozen). eva/corda/lora_ga read a capped,
@@ -533,6 +534,6 @@ def config_to_yaml(config: Section) -> str:
 
 
 def save_config(config: Section, run_dir: Path) -> Path:
-    path = Path(run_dir) / "config.yaml"
+    path = Path(run_dir) / CONFIG
     path.write_text(config_to_yaml(config))
     return path

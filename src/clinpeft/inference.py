@@ -15,6 +15,7 @@ import numpy as np
 from clinpeft.data.long_notes import EncodedNotes, LongNotes, encode_notes
 from clinpeft.errors import ClinpeftError
 from clinpeft.evaluation.metrics import probabilities
+from clinpeft.run_files import BUNDLE, RUN_RECORD
 
 
 def check_finetune_run(run_dir: str | Path) -> Path:
@@ -22,8 +23,8 @@ def check_finetune_run(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ClinpeftError(f"{run_dir}: no such directory; give a `clinpeft finetune` run directory")
-    if not (run_dir / "bundle.json").is_file():
-        what = ("a `clinpeft pretrain` run (a clinical adapter, no classifier)" if (run_dir / "run.json").is_file()
+    if not (run_dir / BUNDLE).is_file():
+        what = ("a `clinpeft pretrain` run (a clinical adapter, no classifier)" if (run_dir / RUN_RECORD).is_file()
                 else "not a `clinpeft finetune` run directory")
         raise ClinpeftError(f"{run_dir}: {what}: it has no bundle.json; give the directory a `clinpeft finetune` "
                             "run wrote (it holds bundle.json, labels.txt, metrics.json)")
@@ -37,10 +38,11 @@ class Predictor:
                  batch_size: int = 16):
         import torch
 
+        from clinpeft.bases import demo_built
         from clinpeft.modeling.classifier import load_bundle
 
         self.run_dir = check_finetune_run(run_dir)
-        self.clf, self.meta = load_bundle(self.run_dir, base=base)
+        self.clf, self.meta = load_bundle(self.run_dir, base=demo_built(base))
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
             self.clf.model.to(self.device)
@@ -54,11 +56,12 @@ class Predictor:
     def encode(self, texts: list[str]) -> EncodedNotes:
         return encode_notes(self.clf.tokenizer, list(texts), self.long_notes)
 
-    def logits(self, texts: list[str] | EncodedNotes, progress: bool = False) -> np.ndarray:
+    def logits(self, texts: list[str] | EncodedNotes, progress: bool = False, desc: str = "predict") -> np.ndarray:
+        """Logits (n_notes, n_labels) in input order; desc: the progress bar's label."""
         from clinpeft.modeling.classifier import score_notes
 
         encoded = texts if isinstance(texts, EncodedNotes) else self.encode(texts)
-        return score_notes(self.clf, encoded, self.long_notes, self.batch_size, progress, "predict")
+        return score_notes(self.clf, encoded, self.long_notes, self.batch_size, progress, desc)
 
     def predict(self, texts: list[str] | EncodedNotes, progress: bool = False) -> np.ndarray:
         """Probabilities, one row per note in input order, one column per label (self.labels)."""
@@ -85,12 +88,12 @@ class ExportedClassifier:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from clinpeft.rundir import read_json
+        from clinpeft.run_files import read_record
 
         self.folder = Path(folder)
         if not (self.folder / "clinpeft_export.json").is_file():
             raise ClinpeftError(f"{self.folder}: no clinpeft_export.json; give a folder `clinpeft export` wrote")
-        self.info = read_json(self.folder / "clinpeft_export.json")
+        self.info = read_record(self.folder / "clinpeft_export.json")
         if self.info.get("auto_class") != "AutoModelForSequenceClassification":
             raise ClinpeftError(f"{self.folder}: an exported {self.info.get('auto_class')}, not a classifier; "
                                 "export a `clinpeft finetune` run")

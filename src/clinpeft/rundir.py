@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Iterator
 
 from clinpeft.errors import ClinpeftError
+from clinpeft.run_files import BUNDLE, CONFIG, METRICS, RUN_RECORD
 
 PARTIAL_SUFFIX = ".partial"
 CHECKPOINTS = "checkpoints"  # inside OUT.partial/: the HF Trainer's checkpoint-N folders
@@ -97,7 +98,7 @@ def _existing_parent(path: Path) -> Path:
     return path
 
 
-RUN_RECORDS = ("run.json", "bundle.json", "metrics.json", MARKER)  # a folder holding one is a run (or an output)
+RUN_RECORDS = (RUN_RECORD, BUNDLE, METRICS, MARKER)  # a folder holding one is a run (or an output)
 
 
 def check_out_not_input(out: str | Path, inputs, what: str = "--out", containers=()) -> None:
@@ -378,7 +379,7 @@ def _clear(partial: Path) -> None:
 def _finish(partial: Path, out: Path) -> None:
     """Record the command in the marker, then put OUT.partial/ in place of `out` (the lock still held: the lock
     file travels with the rename and is removed from `out` after it)."""
-    from clinpeft import __version__
+    from clinpeft._version import __version__
 
     write_json(partial / MARKER, {"command": _COMMAND, "clinpeft_version": __version__})
     if out.exists():
@@ -400,7 +401,7 @@ def _resumable_run_dir(out: Path, overwrite: bool, config: dict | None, restart:
     lock = _lock(partial)
     try:
         check_out_dir(out, overwrite)  # again, under the lock: another process may have finished `out` meanwhile
-        saved = partial / "config.yaml"
+        saved = partial / CONFIG
         if not fresh and (restart or not complete_checkpoints(partial / CHECKPOINTS)):
             # --restart, or nothing to resume (a run killed before its first checkpoint: its Arrow caches of the
             # notes are removed here, by the next run); another process's scratch may already be in use
@@ -471,11 +472,3 @@ def atomic_write(path: Path, write) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def read_json(path: str | Path, keys=()) -> dict:
-    """A record of a run directory (a JSON object holding `keys`), through the reading layer (files.read_json)."""
-    from clinpeft.files import read_json as read_json_file
-
-    return read_json_file(path, dict, keys=keys, what="run record",
-                          hint="is this a finished clinpeft run directory? restore it or rerun the command")

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from clinpeft.data.rows import file_format
 from clinpeft.errors import ClinpeftError
-
-FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
 
 
 @dataclass
@@ -30,16 +29,6 @@ class NoteFile:
     text_column: str
     id_column: str | None  # None: the file has no such column, ids are positions
     n_notes: int
-
-
-def note_format(path: Path) -> str:
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] == ".gz":
-        suffixes = suffixes[:-1]
-    fmt = FORMATS.get(suffixes[-1] if suffixes else "")
-    if fmt is None:
-        raise ClinpeftError(f"{path}: unknown format; give a .csv, .csv.gz, .jsonl or .jsonl.gz file")
-    return fmt
 
 
 def check_utf8(path: Path) -> None:
@@ -87,7 +76,7 @@ def check_note_file(path: str | Path, text_column: str = "text", id_column: str 
     path = Path(path)
     if not path.is_file():
         raise ClinpeftError(f"{path}: no such file; give the CSV/JSONL of notes to score with --notes")
-    fmt = note_format(path)
+    fmt = file_format(path, txt=False)
     if path.stat().st_size == 0:
         raise ClinpeftError(f"{path}: empty file (0 bytes); give the CSV/JSONL of notes to score with --notes")
     check_utf8(path)

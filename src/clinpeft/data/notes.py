@@ -14,19 +14,11 @@ import json
 from pathlib import Path
 
 from clinpeft.config import CorpusSection
+from clinpeft.data.rows import file_format
 from clinpeft.errors import ClinpeftError
 
-SUFFIXES = {".csv": "csv", ".jsonl": "json", ".json": "json", ".txt": "txt"}
 CORPUS_FORMAT = "clinpeft-corpus"  # manifest.json "format" of a `clinpeft prepare notes` directory
 VAL_SALT = "val:"  # salts the validation draw apart from the test draw
-
-
-def file_format(path: Path) -> str:
-    suffixes = [s for s in path.suffixes if s != ".gz"]
-    fmt = SUFFIXES.get(suffixes[-1] if suffixes else "")
-    if fmt is None:
-        raise ClinpeftError(f"{path}: unsupported corpus file; use .csv, .csv.gz, .jsonl(.gz) or .txt")
-    return fmt
 
 
 def corpus_files(paths: list[str]) -> list[Path]:

@@ -207,6 +207,23 @@ def json_object(text: str) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
+# a notes file's format from its suffix: csv | jsonl | txt (one note per file: the pretraining corpus only)
+NOTE_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "txt"}
+
+
+def file_format(path: Path, txt: bool = True) -> str:
+    """csv | jsonl | txt of a notes file from its suffix (case ignored; a trailing .gz: gzip-compressed), for the
+    pretraining corpus (data/notes.py, `txt`: .txt files allowed) and the notes to score (data/note_files.py)."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    fmt = NOTE_FORMATS.get(suffixes[-1] if suffixes else "")
+    if fmt is None or (fmt == "txt" and not txt):
+        raise ClinpeftError(f"{path}: unsupported corpus file; use .csv, .csv.gz, .jsonl(.gz) or .txt" if txt
+                            else f"{path}: unknown format; give a .csv, .csv.gz, .jsonl or .jsonl.gz file")
+    return fmt
+
+
 def records(path: Path, fmt: str, on_bad: str = "error", bad: BadRows | None = None,
             position: dict | None = None) -> Iterator[tuple[int, dict]]:
     """(line number, row as a dict) of every good row of a .csv(.gz) / .jsonl(.gz) file; a file with a

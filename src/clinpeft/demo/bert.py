@@ -7,7 +7,7 @@ The paper compares its LLaMA variants with four BERT-family encoders fine-tuned 
 them, so it builds one encoder of the same kind: a `BertForMaskedLM` (hidden 64, 2 layers) with
 its own lower-cased WordPiece tokenizer ([PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4), given a
 short masked-language-model pretraining on the same general English as the demo LLaMA (the
-docstrings of Python's standard library, `demo_base.general_english_documents`). Like the demo
+docstrings of Python's standard library, `demo/llama.general_english_documents`). Like the demo
 LLaMA it has seen no clinical text; unlike the real baselines it is not a *clinical* model.
 
 Saved in the standard Hugging Face layout (safetensors), so `finetune` loads it through

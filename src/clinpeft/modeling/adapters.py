@@ -40,9 +40,10 @@ import torch
 from peft import PeftConfig, PeftModel, get_peft_model
 from peft.utils import load_peft_weights
 
+from clinpeft import methods
 from clinpeft.config import LoraSection, PeftSection
 from clinpeft.errors import ClinpeftError
-from clinpeft.modeling import lora_init, methods
+from clinpeft.modeling import lora_init
 
 CLINICAL = "clinical"
 DOWNSTREAM = "downstream"

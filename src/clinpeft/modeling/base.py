@@ -1,8 +1,8 @@
 """Loading a base model from local disk: the same code path for the tiny demo model and LLaMA-7B.
 
 Nothing here touches the network: `model.base` is a local directory (config.json, tokenizer
-files, safetensors weights) or "demo", the tiny general-English LLaMA built by
-`clinpeft.demo.llama`.
+files, safetensors weights), a .gguf file or a named real base. The demo models ("demo", "demo-bert")
+are built and resolved by clinpeft/bases.py (the named-base table the recipes use), not here.
 """
 
 from __future__ import annotations
@@ -15,21 +15,17 @@ import torch
 
 from clinpeft.errors import ClinpeftError
 
+DEMO_NAMES = ("demo", "demo-bert")  # built by clinpeft/bases.py, not by the loader
+
 
 def resolve_base(base: str, *, progress: bool = True) -> Path:
-    """`model.base` -> a local Hugging Face model directory.
+    """`model.base` -> a local Hugging Face model directory (the demo models: clinpeft/bases.resolve_base).
 
-    "demo" / "demo-bert": the tiny demo models, built on first use. A named real base
-    (`smollm2-135m`, modeling/gguf.NAMED_BASES), a `.gguf` file or a folder holding one: dequantized
-    once into a cached folder (modeling/gguf.py). Anything else: a folder with config.json."""
-    if base == "demo":
-        from clinpeft.demo.llama import ensure_demo_base
-
-        return ensure_demo_base(progress=progress)
-    if base == "demo-bert":
-        from clinpeft.demo.bert import ensure_demo_bert
-
-        return ensure_demo_bert(progress=progress)
+    A named real base (`smollm2-135m`, modeling/gguf.NAMED_BASES), a `.gguf` file or a folder holding one:
+    dequantized once into a cached folder (modeling/gguf.py). Anything else: a folder with config.json."""
+    if base in DEMO_NAMES:
+        raise ClinpeftError(f"model.base={base}: the demo models are built by clinpeft.bases.resolve_base "
+                            "(the recipes and clinpeft.load resolve them), not by the model loader")
     from clinpeft.modeling.gguf import NAMED_BASES, is_gguf_spec, resolve_gguf
 
     if is_gguf_spec(base):
@@ -67,7 +63,7 @@ def check_base(base: str) -> None:
     """One line, before any work, when `model.base` cannot be read: a missing folder or config.json, a
     GGUF file that is not one, truncated, of an unreadable architecture or tensor type, a named base whose
     package is missing. Cheap: reads headers only (the demo bases are built later, on first use)."""
-    if base in ("demo", "demo-bert"):
+    if base in DEMO_NAMES:
         return
     from clinpeft.modeling.gguf import find_gguf, is_gguf_spec, read_header
 
@@ -86,7 +82,7 @@ def reopen_base(recorded: str | None, base: str | None = None, spec: str | None 
         return resolve_base(base)
     if recorded and (Path(recorded) / "config.json").is_file():
         return Path(recorded)
-    if spec and spec not in ("demo", "demo-bert"):
+    if spec and spec not in DEMO_NAMES:
         from clinpeft.modeling.gguf import is_gguf_spec
 
         if is_gguf_spec(spec):

@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from clinpeft.data.long_notes import EncodedNotes, LongNotes, encode_notes
+from clinpeft.data.long_notes import EncodedNotes, LongNotes
 from clinpeft.errors import ClinpeftError
 from clinpeft.modeling import lora_init
 from clinpeft.modeling.adapters import (
@@ -51,6 +51,7 @@ from clinpeft.modeling.base import (
     reopen_base,
 )
 from clinpeft.modeling.pooling import apply_pooling, check_pooling, pool_windows
+from clinpeft.run_files import BUNDLE
 from clinpeft.rundir import write_json
 
 FULL_MODEL_DIR = "model"  # variant full: the whole fine-tuned classifier, in a bundle
@@ -140,7 +141,7 @@ def save_bundle(clf: Classifier, run_dir: Path, meta: dict) -> None:
     if meta.get("variant") == "full":  # every weight changed: save the whole classifier, once
         clf.model.save_pretrained(run_dir / FULL_MODEL_DIR, safe_serialization=True)
         clf.tokenizer.save_pretrained(run_dir / FULL_MODEL_DIR)
-        write_json(run_dir / "bundle.json", {**meta, "adapters": [], "head": clf.head_name,
+        write_json(run_dir / BUNDLE, {**meta, "adapters": [], "head": clf.head_name,
                                              "model_dir": FULL_MODEL_DIR, "base_fingerprint": clf.fingerprint})
         return
     if clf.adapters:
@@ -157,7 +158,7 @@ def save_bundle(clf: Classifier, run_dir: Path, meta: dict) -> None:
     pooler = encoder_pooler(clf.model)
     if pooler is not None:
         save_file({k: v.detach().contiguous().cpu() for k, v in pooler.state_dict().items()}, run_dir / POOLER_FILE)
-    write_json(run_dir / "bundle.json", {**meta, "adapters": clf.adapters, "head": clf.head_name,
+    write_json(run_dir / BUNDLE, {**meta, "adapters": clf.adapters, "head": clf.head_name,
                                          "base_fingerprint": clf.fingerprint})
 
 
@@ -186,7 +187,7 @@ def check_bundle_files(run_dir: Path) -> dict:
     from clinpeft.files import read_json as read_json_file
 
     hint = "restore the run folder from a complete copy, or fine-tune again"
-    meta = read_json_file(run_dir / "bundle.json", dict, keys=BUNDLE_KEYS, what="bundle.json", hint=hint)
+    meta = read_json_file(run_dir / BUNDLE, dict, keys=BUNDLE_KEYS, what=BUNDLE, hint=hint)
     if meta.get("model_dir"):
         for weights in sorted((run_dir / str(meta["model_dir"])).glob("*.safetensors")):
             check_safetensors(weights, hint)
@@ -258,13 +259,6 @@ def _load_full_bundle(run_dir: Path, meta: dict, dtype: str) -> Classifier:
 
 def pad_batch(tokenizer, rows: list[list[int]]) -> dict[str, torch.Tensor]:
     return tokenizer.pad({"input_ids": rows}, return_tensors="pt")
-
-
-def predict_logits(clf: Classifier, texts: list[str], max_seq_len: int, batch_size: int = 16,
-                   progress: bool = True, desc: str = "predict", long_notes: LongNotes | None = None) -> np.ndarray:
-    """Logits (n_notes, n_labels) in input order. long_notes: None = truncate on the right at max_seq_len."""
-    long_notes = long_notes or LongNotes(max_seq_len)
-    return score_notes(clf, encode_notes(clf.tokenizer, texts, long_notes), long_notes, batch_size, progress, desc)
 
 
 @torch.no_grad()

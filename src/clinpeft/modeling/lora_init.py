@@ -1,6 +1,6 @@
 """`init_lora_weights`: peft's LoRA initialisations, run around `get_peft_model` / `add_adapter`.
 
-Three kinds (the registry entry, modeling/methods.LORA_INITS, says which):
+Three kinds (the registry entry, methods.LORA_INITS, says which):
 - weight-only (gaussian, pissa, pissa_niter_N, olora, mica): peft does all of it inside the layer;
 - data-driven (eva, corda, lora_ga): calibration batches from the run's own training notes, at most
   INIT_ROWS rows in batches of INIT_BATCH, a seeded sample (`calibration_batches`): EVA after the adapter
@@ -23,7 +23,7 @@ from typing import Callable
 
 import torch
 
-from clinpeft.modeling import methods
+from clinpeft import methods
 
 INIT_ROWS = 64  # calibration rows (blocks or notes) at most: EVA's SVD, CorDA's covariance, LoRA-GA's gradient
 INIT_BATCH = 4  # rows per forward pass

@@ -396,7 +396,7 @@ def main(mimic_dir: str | Path, out: str | Path, tasks: tuple[str, ...] = TASKS,
     """Build the task directories out/<task>/ and out/manifest.json; return the top-level manifest."""
     from tqdm.auto import tqdm
 
-    from clinpeft import __version__
+    from clinpeft._version import __version__
     from clinpeft.data.tasks import load_task
     from clinpeft.rundir import atomic_run_dir, check_out_dir, write_json
 

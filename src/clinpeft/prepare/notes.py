@@ -199,7 +199,8 @@ def id_string(value) -> str:
 
 def check_source(source: Source) -> Source:
     """Fail before any work when a file is missing or lacks a column; drop optional columns it lacks."""
-    from clinpeft.data.notes import column_names, file_format
+    from clinpeft.data.notes import column_names
+    from clinpeft.data.rows import file_format
 
     path = source.path
     if not path.is_file():
@@ -236,8 +237,7 @@ def read_chunks(source: Source, chunk_rows: int = CHUNK_ROWS, on_bad_rows: str =
     damaged files and bad rows: on_bad_rows "error" or "skip", skipped rows counted in `bad`, a
     data.rows.BadRows); gzip is decompressed on the fly.
     """
-    from clinpeft.data.notes import file_format
-    from clinpeft.data.rows import BadRows, read_text_file, records
+    from clinpeft.data.rows import BadRows, file_format, read_text_file, records
 
     if chunk_rows < 1:
         raise ClinpeftError(f"--chunk-rows must be >= 1, got {chunk_rows}")
@@ -321,7 +321,7 @@ def prepare_notes(sources: list[Source], out: str | Path, note_types: list[str] 
     import pyarrow.compute as pc
     from tqdm.auto import tqdm
 
-    from clinpeft import __version__
+    from clinpeft._version import __version__
     from clinpeft.data.rows import BadRows
     from clinpeft.rundir import atomic_run_dir, write_json
 

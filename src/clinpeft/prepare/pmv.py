@@ -69,7 +69,7 @@ def read_pmv_labels(path: str | Path) -> pd.DataFrame:
 def main(admission_notes: str | Path, labels: str | Path, out: str | Path, drop_unknown: bool = False,
          overwrite: bool = False) -> dict:
     """Write the PMV task directory; return its manifest."""
-    from clinpeft import __version__
+    from clinpeft._version import __version__
     from clinpeft.data.tasks import load_task
     from clinpeft.rundir import atomic_run_dir, check_out_dir, write_json
 

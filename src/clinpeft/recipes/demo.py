@@ -25,7 +25,7 @@ from clinpeft.data.definitions import TASKS
 from clinpeft.demo.llama import ensure_demo_base
 from clinpeft.demo.synthetic import write_demo_data
 from clinpeft.errors import ClinpeftError
-from clinpeft.modeling.methods import METHOD_NAMES
+from clinpeft.methods import METHOD_NAMES
 from clinpeft.reporting.report import write_report
 from clinpeft.rundir import atomic_run_dir
 

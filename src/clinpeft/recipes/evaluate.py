@@ -12,11 +12,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from clinpeft import __version__
+from clinpeft._version import __version__
 from clinpeft.config import ClassifierEvalSection
-from clinpeft.data.long_notes import LongNotes, encode_notes
 from clinpeft.data.tasks import TaskData, extra_columns, read_split_csv, validate_split
-from clinpeft.modeling.classifier import load_bundle, score_notes
+from clinpeft.inference import Predictor
+from clinpeft.run_files import METRICS, PREDICTIONS
 from clinpeft.rundir import atomic_run_dir, write_json
 from clinpeft.training.classification import split_metrics, truncation_lines, write_predictions
 
@@ -31,14 +31,15 @@ def main(run: str | Path, data: str | Path, out: str | Path, *, base: str | None
     batch_size = ClassifierEvalSection().batch_size if batch_size is None else batch_size
     data = Path(data)
     frame = read_split_csv(data)
-    clf, meta = load_bundle(run, base=base)
+    predictor = Predictor(run, base=base, batch_size=batch_size)  # as predict and explain score
+    meta = predictor.meta
     kind = "multilabel" if meta["task_type"] == "multilabel" else "single_label"
     validate_split(frame, data, kind, set(meta["labels"]))
     task = TaskData(name=meta["task"], kind=kind, labels=list(meta["labels"]), splits={"eval": frame})
 
-    long_notes = LongNotes.from_bundle(meta)  # as trained (older bundles: truncate on the right)
-    encoded = encode_notes(clf.tokenizer, frame["text"].tolist(), long_notes)
-    logits = score_notes(clf, encoded, long_notes, batch_size, progress, "evaluate")
+    long_notes = predictor.long_notes  # as trained (older bundles: truncate on the right)
+    encoded = predictor.encode(frame["text"].tolist())
+    logits = predictor.logits(encoded, progress, desc="evaluate")
     # AUROC as in finetune; "auroc_ci": its 95% bootstrap interval over these notes
     scores = split_metrics(task, "eval", logits, bootstrap_resamples, bootstrap_seed)
     metrics = {
@@ -48,7 +49,7 @@ def main(run: str | Path, data: str | Path, out: str | Path, *, base: str | None
         "task": meta["task"],
         "task_type": meta["task_type"],
         "variant": meta["variant"],
-        "pooling": clf.pooling,  # as trained (bundle.json; older bundles: last)
+        "pooling": predictor.clf.pooling,  # as trained (bundle.json; older bundles: last)
         "long_notes": long_notes.to_json(),
         "truncation": {"eval": encoded.truncation()},
         "eval": scores,
@@ -56,8 +57,8 @@ def main(run: str | Path, data: str | Path, out: str | Path, *, base: str | None
         "clinpeft_version": __version__,
     }
     with atomic_run_dir(out, overwrite) as out_dir:
-        write_predictions(out_dir / "predictions.csv", task, "eval", logits, extra_columns(frame))
-        write_json(out_dir / "metrics.json", metrics)
+        write_predictions(out_dir / PREDICTIONS, task, "eval", logits, extra_columns(frame))
+        write_json(out_dir / METRICS, metrics)
     return metrics
 
 

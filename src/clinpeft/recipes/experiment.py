@@ -25,7 +25,6 @@ All cell configs are built and validated before any training, so a typo stops th
 
 from __future__ import annotations
 
-import json
 import time
 import traceback
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from clinpeft import methods
 from clinpeft.config import (
     FinetuneConfig,
     PretrainConfig,
@@ -47,7 +47,8 @@ from clinpeft.config import (
 )
 from clinpeft.data.definitions import TASKS
 from clinpeft.errors import ClinpeftError
-from clinpeft.modeling import methods
+from clinpeft.files import read_text
+from clinpeft.run_files import METRICS, RUN_RECORD, read_record
 from clinpeft.rundir import atomic_write, write_json
 
 PRETRAIN_DIR = "pretrain"  # OUT/<model>/pretrain/: a clinical adapter the grid trained itself
@@ -154,7 +155,7 @@ class Cell:
         return self.out.with_name(self.out.name + FAILED_SUFFIX)
 
     def finished(self) -> bool:
-        return (self.out / "metrics.json").is_file()
+        return (self.out / METRICS).is_file()
 
 
 def resolve_recipe(path: str | None, grid_recipe: Path | None) -> Path | None:
@@ -279,7 +280,7 @@ def main(grid: ExperimentConfig, out: str | Path, recipe_path: str | Path | None
     pretrain_errors: dict[str, str] = {}
     for name, config in pretrain_configs.items():
         run_dir, failed = clinical_dirs[name], clinical_dirs[name].with_name(PRETRAIN_DIR + FAILED_SUFFIX)
-        if (run_dir / "run.json").is_file():
+        if (run_dir / RUN_RECORD).is_file():
             continue
         print(f"pretraining the clinical adapter of {name} ({config.peft.method}) into {run_dir}", flush=True)
         t0 = time.time()
@@ -301,7 +302,7 @@ def main(grid: ExperimentConfig, out: str | Path, recipe_path: str | Path | None
         record = {"cell": cell.label, "dir": str(cell.out)}
         t0 = time.time()
         if cell.finished():
-            metrics = json.loads((cell.out / "metrics.json").read_text())
+            metrics = read_record(cell.out / METRICS)
             record.update(status="done earlier", val_auroc=metrics["val"].get("auroc"),
                           test_auroc=metrics["test"].get("auroc"))
             tqdm.write(f"{prefix} ... done earlier ({auroc_text(metrics)})")
@@ -344,7 +345,7 @@ def main(grid: ExperimentConfig, out: str | Path, recipe_path: str | Path | None
 
 def summary(state: dict, out: str | Path) -> list[str]:
     """Table 3 (when some cell finished) and the counts of this invocation."""
-    table = ["\n" + Path(state["report"]["table3.md"]).read_text()] if "report" in state else []
+    table = ["\n" + read_text(state["report"]["table3.md"], what="report table")] if "report" in state else []
     return [*table, f"{out}: {state['n_ran']} cells run, {state['n_done_earlier']} done earlier, "
             f"{state['n_failed']} failed ({state['wall_time_s'] / 60:.1f} min)"]
 

@@ -36,16 +36,18 @@ import json
 import shutil
 from pathlib import Path
 
-from clinpeft import __version__
+from clinpeft._version import __version__
+from clinpeft.bases import demo_built
 from clinpeft.errors import ClinpeftError
-from clinpeft.rundir import atomic_run_dir, check_out_dir, read_json, write_json
+from clinpeft.run_files import BUNDLE, LABELS, RUN_RECORD, read_record
+from clinpeft.rundir import atomic_run_dir, check_out_dir, write_json
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 MERGEABLE = {"LORA"}  # peft types whose weights fold into the base (DoRA/rsLoRA are LoRA flags)
 
 
 def peft_types(adapter_dirs: list[Path]) -> list[str]:
-    return [str(read_json(d / "adapter_config.json").get("peft_type")) for d in adapter_dirs]
+    return [str(read_record(d / "adapter_config.json").get("peft_type")) for d in adapter_dirs]
 
 
 def refuse_unmergeable(run: Path, types: list[str]) -> None:
@@ -67,14 +69,15 @@ def main(run: str | Path, out: str | Path, *, dtype: str = "fp32", base: str | N
     if not run.is_dir():
         raise ClinpeftError(f"{run}: no such directory; give a `clinpeft finetune` or `clinpeft pretrain` run")
     check_out_dir(out, overwrite)
+    base = demo_built(base, progress)  # --base demo: the built demo folder (the loader knows no demo)
     if as_adapter:
-        if not (run / "bundle.json").is_file():
+        if not (run / BUNDLE).is_file():
             raise ClinpeftError(f"{run}: --as-adapter ships a finetune run's LoRAs and head as one adapter; this is "
                                 "not a finetune run (no bundle.json): a pretrain run's adapter/ folder already is one")
         return export_task_adapter(run, out, dtype, base, overwrite)
-    if (run / "bundle.json").is_file():
+    if (run / BUNDLE).is_file():
         return export_classifier(run, out, dtype, base, overwrite)
-    if (run / "run.json").is_file():
+    if (run / RUN_RECORD).is_file():
         return export_causal_lm(run, out, dtype, base, overwrite)
     raise ClinpeftError(f"{run}: not a clinpeft run (no bundle.json or run.json); give a finetune or pretrain run")
 
@@ -84,7 +87,7 @@ def export_classifier(run: Path, out: str | Path, dtype: str, base: str | None, 
 
     from clinpeft.modeling.classifier import load_bundle
 
-    meta = read_json(run / "bundle.json")
+    meta = read_record(run / BUNDLE)
     refuse_unmergeable(run, peft_types([run / "adapters" / name for name in meta.get("adapters", [])]))
     clf, meta = load_bundle(run, base=base, dtype="float32")
     model = clf.model
@@ -110,8 +113,8 @@ def write_export(out: str | Path, overwrite: bool, model, tokenizer, run: Path, 
     with atomic_run_dir(out, overwrite) as out_dir:
         model.save_pretrained(out_dir, safe_serialization=True)
         tokenizer.save_pretrained(out_dir)
-        if (run / "labels.txt").is_file():
-            shutil.copy(run / "labels.txt", out_dir / "labels.txt")
+        if (run / LABELS).is_file():
+            shutil.copy(run / LABELS, out_dir / LABELS)
         write_json(out_dir / "clinpeft_export.json", info)
         write_json(out_dir / "serving.json", serving)
 
@@ -148,7 +151,7 @@ def export_task_adapter(run: Path, out: str | Path, dtype: str, base: str | None
     from clinpeft.modeling.classifier import PROBLEM_TYPES, load_bundle
     from clinpeft.modeling.task_adapter import build_task_adapter, concatenated_updates, zero_updates
 
-    meta = read_json(run / "bundle.json")
+    meta = read_record(run / BUNDLE)
     if meta.get("model_dir"):
         raise ClinpeftError(f"{run}: variant full changed every base weight, so no adapter on the base can hold it; "
                             "export it merged: `clinpeft export RUN --out DIR`")

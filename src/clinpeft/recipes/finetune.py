@@ -31,11 +31,13 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from clinpeft import __version__
+from clinpeft import methods
+from clinpeft.bases import resolve_base
 from clinpeft.config import FinetuneConfig, save_config
 from clinpeft.data.long_notes import LongNotes, encode_notes
 from clinpeft.data.tasks import (
@@ -50,24 +52,20 @@ from clinpeft.data.tasks import (
 from clinpeft.errors import ClinpeftError
 from clinpeft.evaluation.clinical import operating_point
 from clinpeft.evaluation.metrics import probabilities
-from clinpeft.modeling import methods
 from clinpeft.modeling.adapters import ClinicalAdapter, check_variant, find_clinical_adapter, full_model_variant
 from clinpeft.modeling.base import (
     base_display_name,
     base_fingerprint,
     base_record,
-    check_attention,
     check_base,
     check_positions,
     check_quantization,
     count_parameters,
-    device_summary,
     is_encoder,
-    resolve_base,
-    torch_dtype,
 )
 from clinpeft.modeling.classifier import Classifier, build_classifier, save_bundle, score_notes
 from clinpeft.modeling.pooling import check_pooling
+from clinpeft.run_files import LABELS, METRICS, PREDICTIONS, VAL_PREDICTIONS
 from clinpeft.rundir import (
     atomic_run_dir,
     check_free_space,
@@ -76,17 +74,15 @@ from clinpeft.rundir import (
     is_main_process,
     write_json,
 )
-from clinpeft.training.classification import make_trainer, split_metrics, truncation_lines, write_predictions
-from clinpeft.training.common import (
-    check_kernels,
-    check_sharding,
-    end_mixed_precision,
-    hidden_size_of,
-    loss_curve,
-    resolve_precision,
-    resume_point,
-    set_threads,
+from clinpeft.training.classification import (
+    KeepBest,
+    make_trainer,
+    split_metrics,
+    truncation_lines,
+    write_predictions,
 )
+from clinpeft.training.fit import Fitted, fit, run_record
+from clinpeft.training.precision import Precision, check_precision, run_precision
 from clinpeft.training.probe import (
     final_train_loss,
     fit_probe,
@@ -95,6 +91,8 @@ from clinpeft.training.probe import (
     note_features,
     prior_loss,
 )
+from clinpeft.training.runtime import loss_curve, set_threads
+from clinpeft.training.trainer import check_kernels, check_sharding
 
 
 def main(config: FinetuneConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True,
@@ -106,8 +104,8 @@ def main(config: FinetuneConfig, out: str | Path, *, overwrite: bool = False, pr
     the per-epoch val AUROC)."""
     check_pooling(config.model.base, config.model.pooling)  # before any work: encoders read [CLS]
     check_quantization(config.model.quantization)  # before any work: 4bit/8bit need a GPU and bitsandbytes
-    resolve_precision(config.train.precision)  # before any work: fp16 needs a GPU
-    check_attention(config.model.attn_implementation, torch_dtype(config.model.dtype))
+    # before any work: fp16 on a CPU, flash attention on fp32 weights
+    check_precision(config.train.precision, config.model.dtype, config.model.attn_implementation)
     check_kernels(config.train)  # train.compile on a CPU: a C++ compiler
     task = load_task(config.task.path, config.task.name, config.task.kind, config.task.max_examples)
     check_classes(task, Path(config.task.path))  # one class in train or val: refused before training
@@ -151,6 +149,19 @@ def support_warnings(result: dict) -> list[str]:
     return lines
 
 
+@dataclass
+class Setup:
+    """What a fine-tuning run stands on: the base model, the variant as it runs, the clinical adapter."""
+
+    base_path: Path  # model.base resolved, or a full clinical model (then the base of this run)
+    variant: str  # differs from config.variant only on a full clinical model (see variant_base)
+    clinical: ClinicalAdapter | None  # the adapter stacked on the base (None: none, or a full clinical model)
+    base_name: str  # Table 3's name of the base model
+    clinical_dir: str | None  # clinical_adapter as given (a full clinical model too)
+    clinical_method: str | None
+    encoder: bool  # a BERT-family encoder (reads [CLS]) rather than a decoder
+
+
 def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None, run_dir: Path,
         progress: bool = True, callbacks: list | tuple = (), checkpoints: Path | None = None) -> dict:
     from transformers import set_seed
@@ -158,137 +169,144 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
     started = time.time()
     set_seed(config.train.seed)
     threads = set_threads(config.train.threads)  # this process's share of the CPU cores
+    setup = set_up(config, clinical, progress)
+    precision = run_precision(config.train.precision, config.model.dtype, setup.base_path)  # once, for the whole run
+    long_notes = LongNotes.from_task(config.task)  # how notes are cut into windows: training, probe, scoring, bundle
 
-    # --- setup: the variant's adapters and the head on the base model
+    clf = build_classifier(setup.base_path, task.task_type, task.num_labels, setup.variant, setup.clinical,
+                           config.lora, precision.weights, config.model.attn_implementation, config.model.pooling,
+                           config.model.quantization, init_notes=task.splits["train"]["text"].tolist())
+    params = count_parameters(clf.model)
+    encoded = {split: encode_notes(clf.tokenizer, task.splits[split]["text"].tolist(), long_notes)
+               for split in ("train", "val", "test")}  # each split tokenized once; truncation counted from it
+    truncation = {split: notes.truncation() for split, notes in encoded.items()}
+    fingerprint = base_fingerprint(clf.model)  # before training: identifies the base model's weights
+    check_free_space(run_dir, expected_run_bytes(*params, config.train, setup.variant == "full"), "this run")
+
+    probe_started = time.time()  # the frozen model's features -> logistic regression: the floor, LP-FT's head
+    probe = linear_probe(clf, task, config, encoded, progress)
+    probe_time = time.time() - probe_started
+    fitted, keep_best = train(clf, task, config, encoded, long_notes, precision, callbacks,
+                              checkpoints or run_dir / "checkpoints", run_dir, progress)
+    clf.model = fitted.model
+    keep_best.restore(clf.model)  # the epoch selected by validation AUROC
+    del encoded["train"]  # the Trainer held it as Arrow; as Python lists of token ids it is the largest object here
+
+    logits, scores = measure(clf, task, config, encoded, long_notes, progress)
+    checks = guard(scores["val"]["auroc"], probe, final_train_loss(loss_curve(fitted.trainer.state),
+                                                                    fitted.training_loss),
+                   prior_loss(task.task_type, task.targets("train"), task.num_labels))
+    save(clf, run_dir, task, config, setup, long_notes, logits)
+    metrics = {**record(config, task, setup, fingerprint, long_notes), **scores,
+               "truncation": truncation,
+               "best_epoch": keep_best.best_epoch, "val_history": keep_best.history,
+               "probe": probe,  # the linear probe of the frozen model this run started from: {val, test, C, ...}
+               "guard": checks,  # fine-tuning below that probe, or a training loss above the label prior's: warnings
+               "head_init": config.train.head_init, "probe_time_s": probe_time,
+               **run_record(fitted, config.train, precision, threads, params, started,
+                            config.model.attn_implementation)}
+    write_json(run_dir / METRICS, metrics)
+    return metrics
+
+
+def set_up(config: FinetuneConfig, clinical: ClinicalAdapter | None, progress: bool) -> Setup:
+    """Set-up: the base model (a full clinical model replaces model.base) and the variant as it runs."""
     clinical_dir, clinical_method = (str(clinical.path), clinical.method) if clinical else (None, None)
     base_path, variant, clinical, base_name = variant_base(config, clinical, progress)
-    encoder = is_encoder(base_path)
     check_positions(base_path, config.task.max_seq_len, "task.max_seq_len")
-    clf = build_classifier(base_path, task.task_type, task.num_labels, variant, clinical, config.lora,
-                           config.model.dtype, config.model.attn_implementation, config.model.pooling,
-                           config.model.quantization, init_notes=task.splits["train"]["text"].tolist())
-    trainable, total = count_parameters(clf.model)
-    train_cut = encode_notes(clf.tokenizer, task.splits["train"]["text"].tolist(),
-                             LongNotes.from_task(config.task)).truncation()
-    fingerprint = base_fingerprint(clf.model)  # before training: identifies the base model's weights
-    check_free_space(run_dir, expected_run_bytes(trainable, total, config.train, variant == "full"), "this run")
+    return Setup(base_path, variant, clinical, base_name, clinical_dir, clinical_method, is_encoder(base_path))
 
-    # --- probe: the frozen model's features -> logistic regression: the floor to clear, and LP-FT's head
-    probe_started = time.time()
-    probe = linear_probe(clf, task, config, progress)
-    probe_time = time.time() - probe_started
 
-    # --- fit, selecting the epoch by validation AUROC
-    checkpoints = checkpoints or run_dir / "checkpoints"
-    precision = resolve_precision(config.train.precision, hidden_size_of(base_path))
-    trainer, keep_best, checkpointing = make_trainer(clf, task, config, checkpoints, progress, callbacks, precision)
-    resume = resume_point(checkpoints)  # an interrupted run's last checkpoint: same data order, schedule, RNG
-    resumed_from = int(Path(resume).name.split("-")[-1]) if resume else 0
-    checkpointing.resume = resume
-    keep_best.load(resume)
-    if resume and progress:
-        print(f"resuming from {resume} (optimizer step {resumed_from})")
-    fit_started = time.time()
-    if config.train.head_init == "probe" and resume is None:
-        trainer.evaluate()  # LP-FT's start is a fitted model: it competes for the kept epoch, as epoch 0
-    train_output = trainer.train(resume_from_checkpoint=resume)
-    end_mixed_precision(trainer)  # scores below in the model's dtype, as evaluate/predict do
-    clf.model = trainer.consolidated(clf.model)  # FSDP: the whole trained model on every process (else unchanged)
-    train_time = time.time() - fit_started
-    checkpointing.raise_if_interrupted(trainer.state, run_dir)
-    keep_best.restore(clf.model)
+def train(clf: Classifier, task: TaskData, config: FinetuneConfig, encoded: dict, long_notes: LongNotes,
+          precision: Precision, callbacks: list | tuple, checkpoints: Path, run_dir: Path,
+          progress: bool) -> tuple[Fitted, KeepBest]:
+    """Fit: the HF Trainer with the task's loss, validation AUROC every epoch (the best epoch kept), from the
+    last checkpoint of an interrupted run if any."""
+    trainer, keep_best, checkpointing = make_trainer(clf, task, config, checkpoints, progress, callbacks,
+                                                     precision.train, encoded, long_notes)
 
-    # --- test: AUROC of the kept epoch on val and test ("auroc_ci": 95% bootstrap interval over the notes)
-    val_logits, val_metrics, val_cut = score_split(clf, task, "val", config, progress)
-    test_logits, test_metrics, test_cut = score_split(clf, task, "test", config, progress)
-    if task.task_type == "binary":  # threshold at eval.specificity on val, applied to test
-        test_metrics["operating_point"] = binary_operating_point(task, val_logits, test_logits, config)
-    curve = loss_curve(trainer.state)
-    checks = guard(val_metrics["auroc"], probe, final_train_loss(curve, train_output.training_loss),
-                   prior_loss(task.task_type, task.targets("train"), task.num_labels))
+    def before_train(resume: str | None) -> None:
+        keep_best.load(resume)  # a resumed run continues the selection where it stopped
+        if config.train.head_init == "probe" and resume is None:
+            trainer.evaluate()  # LP-FT's start is a fitted model: it competes for the kept epoch, as epoch 0
 
-    # --- save: the bundle, predictions, metrics
+    return fit(trainer, checkpointing, clf.model, checkpoints, run_dir, progress, before_train), keep_best
+
+
+def measure(clf: Classifier, task: TaskData, config: FinetuneConfig, encoded: dict, long_notes: LongNotes,
+            progress: bool) -> tuple[dict, dict]:
+    """Measure: ({split: logits}, {split: metrics.json entry}) of the kept epoch on val and test ("auroc_ci": 95%
+    bootstrap interval over the notes); binary tasks: the threshold at eval.specificity on val, applied to test."""
+    logits, scores = {}, {}
+    for split in ("val", "test"):
+        logits[split] = score_notes(clf, encoded[split], long_notes, config.eval.batch_size, progress, split)
+        scores[split] = split_metrics(task, split, logits[split], config.eval.bootstrap_resamples,
+                                      config.eval.bootstrap_seed, config.eval.min_positives)
+    if task.task_type == "binary":
+        scores["test"]["operating_point"] = binary_operating_point(task, logits["val"], logits["test"], config)
+    return logits, scores
+
+
+def save(clf: Classifier, run_dir: Path, task: TaskData, config: FinetuneConfig, setup: Setup,
+         long_notes: LongNotes, logits: dict) -> None:
+    """Save: the bundle (adapters, head, bundle.json), labels.txt, the val and test predictions."""
     save_bundle(clf, run_dir, {
-        "base_model": str(base_path),
-        "variant": variant,
+        "base_model": str(setup.base_path),
+        "variant": setup.variant,
         "task": task.name,
         "task_type": task.task_type,
         "labels": task.labels,
         "max_seq_len": config.task.max_seq_len,
-        "long_notes": LongNotes.from_task(config.task).to_json(),  # evaluate / predict cut notes the same way
+        "long_notes": long_notes.to_json(),  # evaluate / predict cut notes the same way
         "padding_side": clf.tokenizer.padding_side,
         "quantization": config.model.quantization,  # evaluate reloads the base the same way
-        "clinical_adapter": clinical_dir,
-        **base_record(config.model.base, base_path),  # a GGUF base is rebuilt from base_spec where the folder is gone
+        "clinical_adapter": setup.clinical_dir,
+        # a GGUF base is rebuilt from base_spec where the folder is gone
+        **base_record(config.model.base, setup.base_path),
     })
     if clf.initial_adapter is not None:  # the untrained pissa/olora adapter, read by the conversion just done
         shutil.rmtree(clf.initial_adapter.parent, ignore_errors=True)
-    (run_dir / "labels.txt").write_text("\n".join(task.labels) + "\n")
+    (run_dir / LABELS).write_text("\n".join(task.labels) + "\n")
     extras = extra_columns(task.splits["test"])
-    write_predictions(run_dir / "predictions.csv", task, "test", test_logits, extras)
-    write_predictions(run_dir / "predictions_val.csv", task, "val", val_logits, extras)
+    write_predictions(run_dir / PREDICTIONS, task, "test", logits["test"], extras)
+    write_predictions(run_dir / VAL_PREDICTIONS, task, "val", logits["val"], extras)
 
-    metrics = {
+
+def record(config: FinetuneConfig, task: TaskData, setup: Setup, fingerprint: str, long_notes: LongNotes) -> dict:
+    """metrics.json's description of the run: task, variant, base model, data, adapters."""
+    downstream_lora = methods.variant(setup.variant).downstream_lora
+    return {
         "kind": "finetune",
         "task": task.name,
         "task_type": task.task_type,
-        "variant": variant,  # differs from config.variant only on a full clinical model (see variant_base)
-        "base_model": str(base_path),
-        "base_model_name": base_name,
+        "variant": setup.variant,  # differs from config.variant only on a full clinical model (see variant_base)
+        "base_model": str(setup.base_path),
+        "base_model_name": setup.base_name,
         "base_fingerprint": fingerprint,
-        **base_record(config.model.base, base_path),
+        **base_record(config.model.base, setup.base_path),
         "data": data_provenance(config.task.path, task.splits),  # file hashes, rows, cohort rules: the model card
-        "model_kind": "encoder" if encoder else "decoder",
-        "pooling": "cls" if encoder else config.model.pooling,  # what the head read: last / mean token(s), [CLS]
-        "clinical_adapter": clinical_dir,
-        "clinical_method": clinical_method,
-        "lora_flavours": methods.lora_flavours(config.lora) if methods.variant(variant).downstream_lora else [],
+        "model_kind": "encoder" if setup.encoder else "decoder",
+        "pooling": "cls" if setup.encoder else config.model.pooling,  # what the head read: last / mean, [CLS]
+        "clinical_adapter": setup.clinical_dir,
+        "clinical_method": setup.clinical_method,
+        "lora_flavours": methods.lora_flavours(config.lora) if downstream_lora else [],
         # the downstream LoRA's peft init_lora_weights (True: peft's default)
-        "init_lora_weights": config.lora.init_lora_weights if methods.variant(variant).downstream_lora else None,
-        **table3_row(variant, clinical_method, base_name if encoder else None),
-        "long_notes": LongNotes.from_task(config.task).to_json(),
-        "truncation": {"train": train_cut, "val": val_cut, "test": test_cut},
-        "val": val_metrics,
-        "test": test_metrics,
-        "best_epoch": keep_best.best_epoch,
-        "val_history": keep_best.history,
+        "init_lora_weights": config.lora.init_lora_weights if downstream_lora else None,
+        **table3_row(setup.variant, setup.clinical_method, setup.base_name if setup.encoder else None),
+        "long_notes": long_notes.to_json(),
         "n_train": len(task.splits["train"]),
         "unseen_in_train": unseen_classes(task),  # {split: [labels]} in val/test with no train example
-        "optimizer_steps": trainer.state.global_step,  # in all, counted once across resumptions
-        "resumed_from_step": resumed_from,  # 0: trained in one go
-        "fsdp": trainer.sharding,  # sharded training: FSDP version, processes, units per layer class (None: not)
-        "loss_curve": curve,
-        "probe": probe,  # the linear probe of the frozen model this run started from: {val, test, C, ...}
-        "guard": checks,  # fine-tuning below that probe, or a training loss above the label prior's: warnings
-        "head_init": config.train.head_init,
-        "probe_time_s": probe_time,
-        "checkpoints_written": checkpointing.saves,
-        "checkpoint_time_s": checkpointing.save_seconds,
-        "trainable_params": trainable,
-        "total_params": total,
-        "trainable_percent": 100.0 * trainable / total,
-        "train_time_s": train_time,
-        "wall_time_s": time.time() - started,
-        "cpu_threads": threads,
-        "precision": precision,  # train.precision as resolved on this machine and model (auto -> fp32 or bf16)
-        "kernels": {"attn_implementation": config.model.attn_implementation, "compile": config.train.compile},
-        **device_summary(),
-        "clinpeft_version": __version__,
     }
-    write_json(run_dir / "metrics.json", metrics)
-    return metrics
 
 
-def linear_probe(clf: Classifier, task: TaskData, config: FinetuneConfig, progress: bool) -> dict | None:
+def linear_probe(clf: Classifier, task: TaskData, config: FinetuneConfig, encoded: dict, progress: bool) -> dict | None:
     """metrics.json's "probe" (training/probe.py; None with eval.probe=false), and with train.head_init=probe
     the head set to the probe of the features it reads (LP-FT). One forward pass per split, before training:
     the features of the frozen base (+ clinical adapter), a fresh downstream LoRA being an identity."""
     if not config.eval.probe and config.train.head_init != "probe":
         return None
-    long_notes = LongNotes.from_task(config.task)
     splits = ("train", "val", "test") if config.eval.probe else ("train", "val")
-    features = {split: note_features(clf, encode_notes(clf.tokenizer, task.splits[split]["text"].tolist(), long_notes),
-                                     config.eval.batch_size, progress, f"probe features ({split})")
+    features = {split: note_features(clf, encoded[split], config.eval.batch_size, progress, f"probe features ({split})")
                 for split in splits}
     targets = {split: task.targets(split) for split in ("train", "val", "test")}
     if not config.eval.probe:  # only LP-FT: score test on val's features (never read)
@@ -335,17 +353,6 @@ def variant_base(config: FinetuneConfig, clinical: ClinicalAdapter | None,
         return clinical.path, variant, None, base_name
     base_path = resolve_base(config.model.base, progress=progress)
     return base_path, config.variant, clinical, config.model.name or base_display_name(base_path)
-
-
-def score_split(clf: Classifier, task: TaskData, split: str, config: FinetuneConfig,
-                progress: bool) -> tuple[np.ndarray, dict, dict]:
-    """The split's logits (notes in file order), its metrics.json entry and its `truncation` entry."""
-    long_notes = LongNotes.from_task(config.task)
-    encoded = encode_notes(clf.tokenizer, task.splits[split]["text"].tolist(), long_notes)
-    logits = score_notes(clf, encoded, long_notes, config.eval.batch_size, progress, split)
-    metrics = split_metrics(task, split, logits, config.eval.bootstrap_resamples, config.eval.bootstrap_seed,
-                            config.eval.min_positives)
-    return logits, metrics, encoded.truncation()
 
 
 def binary_operating_point(task: TaskData, val_logits: np.ndarray, test_logits: np.ndarray,

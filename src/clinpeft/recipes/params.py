@@ -20,10 +20,11 @@ import json
 import warnings
 from pathlib import Path
 
+from clinpeft.bases import resolve_base
 from clinpeft.config import PretrainConfig
 from clinpeft.errors import ClinpeftError
 from clinpeft.modeling.adapters import add_pretraining_adapter
-from clinpeft.modeling.base import count_parameters, resolve_base
+from clinpeft.modeling.base import count_parameters
 from clinpeft.reporting.tables import format_params, format_percent
 
 

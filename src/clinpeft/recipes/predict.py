@@ -32,11 +32,12 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from clinpeft import __version__
+from clinpeft._version import __version__
 from clinpeft.data.note_files import check_note_file, read_note_chunks
 from clinpeft.data.predictions import HEADER_MAP_FILE, predicted_cells, probability_columns, write_header_map
 from clinpeft.errors import ClinpeftError
 from clinpeft.inference import Predictor, check_finetune_run
+from clinpeft.run_files import PREDICTIONS
 from clinpeft.rundir import atomic_run_dir, check_out_dir, write_json
 
 
@@ -58,7 +59,7 @@ def main(run: str | Path, notes: str | Path, out: str | Path, *, text_column: st
     columns = probability_columns(labels)
     cut = {"notes_cut": 0, "n_notes": 0, "seen": 0, "tokens": 0}
     with atomic_run_dir(out, overwrite) as out_dir:
-        path = out_dir / "predictions.csv"
+        path = out_dir / PREDICTIONS
         bar = tqdm(total=note_file.n_notes, desc="predict", unit="note", disable=not progress)
         for n, (ids, texts) in enumerate(read_note_chunks(note_file, chunk_rows)):
             encoded = predictor.encode(texts)
@@ -99,5 +100,5 @@ def summary(result: dict, out: str | Path) -> list[str]:
     """What `clinpeft predict` prints: how many notes were scored, and a note when many were cut."""
     from clinpeft.training.classification import truncation_lines
 
-    return ([f"{out}: {result['n_notes']} notes scored for {result['task']} -> {Path(out) / 'predictions.csv'}"]
+    return ([f"{out}: {result['n_notes']} notes scored for {result['task']} -> {Path(out) / PREDICTIONS}"]
             + truncation_lines(result["truncation"], result["long_notes"]))

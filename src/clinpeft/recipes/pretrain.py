@@ -24,50 +24,41 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from clinpeft import __version__
+from clinpeft.bases import resolve_base
 from clinpeft.config import PretrainConfig, save_config
 from clinpeft.data.notes import cache_file, load_corpus
 from clinpeft.data.packing import count_predicted_tokens, packing_mode, slot_share, tokenize_and_pack
+from clinpeft.methods import lora_flavours
 from clinpeft.modeling import lora_init
 from clinpeft.modeling.adapters import add_pretraining_adapter, packing_fallback, write_adapter_meta
 from clinpeft.modeling.base import (
     base_display_name,
     base_fingerprint,
     base_record,
-    check_attention,
     check_base,
     check_positions,
     check_quantization,
     count_parameters,
-    device_summary,
     load_causal_lm,
     load_tokenizer,
-    resolve_base,
-    torch_dtype,
 )
-from clinpeft.modeling.methods import lora_flavours
+from clinpeft.run_files import RUN_RECORD
 from clinpeft.rundir import atomic_run_dir, check_free_space, checkpoint_dir, expected_run_bytes, write_json
-from clinpeft.training.common import (
-    WARMUP_STEPS,
-    Checkpointing,
+from clinpeft.training.checkpointing import Checkpointing
+from clinpeft.training.fit import Fitted, fit, run_record
+from clinpeft.training.perplexity import split_perplexity
+from clinpeft.training.precision import Precision, check_precision, run_precision, upcast_trainable
+from clinpeft.training.runtime import WARMUP_STEPS, StepClock, set_threads
+from clinpeft.training.trainer import (
     ShardedTrainer,
-    StepClock,
     check_kernels,
     check_sharding,
-    end_mixed_precision,
-    hidden_size_of,
-    loss_curve,
-    model_dtype,
-    resolve_precision,
-    resume_point,
-    set_threads,
     silence_trainer,
     training_arguments,
-    upcast_trainable,
 )
-from clinpeft.training.perplexity import split_perplexity
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +68,10 @@ def main(config: PretrainConfig, out: str | Path, *, overwrite: bool = False, pr
     """Run one pretraining job into `out` (created whole, or not at all). Returns run.json.
 
     Unfinished, it lives in `OUT.partial/` with its checkpoints; the same call resumes it (`restart`: discard it)."""
-    precision = resolve_precision(config.train.precision)  # before any work: fp16 on a CPU is refused here
+    # before any work: fp16 on a CPU, flash attention on fp32 weights
+    check_precision(config.train.precision, config.model.dtype, config.model.attn_implementation)
     check_base(config.model.base)  # before any work: the folder, or the GGUF file's header
     check_quantization(config.model.quantization)  # before any work: 4bit/8bit need a GPU and bitsandbytes
-    check_attention(config.model.attn_implementation, torch_dtype(model_dtype(config.model.dtype, precision)))
     check_kernels(config.train)  # train.compile: a C++ compiler on a CPU; train.fused_loss: a GPU, liger-kernel
     check_sharding(config.train, config.peft.method, config.model.quantization)  # train.fsdp: processes, method
     with atomic_run_dir(out, overwrite, resumable=True, config=config.model_dump(mode="json"),
@@ -164,113 +155,161 @@ def save_clinical(model, method: str, run_dir: Path, base_path: Path, fingerprin
     return out_dir
 
 
+@dataclass
+class Corpus:
+    """The corpus as the run trains and measures on it: notes split by patient, cut into blocks."""
+
+    splits: object  # DatasetDict of notes: train, test (val with data.val_fraction > 0)
+    info: dict  # run.json's data provenance (files, hashes, patients)
+    blocks: object  # DatasetDict of blocks of data.max_seq_len tokens (one note per row without packing)
+    starts_added: dict  # per split: segment starts fill's cuts added (see tokenize_corpus)
+    mode: str  # the packing layout used: fill | ffd | next_fit | none
+    fallback: str | None  # why this method could not pack (None: it packed, or packing was off)
+    ppl_train: object  # the seeded sample of train blocks that train perplexity reads
+    train_tokens: int  # labelled (predicted) tokens in the train blocks
+
+    @property
+    def val(self):
+        return self.blocks["val"] if "val" in self.blocks else None  # carved from train patients
+
+
 def run(config: PretrainConfig, run_dir: Path, progress: bool = True, checkpoints: Path | None = None) -> dict:
     """checkpoints: the Trainer's checkpoint folder (default run_dir/checkpoints); its newest complete
     checkpoint is resumed from."""
-    from transformers import default_data_collator, set_seed
+    from transformers import set_seed
 
     started = time.time()
     set_seed(config.train.seed)
     threads = set_threads(config.train.threads)  # this process's share of the CPU cores
-
-    # --- setup: base model, corpus, blocks
     base_path = resolve_base(config.model.base, progress=progress)
     check_positions(base_path, config.data.max_seq_len, "data.max_seq_len")
     tokenizer = load_tokenizer(base_path)
     tokenizer.model_max_length = 2**62  # notes are cut into blocks by packing, not by the tokenizer
-    cache_dir = run_dir / ".cache"  # Arrow files of the notes: inside the run, deleted at the end
+
+    corpus = load_blocks(config, tokenizer, run_dir / ".cache", progress)
+    precision = run_precision(config.train.precision, config.model.dtype, base_path)  # once, for the whole run
+    model = load_causal_lm(base_path, precision.weights, config.model.attn_implementation, config.model.quantization)
+    fingerprint = base_fingerprint(model)
+    if progress:
+        names = ["train", "test"] + (["val"] if corpus.val is not None else [])
+        print(f"corpus: {' / '.join(str(len(corpus.splits[n])) for n in names)} {' / '.join(names)} notes "
+              f"-> {' / '.join(str(len(corpus.blocks[n])) for n in names)} blocks of {config.data.max_seq_len} tokens")
+    base_ppl = base_perplexity(model, corpus, config, precision, progress)  # the row adaptation must beat
+    model, initial_adapter = add_adapter(model, config, corpus, base_path, run_dir)
+    params = count_parameters(model)
+    check_free_space(run_dir, expected_run_bytes(*params, config.train, config.peft.method == "full"), "this run")
+
+    clock = StepClock(warmup_steps=WARMUP_STEPS)
+    fitted = train(model, config, corpus, precision, clock, checkpoints or run_dir / "checkpoints", run_dir,
+                   progress)
+    measured = {**throughput(fitted, config, corpus, clock),
+                **perplexities(fitted.model, corpus, config, precision, progress)}
+
+    save_clinical(fitted.model, config.peft.method, run_dir, base_path, fingerprint, initial_adapter,
+                  config.model.base)
+    shutil.rmtree(run_dir / ".cache", ignore_errors=True)
+    result = {**record(config, corpus, base_path, fingerprint), **measured, **base_ppl, **corpus.info,
+              **run_record(fitted, config.train, precision, threads, params, started, config.model.attn_implementation),
+              "model_dtype": str(next(fitted.model.parameters()).dtype).removeprefix("torch.")}
+    write_json(run_dir / RUN_RECORD, result)
+    return result
+
+
+def load_blocks(config: PretrainConfig, tokenizer, cache_dir: Path, progress: bool) -> Corpus:
+    """Data: the corpus split by patient, cut into blocks in the layout this method can train on (prefix, prompt
+    and p-tuning cannot keep packed notes apart: one note per row, said in the log). cache_dir: the notes' and
+    blocks' Arrow files, inside the run (deleted at the end)."""
     splits, data_info = load_corpus(config.data, cache_dir)
     method = config.peft.method
     fallback = packing_fallback(method) if config.data.packing != "none" else None
     if fallback:
         log.warning("peft.method=%s trains on one note per row, not packed blocks: %s", method, fallback)
     mode = "none" if fallback else config.data.packing
-    packing = mode != "none"
     blocks, starts_added = tokenize_corpus(splits, tokenizer, config, progress, packing=mode, cache_dir=cache_dir)
-    train_blocks, test_blocks = blocks["train"], blocks["test"]
-    val_blocks = blocks["val"] if "val" in blocks else None  # data.val_fraction > 0: carved from train patients
-    train_tokens = count_predicted_tokens(train_blocks)
-    ppl_train_blocks = sample_blocks(train_blocks, config.eval.train_max_blocks, config.data.split_seed)
+    ppl_train = sample_blocks(blocks["train"], config.eval.train_max_blocks, config.data.split_seed)
+    return Corpus(splits, data_info, blocks, starts_added, mode, fallback, ppl_train,
+                  count_predicted_tokens(blocks["train"]))
 
-    precision = resolve_precision(config.train.precision, hidden_size_of(base_path))
-    model = load_causal_lm(base_path, model_dtype(config.model.dtype, precision), config.model.attn_implementation,
-                           config.model.quantization)
-    fingerprint = base_fingerprint(model)
-    if progress:
-        names = ["train", "test"] + (["val"] if val_blocks is not None else [])
-        print(f"corpus: {' / '.join(str(len(splits[n])) for n in names)} {' / '.join(names)} notes "
-              f"-> {' / '.join(str(len(blocks[n])) for n in names)} blocks of {config.data.max_seq_len} tokens")
 
-    # --- the base model's perplexity on the same blocks: the row that adaptation must beat
+def base_perplexity(model, corpus: Corpus, config: PretrainConfig, precision: Precision, progress: bool) -> dict:
+    """The base model's perplexity on the same blocks (eval.base_model; None otherwise)."""
+    if not config.eval.base_model:
+        return {"base_train_ppl": None, "base_test_ppl": None}
     batch_size = config.eval.batch_size
-    base_ppl = {"base_train_ppl": None, "base_test_ppl": None}
-    if config.eval.base_model:
-        base_ppl = {
-            "base_train_ppl": split_perplexity(model, ppl_train_blocks, batch_size, "base ppl (train)", progress,
-                                               precision),
-            "base_test_ppl": split_perplexity(model, test_blocks, batch_size, "base ppl (test)", progress, precision),
-        }
+    return {"base_train_ppl": split_perplexity(model, corpus.ppl_train, batch_size, "base ppl (train)", progress,
+                                               precision.train),
+            "base_test_ppl": split_perplexity(model, corpus.blocks["test"], batch_size, "base ppl (test)", progress,
+                                              precision.train)}
 
-    # --- the clinical adapter: the only trainable weights (full: every weight); a data-driven init_lora_weights
-    # (eva, corda, lora_ga) reads a capped, seeded sample of the training blocks
-    init = lora_init.init_entry(config.peft) if method == "lora" else None
-    init_batches = (lora_init.calibration_batches(train_blocks, config.train.seed, default_data_collator)
+
+def add_adapter(model, config: PretrainConfig, corpus: Corpus, base_path: Path, run_dir: Path):
+    """Model: the clinical adapter, the only trainable weights (full: every weight), in fp32 on a half-precision
+    base. A data-driven init_lora_weights (eva, corda, lora_ga) reads a capped, seeded sample of the training
+    blocks; a base-mutating one (pissa, olora, lora_ga) keeps its untrained adapter for the conversion at save.
+    Returns (model, the untrained adapter's folder or None)."""
+    from transformers import default_data_collator
+
+    init = lora_init.init_entry(config.peft) if config.peft.method == "lora" else None
+    init_batches = (lora_init.calibration_batches(corpus.blocks["train"], config.train.seed, default_data_collator)
                     if init is not None and init.needs_data else None)
     model = add_pretraining_adapter(model, config.peft, tokenizer_path=base_path, init_batches=init_batches)
     initial_adapter = (lora_init.save_initial_adapter(model, "default", run_dir / lora_init.INITIAL_ADAPTER)
                        if init is not None else None)
     upcast_trainable(model)  # bf16 base: adapter weights and optimizer state stay fp32
-    trainable, total = count_parameters(model)
-    check_free_space(run_dir, expected_run_bytes(trainable, total, config.train, method == "full"), "this run")
+    return model, initial_adapter
 
-    # --- fit (from the last checkpoint of an interrupted run, if any: same data order, schedule, RNG)
-    checkpoints = checkpoints or run_dir / "checkpoints"
+
+def train(model, config: PretrainConfig, corpus: Corpus, precision: Precision, clock: StepClock, checkpoints: Path,
+          run_dir: Path, progress: bool) -> Fitted:
+    """Fit: the HF Trainer on the train blocks (one device, or DDP/FSDP under torchrun / accelerate launch),
+    from the last checkpoint of an interrupted run if any."""
+    from transformers import default_data_collator
+
     checkpointing = Checkpointing(config.train)
-    clock = StepClock(warmup_steps=WARMUP_STEPS)
     trainer = silence_trainer(ShardedTrainer(
         model=model,
-        args=training_arguments(config.train, checkpoints, progress, precision),
-        train_dataset=train_blocks,
+        args=training_arguments(config.train, checkpoints, progress, precision.train),
+        train_dataset=corpus.blocks["train"],
         data_collator=default_data_collator,  # rows are fixed-size; no attention_mask on purpose (see packing)
         callbacks=[checkpointing, clock.callback()],
     ), progress)
-    resume = resume_point(checkpoints)
-    resumed_from = int(Path(resume).name.split("-")[-1]) if resume else 0
-    checkpointing.resume = resume
-    if resume and progress:
-        print(f"resuming from {resume} (optimizer step {resumed_from})")
-    fit_started = time.time()
-    trainer.train(resume_from_checkpoint=resume)
-    end_mixed_precision(trainer)  # scores below in the model's dtype, as evaluate/predict do
-    model = trainer.consolidated(model)  # FSDP: the whole trained model on every process (else unchanged)
-    train_time = time.time() - fit_started
-    checkpointing.raise_if_interrupted(trainer.state, run_dir)
-    # block tokens (padding included) per second over all devices, in this process's share of the steps
-    steps_here = trainer.state.global_step - resumed_from
-    blocks_seen = min(
-        steps_here * config.train.batch_size * config.train.grad_accum * trainer.args.world_size,
-        int(len(train_blocks) * config.train.epochs) if config.train.max_steps <= 0 else float("inf"),
-    )
+    return fit(trainer, checkpointing, model, checkpoints, run_dir, progress)
+
+
+def throughput(fitted: Fitted, config: PretrainConfig, corpus: Corpus, clock: StepClock) -> dict:
+    """Measure: block tokens (padding included) per second over all devices in this process's share of the steps,
+    and labelled tokens per second after the warm-up steps (their blocks carry the split's mean labelled share)."""
+    section, blocks = config.train, corpus.blocks["train"]
+    blocks_per_step = section.batch_size * section.grad_accum * fitted.trainer.args.world_size
+    blocks_seen = min((fitted.steps - fitted.resumed_from) * blocks_per_step,
+                      int(len(blocks) * section.epochs) if section.max_steps <= 0 else float("inf"))
     tokens_seen = blocks_seen * config.data.max_seq_len
-    # labelled tokens per second after the warm-up steps (their blocks carry the split's mean labelled share)
-    blocks_per_step = config.train.batch_size * config.train.grad_accum * trainer.args.world_size
-    useful_per_s = clock.rate(blocks_per_step * train_tokens / max(len(train_blocks), 1))
+    useful_per_s = clock.rate(blocks_per_step * corpus.train_tokens / max(len(blocks), 1))
     log.info("trained %d optimizer steps in %.1f s: %.0f block tokens/s, %.0f labelled tokens/s (after %d warm-up "
-             "steps)", trainer.state.global_step, train_time, tokens_seen / max(train_time, 1e-9),
+             "steps)", fitted.steps, fitted.train_time, tokens_seen / max(fitted.train_time, 1e-9),
              useful_per_s or float("nan"), clock.warmup_steps)
+    return {"tokens_per_s": tokens_seen / fitted.train_time if fitted.train_time > 0 else None,  # warm-up in
+            "useful_tokens_per_s": useful_per_s,  # labelled tokens/s, the first `useful_warmup_steps` steps excluded
+            "useful_warmup_steps": clock.warmup_steps}
 
-    # --- validate: token-weighted perplexity on each split
-    train_ppl = split_perplexity(model, ppl_train_blocks, batch_size, "ppl (train)", progress, precision)
-    test_ppl = split_perplexity(model, test_blocks, batch_size, "ppl (test)", progress, precision)
-    # the split a sweep may select on, so the test perplexity stays untouched by model selection
-    val_ppl = (None if val_blocks is None
-               else split_perplexity(model, val_blocks, batch_size, "ppl (val)", progress, precision))
 
-    # --- save: adapter in PEFT layout (full: the whole model + tokenizer) + what it was trained on
-    save_clinical(model, method, run_dir, base_path, fingerprint, initial_adapter, config.model.base)
-    shutil.rmtree(cache_dir, ignore_errors=True)
+def perplexities(model, corpus: Corpus, config: PretrainConfig, precision: Precision, progress: bool) -> dict:
+    """Measure: token-weighted perplexity of the trained model on each split (val: the split a sweep may select on,
+    so the test perplexity stays untouched by model selection; None without data.val_fraction)."""
+    batch_size = config.eval.batch_size
+    return {
+        "train_ppl": split_perplexity(model, corpus.ppl_train, batch_size, "ppl (train)", progress, precision.train),
+        "test_ppl": split_perplexity(model, corpus.blocks["test"], batch_size, "ppl (test)", progress,
+                                     precision.train),
+        "val_ppl": (None if corpus.val is None
+                    else split_perplexity(model, corpus.val, batch_size, "ppl (val)", progress, precision.train)),
+    }
 
-    result = {
+
+def record(config: PretrainConfig, corpus: Corpus, base_path: Path, fingerprint: str) -> dict:
+    """run.json's description of the run: method, base model, blocks and packing."""
+    method, blocks, train_tokens = config.peft.method, corpus.blocks, corpus.train_tokens
+    return {
         "kind": "pretrain",
         "method": method,
         "lora_flavours": lora_flavours(config.peft) if method == "lora" else [],  # e.g. ["use_dora"]: Table 2 says DoRA
@@ -280,42 +319,14 @@ def run(config: PretrainConfig, run_dir: Path, progress: bool = True, checkpoint
         "base_model_name": config.model.name or base_display_name(base_path),
         "base_fingerprint": fingerprint,
         **base_record(config.model.base, base_path),  # base_spec, and base_source for a GGUF base
-        "trainable_params": trainable,
-        "total_params": total,
-        "trainable_percent": 100.0 * trainable / total,
-        "train_ppl": train_ppl,
-        "test_ppl": test_ppl,
-        "val_ppl": val_ppl,  # None without data.val_fraction
-        **base_ppl,
-        "train_blocks": len(train_blocks),
-        "test_blocks": len(test_blocks),
-        "val_blocks": len(val_blocks) if val_blocks is not None else None,
+        "train_blocks": len(blocks["train"]),
+        "test_blocks": len(blocks["test"]),
+        "val_blocks": len(corpus.val) if corpus.val is not None else None,
         "train_tokens": train_tokens,
-        "test_tokens": count_predicted_tokens(test_blocks),
-        "packing": packing,
-        "packing_mode": mode,  # fill | ffd | next_fit | none (data.packing, or none for a fallback)
-        "packing_fallback": fallback,  # why this method could not pack (None: it packed, or packing was off)
-        "packing_efficiency": slot_share(train_tokens, len(train_blocks), config.data.max_seq_len),  # labelled/slots
-        "segment_starts_added": starts_added,  # per split: unpredicted continuation starts made by fill's cuts
-        "optimizer_steps": trainer.state.global_step,  # in all, counted once across resumptions
-        "resumed_from_step": resumed_from,  # 0: trained in one go
-        "fsdp": trainer.sharding,  # sharded training: FSDP version, processes, units per layer class (None: not)
-        "loss_curve": loss_curve(trainer.state),  # every logged step once (a resumption continues the history)
-        "checkpoints_written": checkpointing.saves,  # by this process
-        "checkpoint_time_s": checkpointing.save_seconds,
-        "train_time_s": train_time,  # this process's share (since the resumption)
-        "tokens_per_s": tokens_seen / train_time if train_time > 0 else None,  # block positions, padding and warm-up in
-        "useful_tokens_per_s": useful_per_s,  # labelled tokens/s, the first `useful_warmup_steps` steps excluded
-        "useful_warmup_steps": clock.warmup_steps,
-        "wall_time_s": time.time() - started,
-        **data_info,
-        "cpu_threads": threads,
-        "precision": precision,  # train.precision as resolved on this machine (auto -> fp32 or bf16)
-        "kernels": {"attn_implementation": config.model.attn_implementation, "compile": config.train.compile,
-                    "fused_loss": config.train.fused_loss},
-        "model_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-        **device_summary(),
-        "clinpeft_version": __version__,
+        "test_tokens": count_predicted_tokens(blocks["test"]),
+        "packing": corpus.mode != "none",
+        "packing_mode": corpus.mode,  # fill | ffd | next_fit | none (data.packing, or none for a fallback)
+        "packing_fallback": corpus.fallback,  # why this method could not pack (None: it packed, or packing was off)
+        "packing_efficiency": slot_share(train_tokens, len(blocks["train"]), config.data.max_seq_len),  # labelled/slots
+        "segment_starts_added": corpus.starts_added,  # per split: unpredicted continuation starts made by fill's cuts
     }
-    write_json(run_dir / "run.json", result)
-    return result

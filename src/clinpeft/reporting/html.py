@@ -17,7 +17,10 @@ import json
 import re
 from pathlib import Path
 
+from clinpeft.errors import ClinpeftError
+from clinpeft.files import read_text
 from clinpeft.reporting.runs import base_name, recorded_test
+from clinpeft.run_files import read_config, read_record
 
 STYLE = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1180px;margin:2em auto;padding:0 1em;
@@ -123,8 +126,8 @@ def _adapter_fingerprint(run: dict) -> str | None:
     for candidate in (Path(adapter) / "clinpeft_adapter.json", Path(adapter) / "adapter" / "clinpeft_adapter.json"):
         if candidate.is_file():
             try:
-                return json.loads(candidate.read_text()).get("base_fingerprint")
-            except ValueError:
+                return read_record(candidate).get("base_fingerprint")
+            except ClinpeftError:  # a model card without the adapter's fingerprint, not a failed report
                 return None
     return None
 
@@ -133,13 +136,14 @@ def _provenance(run: dict) -> dict:
     """metrics.json's "data" (recorded by finetune), else computed from config.yaml's task.path when it exists."""
     if isinstance(run.get("data"), dict):
         return run["data"]
-    config = Path(run["_dir"]) / "config.yaml"
-    if config.is_file():
-        match = re.search(r"^\s+path:\s*(.+)$", config.read_text(encoding="utf-8"), re.M)
-        if match and Path(match.group(1).strip().strip("'\"")).is_dir():
-            from clinpeft.data.tasks import data_provenance
+    try:
+        task_path = (read_config(run["_dir"]).get("task") or {}).get("path")
+    except ClinpeftError:  # an unreadable config.yaml: a model card without provenance, not a failed report
+        return {}
+    if isinstance(task_path, str) and Path(task_path).is_dir():
+        from clinpeft.data.tasks import data_provenance
 
-            return data_provenance(match.group(1).strip().strip("'\""))
+        return data_provenance(task_path)
     return {}
 
 
@@ -225,7 +229,7 @@ def write_html(path: Path, written: dict[str, Path], pretrain_runs: list[dict], 
     for key, name in (("table2", "table2.md"), ("table3", "table3.md"), ("clinical", "clinical.md"),
                       ("subgroups", "subgroups.md")):
         if name in written:
-            body[key] = markdown_to_html(written[name].read_text(encoding="utf-8"))
+            body[key] = markdown_to_html(read_text(written[name], what="report table"))
     images = [p for n, p in sorted(written.items()) if n.endswith(".png")]
     order = ("roc_", "pr_", "reliability_", "macro_")
     images.sort(key=lambda p: next((i for i, o in enumerate(order) if p.name.startswith(o)), 9))
@@ -233,7 +237,7 @@ def write_html(path: Path, written: dict[str, Path], pretrain_runs: list[dict], 
         body["figures"] = f"<div class='figs'>{''.join(_image(p) for p in images)}</div>"
     labels = [p for n, p in sorted(written.items()) if n.startswith("labels_") and n.endswith(".md")]
     if labels:
-        body["labels"] = "".join(markdown_to_html(p.read_text(encoding="utf-8")) for p in labels)
+        body["labels"] = "".join(markdown_to_html(read_text(p, what="report table")) for p in labels)
     if finetune_runs:
         body["cards"] = ("<p class='note'>One card per fine-tuning run: where its data came from, what was "
                          "trained, what it is for and what it cannot tell.</p>"

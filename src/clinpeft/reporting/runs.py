@@ -13,12 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from clinpeft import methods
 from clinpeft.errors import ClinpeftError
-from clinpeft.files import read_json
-from clinpeft.modeling import methods
-
-PRETRAIN_FILE = "run.json"
-FINETUNE_FILE = "metrics.json"
+from clinpeft.run_files import METRICS, RUN_RECORD, read_record
 
 
 @dataclass
@@ -54,11 +51,11 @@ def find_runs(paths: Iterable[str | Path]) -> tuple[list[dict], list[dict]]:
             raise ClinpeftError(f"{path} does not exist; pass a run directory or a folder above run directories")
         n_found = 0
         for file in _run_files(path):
-            record = _read_json_object(file)
+            record = read_record(file, hint="re-run that step or remove its directory")
             kind = record.get("kind")
-            if file.name == PRETRAIN_FILE and kind in (None, "pretrain"):
+            if file.name == RUN_RECORD and kind in (None, "pretrain"):
                 found = pretrain
-            elif file.name == FINETUNE_FILE and kind in (None, "finetune"):
+            elif file.name == METRICS and kind in (None, "finetune"):
                 found = finetune
             else:
                 continue
@@ -67,7 +64,7 @@ def find_runs(paths: Iterable[str | Path]) -> tuple[list[dict], list[dict]]:
             found.setdefault(file.resolve(), record)
         if n_found == 0:
             raise ClinpeftError(
-                f"{path} holds no {PRETRAIN_FILE} (pretraining) or {FINETUNE_FILE} (fine-tuning) run; "
+                f"{path} holds no {RUN_RECORD} (pretraining) or {METRICS} (fine-tuning) run; "
                 "pass the --out folder of a finished run, or a folder above such folders"
             )
     by_dir = lambda run: str(run["_dir"])  # noqa: E731
@@ -77,20 +74,14 @@ def find_runs(paths: Iterable[str | Path]) -> tuple[list[dict], list[dict]]:
 def _run_files(path: Path) -> list[Path]:
     """run.json / metrics.json files at or below `path`, skipping hidden subfolders."""
     if path.is_file():
-        if path.name in (PRETRAIN_FILE, FINETUNE_FILE):
+        if path.name in (RUN_RECORD, METRICS):
             return [path]
-        raise ClinpeftError(f"{path} is a file; pass a run directory (holding {PRETRAIN_FILE} or {FINETUNE_FILE})")
+        raise ClinpeftError(f"{path} is a file; pass a run directory (holding {RUN_RECORD} or {METRICS})")
     files = []
     for root, dirs, names in os.walk(path):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not d.endswith(".partial"))
-        files += [Path(root) / name for name in sorted(names) if name in (PRETRAIN_FILE, FINETUNE_FILE)]
+        files += [Path(root) / name for name in sorted(names) if name in (RUN_RECORD, METRICS)]
     return files
-
-
-def _read_json_object(file: Path) -> dict:
-    """A run's record through the reading layer (files.read_json): one line for an empty, truncated, wrongly
-    encoded file or one that holds no JSON object."""
-    return read_json(file, dict, what="run record", hint="re-run that step or remove its directory")
 
 
 # --------------------------------------------------------------------------- reading values
@@ -118,7 +109,7 @@ def required_text(run: dict, key: str) -> str:
     value = run.get(key)
     if not isinstance(value, str) or not value.strip():
         raise ClinpeftError(
-            f"{Path(run['_dir']) / FINETUNE_FILE}: no \"{key}\"; it was not written by `clinpeft finetune`, "
+            f"{Path(run['_dir']) / METRICS}: no \"{key}\"; it was not written by `clinpeft finetune`, "
             f"add \"{key}\" or remove the directory"
         )
     return value.strip()

@@ -51,10 +51,8 @@ from clinpeft.evaluation.clinical import (
 from clinpeft.evaluation.metrics import auroc_binary, auroc_multiclass, auroc_multilabel
 from clinpeft.files import read_csv
 from clinpeft.reporting.runs import Row, recorded_auroc, recorded_ci, recorded_test
+from clinpeft.run_files import LABELS, METRICS, PREDICTIONS, VAL_PREDICTIONS
 
-PREDICTIONS_FILE = "predictions.csv"
-VAL_PREDICTIONS_FILE = "predictions_val.csv"  # validation predictions: the operating point's threshold
-LABELS_FILE = "labels.txt"
 SIGNIFICANCE = 0.05  # cells with p below this get a mark in the comparison table
 N_BEST_WORST = 5  # labels listed at each end in labels_<task>.md
 
@@ -78,14 +76,14 @@ class Predictions:
 def check_prediction_rows(run: dict, file: str, path: Path, n_rows: int) -> None:
     """A predictions file holds as many rows as its run scored (metrics.json's n_examples of that split): a file
     cut short (a copy that stopped, a disk that filled) would otherwise be reported as if it were the whole split."""
-    split = "val" if file == VAL_PREDICTIONS_FILE else ("test" if isinstance(run.get("test"), dict) else "eval")
+    split = "val" if file == VAL_PREDICTIONS else ("test" if isinstance(run.get("test"), dict) else "eval")
     expected = run.get(split, {}).get("n_examples") if isinstance(run.get(split), dict) else None
     if isinstance(expected, int) and not isinstance(expected, bool) and expected != n_rows:
         raise ClinpeftError(f"{path}: {n_rows} rows, but the run scored {expected} {split} notes (metrics.json "
                             f"{split}.n_examples); the file is incomplete: restore it or re-run `clinpeft evaluate`")
 
 
-def read_predictions(run: dict, file: str = PREDICTIONS_FILE) -> Predictions | None:
+def read_predictions(run: dict, file: str = PREDICTIONS) -> Predictions | None:
     """The run's predictions.csv and labels.txt, or None when the run has no predictions.csv.
 
     Columns: id, label (one label, or comma-joined codes for multilabel tasks), p_<label> for every
@@ -95,7 +93,7 @@ def read_predictions(run: dict, file: str = PREDICTIONS_FILE) -> Predictions | N
     path = run_dir / file
     if not path.is_file():
         return None
-    labels_path = run_dir / LABELS_FILE
+    labels_path = run_dir / LABELS
     if not labels_path.is_file():
         raise ClinpeftError(f"{labels_path} not found; predictions.csv needs the run's label vocabulary next to it")
     labels = read_labels(labels_path)
@@ -105,7 +103,7 @@ def read_predictions(run: dict, file: str = PREDICTIONS_FILE) -> Predictions | N
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ClinpeftError(f"{path}: missing column(s) {', '.join(missing[:5])}; expected id, label and p_<label> "
-                            f"for each label of {LABELS_FILE}")
+                            f"for each label of {LABELS}")
     try:
         probs = frame[columns[2:]].astype(np.float64).to_numpy()
     except ValueError as exc:
@@ -120,12 +118,12 @@ def read_predictions(run: dict, file: str = PREDICTIONS_FILE) -> Predictions | N
         for row, cell in enumerate(frame["label"]):
             for code in split_multilabel(cell):
                 if code not in index:
-                    raise ClinpeftError(f"{path}, row {row + 2}: label {code!r} is not in {LABELS_FILE}")
+                    raise ClinpeftError(f"{path}, row {row + 2}: label {code!r} is not in {LABELS}")
                 y[row, index[code]] = 1
     else:
         unknown = sorted(set(frame["label"]) - set(index))
         if unknown:
-            raise ClinpeftError(f"{path}: label(s) {', '.join(map(repr, unknown[:5]))} not in {LABELS_FILE}")
+            raise ClinpeftError(f"{path}: label(s) {', '.join(map(repr, unknown[:5]))} not in {LABELS}")
         y = frame["label"].map(index).to_numpy(dtype=np.int64)
     groups = {name: frame[name].to_numpy(dtype=str) for name in extra_columns(frame) if name not in columns}
     predicted = (frame["predicted"].to_numpy(dtype=str) if "predicted" in frame.columns
@@ -259,7 +257,7 @@ def _clinical_cell(cell: Cell, run: dict, preds: Predictions, stream: str, n_res
         return
     threshold = None
     if preds.task_type == "binary":
-        val = read_predictions(run, VAL_PREDICTIONS_FILE)
+        val = read_predictions(run, VAL_PREDICTIONS)
         if val is not None:
             try:
                 op = operating_point(val.y, val.probs[:, -1], preds.y, preds.probs[:, -1], specificity)
@@ -349,7 +347,7 @@ def table3_statistics(rows: list[Row], tasks: list[str], *, n_resamples: int = 1
             if n_resamples:
                 cell.boot = bootstrap_auroc(preds.task_type, preds.y, preds.probs, ids=preds.ids,
                                             n_resamples=n_resamples, seed=seed, stream=stream, multi_class=multi_class)
-                cell.ci, cell.source = cell.boot.interval(), PREDICTIONS_FILE
+                cell.ci, cell.source = cell.boot.interval(), PREDICTIONS
             _clinical_cell(cell, run, preds, stream, n_resamples, seed, min_positives, specificity)
             for column in subgroups:
                 if column in preds.groups:
@@ -360,7 +358,7 @@ def table3_statistics(rows: list[Row], tasks: list[str], *, n_resamples: int = 1
             if run.get("kind") != "probe":  # a linear probe row (reporting/runs.probe_runs) never has them
                 no_predictions.append(str(run["_dir"]))
         if cell.ci is None and recorded_ci(run) is not None:
-            cell.ci, cell.source = recorded_ci(run), "metrics.json"
+            cell.ci, cell.source = recorded_ci(run), METRICS
         stats.cells[(row.name, task)] = cell
 
     for row in rows:
@@ -369,7 +367,7 @@ def table3_statistics(rows: list[Row], tasks: list[str], *, n_resamples: int = 1
         if boots and all(b is not None for b in boots):
             stats.macro_ci[row.name] = percentile_interval(macro_values(boots))
     if no_predictions and n_resamples:
-        stats.notes.append(f"No {PREDICTIONS_FILE} (interval from metrics.json when recorded, no p-value, no ROC "
+        stats.notes.append(f"No {PREDICTIONS} (interval from metrics.json when recorded, no p-value, no ROC "
                            f"curve, no macro interval for the row) in: {', '.join(no_predictions)}.")
     if reference is not None:
         _compare(stats, rows, tasks, reference)

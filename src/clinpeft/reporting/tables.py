@@ -16,10 +16,10 @@ from collections import defaultdict
 
 import pandas as pd
 
+from clinpeft import methods
 from clinpeft.data.definitions import TABLE3_TASK_ORDER
 from clinpeft.errors import ClinpeftError
 from clinpeft.evaluation.metrics import macro_average
-from clinpeft.modeling import methods
 from clinpeft.reporting.runs import (
     PROBE_KIND,
     Row,
@@ -109,7 +109,7 @@ def format_auroc(percent: float | None) -> str:
 
 
 def method_name(run: dict) -> str:
-    """Table 2 name of a pretraining run's method ("lora" -> "LoRA", with DoRA: "DoRA"); see modeling/methods.py."""
+    """Table 2 name of a pretraining run's method ("lora" -> "LoRA", with DoRA: "DoRA"); see methods.py."""
     return methods.method_display_name(run.get("method"), run.get("lora_flavours") or (), run.get("init_lora_weights"))
 
 

@@ -18,7 +18,7 @@ import yaml
 
 from clinpeft.config import FinetuneConfig, PretrainConfig, config_from_tree, format_override, load_config
 from clinpeft.errors import ClinpeftError
-from clinpeft.modeling.methods import LORA_VARIANTS
+from clinpeft.methods import LORA_VARIANTS
 
 SEARCH_SPACES_FILE = Path(__file__).resolve().parent.parent / "configs" / "search_spaces.yaml"
 STEPS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}

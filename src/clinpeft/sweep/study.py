@@ -22,7 +22,8 @@ from pathlib import Path
 
 from clinpeft.config import config_from_tree, format_override, parse_override, read_recipe
 from clinpeft.errors import ClinpeftError
-from clinpeft.rundir import atomic_write, read_json, write_json
+from clinpeft.run_files import read_record
+from clinpeft.rundir import atomic_write, write_json
 from clinpeft.sweep.space import STEPS, Param, build_search_space
 
 SAMPLERS = ("gp", "tpe", "random")
@@ -259,7 +260,7 @@ def prepare_out(sweep: Sweep, out: Path, overwrite: bool) -> None:
         raise ClinpeftError(f"--out {out} exists and is not a sweep directory (no sweep.json); choose a new directory")
     identity = sweep.identity()
     if spec.is_file():
-        previous = read_json(spec)
+        previous = read_record(spec)
         if previous.get("identity") != identity:
             changed = [k for k in identity if previous.get("identity", {}).get(k) != identity[k]]
             raise ClinpeftError(f"{spec}: this directory holds a sweep with a different {', '.join(changed)}; "

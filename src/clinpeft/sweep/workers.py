@@ -203,7 +203,7 @@ def work(sweep: Sweep, out: Path, run_trial: TrialRunner, *, worker: int = 0, pr
 
 def worker_env(worker: int, workers: int = 1) -> dict:
     """One GPU per worker when GPUs exist (CUDA_VISIBLE_DEVICES), round robin. On CPU each of the
-    `workers` processes gets its share of the cores (CLINPEFT_THREADS, read by training.common.set_threads),
+    `workers` processes gets its share of the cores (CLINPEFT_THREADS, read by training.runtime.set_threads),
     unless the user set CLINPEFT_THREADS or OMP_NUM_THREADS."""
     env = dict(os.environ)
     try:
@@ -217,7 +217,7 @@ def worker_env(worker: int, workers: int = 1) -> dict:
         ids = visible.split(",") if visible else [str(i) for i in range(gpus)]
         env["CUDA_VISIBLE_DEVICES"] = ids[worker % len(ids)]
     elif not env.get("CLINPEFT_THREADS") and not env.get("OMP_NUM_THREADS"):
-        from clinpeft.training.common import available_cores
+        from clinpeft.training.runtime import available_cores
 
         env["CLINPEFT_THREADS"] = str(max(1, available_cores() // max(workers, 1)))
     return env

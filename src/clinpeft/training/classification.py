@@ -14,26 +14,19 @@ import torch
 from transformers import TrainerCallback
 
 from clinpeft.config import FinetuneConfig
-from clinpeft.data.long_notes import LongNotes, encode_notes
+from clinpeft.data.long_notes import EncodedNotes, LongNotes, encode_notes
 from clinpeft.data.predictions import HEADER_MAP_FILE, predicted_cells, probability_columns, write_header_map
 from clinpeft.data.tasks import TaskData
-from clinpeft.errors import ClinpeftError
-from clinpeft.evaluation.bootstrap import bootstrap_fields
-from clinpeft.evaluation.clinical import MIN_POSITIVES, bootstrap_clinical, class_support, clinical_metrics
+from clinpeft.evaluation import scoring
+from clinpeft.evaluation.clinical import MIN_POSITIVES
 from clinpeft.evaluation.metrics import probabilities, task_metrics
+from clinpeft.files import read_json
 from clinpeft.modeling.adapters import head_module
 from clinpeft.modeling.classifier import Classifier, pad_batch
 from clinpeft.modeling.pooling import pool_windows
-from clinpeft.training.common import (
-    Checkpointing,
-    ShardedTrainer,
-    load_whole,
-    named_weights,
-    own_forward,
-    silence_trainer,
-    training_arguments,
-    whole,
-)
+from clinpeft.training.checkpointing import Checkpointing, load_whole, named_weights, whole
+from clinpeft.training.precision import own_forward
+from clinpeft.training.trainer import ShardedTrainer, silence_trainer, training_arguments
 
 
 def class_weights(targets: np.ndarray, num_labels: int) -> torch.Tensor:
@@ -43,13 +36,11 @@ def class_weights(targets: np.ndarray, num_labels: int) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def to_dataset(task: TaskData, split: str, tokenizer, long_notes: LongNotes):
-    """A split as a datasets.Dataset: per note its windows of token ids (data/long_notes.py; truncate:
-    one window) and its label targets."""
+def to_dataset(task: TaskData, split: str, encoded: EncodedNotes):
+    """A split as a datasets.Dataset: per note its windows of token ids (`encoded`, the split's notes cut as
+    data/long_notes.py says; truncate: one window) and its label targets."""
     from datasets import Dataset
 
-    frame = task.splits[split]
-    encoded = encode_notes(tokenizer, frame["text"].tolist(), long_notes)
     return Dataset.from_dict({"windows": encoded.windows_of(), "labels": task.targets(split).tolist()})
 
 
@@ -174,7 +165,8 @@ class KeepBest(TrainerCallback):
             return
         from safetensors.torch import load_file
 
-        saved = json.loads((Path(checkpoint) / self.STATE).read_text())
+        saved = read_json(Path(checkpoint) / self.STATE, dict, keys=("history", "best_epoch", "best_auroc"),
+                          what="checkpoint state", hint="remove that checkpoint folder to resume from the one before")
         self.history, self.best_epoch = saved["history"], saved["best_epoch"]
         if saved["best_auroc"] is not None and (Path(checkpoint) / self.WEIGHTS).exists():
             self.best_auroc = saved["best_auroc"]
@@ -194,20 +186,23 @@ def validation_auroc(task: TaskData, prediction) -> dict:
 
 
 def make_trainer(clf: Classifier, task: TaskData, config: FinetuneConfig, checkpoints: Path, progress: bool,
-                 callbacks: list | tuple = (), precision: str | None = None
-                 ) -> tuple[TaskLossTrainer, KeepBest, Checkpointing]:
+                 callbacks: list | tuple = (), precision: str | None = None, encoded: dict | None = None,
+                 long_notes: LongNotes | None = None) -> tuple[TaskLossTrainer, KeepBest, Checkpointing]:
     """HF Trainer with the task's loss, validation AUROC each epoch and the best epoch restored;
-    a checkpoint into `checkpoints` every epoch (and as Checkpointing says)."""
+    a checkpoint into `checkpoints` every epoch (and as Checkpointing says). encoded: {split: EncodedNotes} of
+    train and val, cut as `long_notes` says, as the recipe encoded them once (default: both made here)."""
     multilabel = task.task_type == "multilabel"
-    long_notes = LongNotes.from_task(config.task)
+    long_notes = long_notes or LongNotes.from_task(config.task)
+    encoded = encoded or {split: encode_notes(clf.tokenizer, task.splits[split]["text"].tolist(), long_notes)
+                          for split in ("train", "val")}
     keep_best, checkpointing = KeepBest(), Checkpointing(config.train)
     trainer = TaskLossTrainer(
         model=clf.model,
         args=training_arguments(config.train, checkpoints, progress, precision, eval_strategy="epoch",
                                 per_device_eval_batch_size=config.eval.batch_size, label_names=["labels"],
                                 save_strategy="epoch"),
-        train_dataset=to_dataset(task, "train", clf.tokenizer, long_notes),
-        eval_dataset=to_dataset(task, "val", clf.tokenizer, long_notes),
+        train_dataset=to_dataset(task, "train", encoded["train"]),
+        eval_dataset=to_dataset(task, "val", encoded["val"]),
         data_collator=PadCollator(clf.tokenizer, multilabel),
         compute_metrics=partial(validation_auroc, task),
         # keep_best first: it records the epoch before a sweep may prune, and its state before a checkpoint
@@ -223,28 +218,11 @@ def make_trainer(clf: Classifier, task: TaskData, config: FinetuneConfig, checkp
 
 def split_metrics(task: TaskData, split: str, logits: np.ndarray, bootstrap_resamples: int,
                   bootstrap_seed: int, min_positives: int = MIN_POSITIVES) -> dict:
-    """metrics.json's entry of one split: its AUROC (evaluation/metrics.py) and, when bootstrap_resamples > 0,
-    "auroc_ci", its 95% bootstrap interval over the split's notes (evaluation/bootstrap.py); "clinical":
-    AUPRC, prevalence, Brier, ECE (and OvR / micro AUROC) with intervals on the same resamples
-    (evaluation/clinical.py); "class_support": positives per class and the classes absent or under
-    `min_positives`."""
-    targets = task.targets(split)
-    scores = task_metrics(task.task_type, targets, logits, task.labels)
-    probs = probabilities(task.task_type, logits)
-    ids = task.splits[split]["id"].tolist()
-    if bootstrap_resamples:
-        scores.update(bootstrap_fields(task.task_type, targets, probs, ids=ids, stream=task.name,
-                                       n_resamples=bootstrap_resamples, seed=bootstrap_seed))
-    scores["class_support"] = class_support(task.task_type, targets, task.labels, min_positives)
-    try:
-        clinical = clinical_metrics(task.task_type, targets, probs)
-        if bootstrap_resamples:
-            clinical.update(bootstrap_clinical(task.task_type, targets, probs, ids=ids, stream=task.name,
-                                               n_resamples=bootstrap_resamples, seed=bootstrap_seed))
-        scores["clinical"] = clinical
-    except ClinpeftError as exc:  # e.g. no positive example: AUPRC undefined; AUROC above already checked
-        scores["clinical"] = {"error": str(exc)}
-    return scores
+    """evaluation.scoring.split_metrics of a TaskData split (its targets, note ids, the task's name as the
+    bootstrap stream)."""
+    return scoring.split_metrics(task.task_type, task.labels, task.targets(split), logits,
+                                 task.splits[split]["id"].tolist(), task.name, bootstrap_resamples, bootstrap_seed,
+                                 min_positives)
 
 
 def write_predictions(path: Path, task: TaskData, split: str, logits: np.ndarray,
