@@ -90,10 +90,12 @@ STAGES = {
     ("export", "rename"): RENAME,
     ("report", "read"): ("clinpeft.reporting.report:find_runs", 1, "after"),
     ("report", "rename"): RENAME,
+    ("prepare", "write"): ("clinpeft.prepare.notes:ShardWriter.write", 1, "after"),  # a shard of notes written
+    ("prepare", "rename"): RENAME,
 }
 # one stage of each command with SIGTERM runs by default (a few minutes in all); the whole matrix is `slow`
 QUICK = {("pretrain", "tokenise"), ("finetune", "train"), ("evaluate", "score"), ("predict", "rename"),
-         ("explain", "score"), ("export", "merge"), ("report", "rename")}
+         ("explain", "score"), ("export", "merge"), ("report", "rename"), ("prepare", "write")}
 SIGNALS = {"SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT, "SIGKILL": signal.SIGKILL}
 TRAINING = ("pretrain", "finetune")
 
@@ -138,7 +140,8 @@ def command_line(command: str, i: dict, out: Path, tiny_llama: Path, run_dir: Pa
             "predict": ["predict", run_dir, "--notes", i["notes"]],
             "explain": ["explain", run_dir, "--notes", i["notes"], "--max-notes", "2"],
             "export": ["export", run_dir],
-            "report": ["report", run_dir, "--bootstrap-resamples", "0"]}[command] + tail
+            "report": ["report", run_dir, "--bootstrap-resamples", "0"],
+            "prepare": ["prepare", "notes", "--input", i["corpus"]]}[command] + tail
 
 
 def start(args: list, park: tuple, folder: Path) -> subprocess.Popen:
@@ -220,5 +223,47 @@ def test_interrupted_then_rerun(capsys, monkeypatch, tmp_path, canary_inputs, ti
         record = json.loads((out / ("run.json" if command == "pretrain" else "metrics.json")).read_text())
         assert record["resumed_from_step"] == (1 if resumable else 0)
         assert not (out / CHECKPOINTS).exists() and not (out / ".cache").exists()
-    shown = [out] if command == "explain" else []  # explain's page shows the notes by design (README: Privacy)
+    # explain's page shows notes, a prepared corpus is the notes: by design (README: Privacy)
+    shown = [out] if command in ("explain", "prepare") else []
     assert canary_files(tmp_path, [inputs, *shown]) == []
+
+
+# --------------------------------------------------------------------------- two writers to one --out
+
+FIRST_STAGE = {"pretrain": "tokenise", "finetune": "tokenise", "evaluate": "score", "predict": "score",
+               "explain": "score", "export": "merge", "report": "read", "prepare": "write"}
+WRITERS = [pytest.param(command, moment, id=f"{command}-{moment}",
+                        marks=() if (command, moment) in {("predict", "rename"), ("finetune", "first")}
+                        else pytest.mark.slow)
+           for command in FIRST_STAGE for moment in ("first", "rename")]
+
+
+@pytest.mark.parametrize("command, moment", WRITERS)
+def test_two_writers_to_one_out_never_both_succeed(capsys, tmp_path, canary_inputs, tiny_llama, small_finetune_run,
+                                                   command, moment):
+    """The first writer (a real process) parked at its first stage or with its whole output written just before
+    the rename; a second one (this process) to the same --out, with and without --overwrite, is refused in one
+    line at its start; the first then finishes. Exactly one reports success, and the output is the first's."""
+    out = tmp_path / "out"
+    args = command_line(command, canary_inputs, out, tiny_llama, small_finetune_run)
+    park = STAGES[command, FIRST_STAGE[command]] if moment == "first" else RENAME
+    first = start(args, park, tmp_path)
+    try:
+        wait_until_parked(tmp_path / "ready", first)
+        for extra in [[], *([["--overwrite"]] if command != "report" else [])]:  # report has no --overwrite
+            code = main([str(a) for a in [*args, *extra]])
+            err = capsys.readouterr().err.strip()
+            assert code == 2, err
+            assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+            assert f"--out {out} is being written by another process (pid {first.pid}" in err, err
+        (tmp_path / "go").write_text("go")
+        _, stderr = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, stderr
+    assert (out / MARKER).is_file() and not partial_dir(out).exists()
+    # the finished output is now refused without --overwrite: the second writer never replaces it unasked
+    code = main([str(a) for a in args]) if command != "report" else 2
+    assert code == 2
+    capsys.readouterr()

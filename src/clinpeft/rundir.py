@@ -437,16 +437,18 @@ def _resumable_run_dir(out: Path, overwrite: bool, config: dict | None, restart:
             atomic_write(saved, lambda tmp: tmp.write_text(yaml.safe_dump(config, sort_keys=False)))
         try:
             yield partial
+            _barrier()  # the other processes have left their scratch directories
+            # the rename first: a signal while the checkpoints are deleted (GBs for a full fine-tuning) then leaves
+            # the finished run in place with a stray checkpoints/ folder, never a finished run a rerun would discard
+            _finish(partial, out)  # inside: a signal just before the rename is handled as one during the work
         except BaseException:
+            if not partial.is_dir():  # renamed into place already: the run is finished
+                raise
             if not complete_checkpoints(partial / CHECKPOINTS):  # nothing to resume from: leave nothing behind
                 shutil.rmtree(partial, ignore_errors=True)
             else:  # only what resumes: the Arrow caches of the notes are rebuilt by the rerun, never read back
                 _prune(partial)
             raise
-        _barrier()  # the other processes have left their scratch directories
-        # the rename first: a signal while the checkpoints are deleted (GBs for a full fine-tuning) then leaves the
-        # finished run in place with a stray checkpoints/ folder, never a finished run that a rerun would discard
-        _finish(partial, out)
         shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
         for scratch in out.glob(f"{RANK_SCRATCH}*"):  # a pre-empted process's, from an earlier attempt
             shutil.rmtree(scratch, ignore_errors=True)
