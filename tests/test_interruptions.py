@@ -193,7 +193,9 @@ def test_interrupted_then_rerun(capsys, monkeypatch, tmp_path, canary_inputs, ti
         if proc.poll() is None:
             proc.kill()
     inputs = canary_inputs["folder"]
-    resumable = command in TRAINING and stage == "train" and sig != signal.SIGKILL
+    partial = partial_dir(out)
+    checkpoints = [p.name for p in complete_checkpoints(partial / CHECKPOINTS)]
+    resumed = int(checkpoints[-1].split("-")[1]) if checkpoints else 0  # the step the rerun must resume from
     assert not out.exists()  # never a half output in place of a finished one
     if sig == signal.SIGKILL:
         assert proc.returncode == -signal.SIGKILL
@@ -203,12 +205,13 @@ def test_interrupted_then_rerun(capsys, monkeypatch, tmp_path, canary_inputs, ti
         lines = [line for line in stderr.strip().splitlines() if not line.startswith("warning: ")]
         assert len(lines) == 1 and lines[0].startswith(f"error: {sig_name}"), stderr
         assert canary_files(tmp_path, [inputs]) == []  # no note text anywhere, a checkpoint's folder included
-        if resumable:  # only what resumes: the checkpoint the handler wrote, the config it was made with
-            partial = partial_dir(out)
+        if stage == "train":  # the handler lets the step end, then writes a checkpoint of it
+            assert checkpoints == ["checkpoint-1"]
+        if checkpoints:  # only what resumes: the checkpoints and the config they were made with
+            assert command in TRAINING
             assert {p.name for p in partial.iterdir()} <= {CHECKPOINTS, "config.yaml", LOCK_FILE}
-            assert [p.name for p in complete_checkpoints(partial / CHECKPOINTS)] == ["checkpoint-1"]
         else:
-            assert not partial_dir(out).exists()
+            assert not partial.exists()
 
     # the same command again, in this process (its temporary files under tmp_path too): it finishes, resumes from
     # the checkpoint if one was written, and leaves nothing of the interrupted run behind
@@ -221,7 +224,7 @@ def test_interrupted_then_rerun(capsys, monkeypatch, tmp_path, canary_inputs, ti
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".") or p.name.endswith(".partial")] == []
     if command in TRAINING:
         record = json.loads((out / ("run.json" if command == "pretrain" else "metrics.json")).read_text())
-        assert record["resumed_from_step"] == (1 if resumable else 0)
+        assert record["resumed_from_step"] == resumed
         assert not (out / CHECKPOINTS).exists() and not (out / ".cache").exists()
     # explain's page shows notes, a prepared corpus is the notes: by design (README: Privacy)
     shown = [out] if command in ("explain", "prepare") else []
@@ -267,3 +270,25 @@ def test_two_writers_to_one_out_never_both_succeed(capsys, tmp_path, canary_inpu
     code = main([str(a) for a in args]) if command != "report" else 2
     assert code == 2
     capsys.readouterr()
+
+
+def test_two_experiments_to_one_out(capsys, tmp_path):
+    """An experiment's --out (a folder of runs it resumes) is held by one process too: the second is refused at its
+    start; the first, stopped before its first cell, leaves no lock folder behind."""
+    out = tmp_path / "grid"
+    (tmp_path / "g.yaml").write_text("data: {demo: quick}\nmodels: [{name: m, base: demo, variants: [lora]}]\n")
+    args = ["experiment", tmp_path / "g.yaml", "--out", out, "--quiet"]
+    first = start(args, ("clinpeft.recipes.experiment:main", 1, "before"), tmp_path)
+    try:
+        wait_until_parked(tmp_path / "ready", first)
+        code = main([str(a) for a in args])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and "\n" not in err, err
+        assert f"--out {out} is being written by another process (pid {first.pid}" in err, err
+        first.send_signal(signal.SIGTERM)
+        _, stderr = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 128 + signal.SIGTERM, stderr
+    assert not partial_dir(out).exists()

@@ -521,6 +521,9 @@ INPUT_OPTIONS = ("run", "data", "notes", "base", "input", "discharge", "radiolog
 
 # the commands whose --out is one output folder (experiment, sweep and demo: a folder of runs they resume)
 OUT_COMMANDS = ("pretrain", "finetune", "evaluate", "predict", "export", "explain", "report", "prepare")
+# ... and those held by one process at a time: an experiment's folder of runs too (a second experiment on it would
+# race the first for its cells and both write experiment.json); a sweep's --out is shared by its workers by design
+LOCKED_COMMANDS = (*OUT_COMMANDS, "experiment")
 
 
 def command_inputs(args: argparse.Namespace) -> list:
@@ -537,6 +540,7 @@ def run_command(args: argparse.Namespace) -> int:
     set_command(command)  # recorded in every output it writes; --overwrite replaces only such outputs
     if args.command in OUT_COMMANDS:
         check_out_not_input(args.out, command_inputs(args), containers=getattr(args, "runs", None) or ())
+    if args.command in LOCKED_COMMANDS:
         with out_lock(args.out):  # from the start: a second writer is refused before any work
             return args.handler(args, not getattr(args, "quiet", False))
     return args.handler(args, not getattr(args, "quiet", False))
