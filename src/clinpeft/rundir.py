@@ -10,8 +10,9 @@ the rename, so two processes never both write one `--out` (the second is refused
 - short jobs (prepare, evaluate, predict, explain, export, report): `OUT.partial/` is deleted on any
   failure or signal; one left by a SIGKILL holds no checkpoint and is cleared by the next run;
 - training (pretrain, finetune; `resumable=True`): `OUT.partial/` also holds the resolved config, the
-  Trainer's checkpoints (`OUT.partial/checkpoints/checkpoint-N/`) and the Arrow caches. A failure that
-  leaves a checkpoint keeps it (the same command resumes from it); one that leaves none removes it.
+  Trainer's checkpoints (`OUT.partial/checkpoints/checkpoint-N/`) and the Arrow caches. A failure or
+  signal (up to the rename) that leaves a checkpoint keeps only what resumes (RESUMABLE: no copy of the
+  notes); one that leaves none removes it. After a SIGKILL the next run clears the rest (_prune, _clear).
 
 What may be overwritten: every finished output holds `.clinpeft-output.json` ({"command": "predict", ...},
 MARKER), and `--overwrite` replaces only a folder whose marker names the same command. `--out` equal to,
