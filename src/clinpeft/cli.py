@@ -417,7 +417,6 @@ def run_sweep(args: argparse.Namespace, progress: bool) -> int:
     """The worker processes that --workers starts (args.worker set) print nothing: their parent sums up."""
     from clinpeft.recipes import sweep
 
-    hf_progress_bars(progress)
     result = sweep.main(args.recipe, args.overrides, out=args.out, trials=args.trials, sampler=args.sampler,
                         seed=args.seed, storage=args.storage, study_name=args.study, workers=args.workers,
                         pruner=args.pruner, overwrite=args.overwrite, progress=progress, worker=args.worker)
