@@ -68,12 +68,24 @@ def _constraints(annotation, metadata) -> tuple[list, type | None, bool]:
     return constraints, annotation, optional
 
 
+def _section(annotation) -> tuple[type | None, bool]:
+    """(the Section a field holds, whether it is a list of them): `X`, `X | None` and `list[X]` are walked into."""
+    if typing.get_origin(annotation) is list:
+        item = typing.get_args(annotation)[0]
+        return (item, True) if isinstance(item, type) and issubclass(item, Section) else (None, False)
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, Section):
+            return candidate, False
+    return None, False
+
+
 def config_leaves(cls: type[BaseModel], prefix: str = ""):
-    """(dotted key, field) of every leaf of a config model, sections walked recursively."""
+    """(dotted key, field) of every leaf of a config model, sections walked recursively (a list of sections,
+    such as an experiment's `models:`, through its first item: `models.0.name`)."""
     for name, field in cls.model_fields.items():
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, Section):
-            yield from config_leaves(annotation, f"{prefix}{name}.")
+        section, is_list = _section(field.annotation)
+        if section is not None:
+            yield from config_leaves(section, f"{prefix}{name}.{'0.' if is_list else ''}")
         else:
             yield f"{prefix}{name}", field
 
@@ -114,12 +126,34 @@ def experiment_config():
     return ExperimentConfig
 
 
-CONFIGS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig, "experiment": experiment_config()}
+def sweep_recipe():
+    from clinpeft.sweep.study import SweepRecipe
+
+    return SweepRecipe
+
+
+# the recipe keys of every command that reads one: a sweep's `sweep:` section here, its `search:` entries below
+CONFIGS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig, "experiment": experiment_config(),
+           "sweep": sweep_recipe()}
 # the smallest valid recipe of each command: a key's bad value is then the only fault
 BASE_RECIPES = {"pretrain": "{}\n", "finetune": "{}\n",
-                "experiment": "data: {demo: quick}\nmodels: [{name: m, base: demo, variants: [lora]}]\n"}
+                "experiment": "data: {demo: quick}\nmodels: [{name: m, base: demo, variants: [lora]}]\n",
+                "sweep": "sweep: {step: finetune}\n"}
 CASES = [(command, key, value) for command, cls in CONFIGS.items() for key, field in config_leaves(cls)
          for value in bad_values(field)]
+
+
+def recipe_with(base: str, key: str, value: str) -> str:
+    """The base recipe with `key` (dotted, list items by index: models.0.name) set to the YAML `value`: how a key
+    inside a list, which no command-line override reaches, is given a bad value."""
+    import yaml
+
+    tree = yaml.safe_load(base) or {}
+    node, *path, last = [tree, *key.split(".")]
+    for part in path:
+        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+    node[int(last) if isinstance(node, list) else last] = yaml.safe_load(value)
+    return yaml.safe_dump(tree)
 # numbers that may take any value of their type, with the reason (the README's "deliberately accepted")
 UNBOUNDED_NUMBERS: dict[str, str] = {}
 
@@ -141,18 +175,66 @@ def test_every_config_number_has_a_range():
 def test_the_walk_covers_every_key():
     keys = {key for command, key, _ in CASES}
     assert {"train.seed", "eval.bootstrap_seed", "task.max_examples", "train.epochs", "train.max_steps",
-            "data.split_seed", "peft.method", "model.dtype"} <= keys
+            "data.split_seed", "peft.method", "model.dtype", "sweep.n_startup_trials", "sweep.step",
+            "models.0.name", "models.0.variants", "models.0.clinical.run", "report.bootstrap_seed"} <= keys
     assert len(keys) >= 60, len(keys)
+    # every leaf of every recipe model is walked: a key with no bad value of its type would be untested
+    for command, cls in CONFIGS.items():
+        untested = [key for key, field in config_leaves(cls) if not bad_values(field)]
+        assert not untested, (command, untested)
 
 
 @pytest.mark.parametrize("command, key, value", CASES, ids=[f"{c}:{k}={v}" for c, k, v in CASES])
 def test_out_of_range_config_value(capsys, tmp_path, command, key, value):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(BASE_RECIPES[command])
     out = tmp_path / "out"
-    code, err = run(capsys, [command, recipe, f"{key}={value}", "--out", out, "--quiet"])
+    if ".0." in key:  # inside a list: in the recipe itself
+        recipe.write_text(recipe_with(BASE_RECIPES[command], key, value))
+        code, err = run(capsys, [command, recipe, "--out", out, "--quiet"])
+    else:
+        recipe.write_text(BASE_RECIPES[command])
+        code, err = run(capsys, [command, recipe, f"{key}={value}", "--out", out, "--quiet"])
     assert_one_line(code, err, key)
     assert_nothing_written(out)
+
+
+# a sweep's `search:` entries: every key of the step's config, each with a choice outside its type, must be refused
+# before any trial, naming search.KEY (space.build_search_space checks every choice as a config value)
+SEARCH_CASES = [(step, key, value) for step, cls in (("pretrain", PretrainConfig), ("finetune", FinetuneConfig))
+                for key, field in config_leaves(cls) for value in bad_values(field)]
+# entries that are no choice list and no range, on a key whose values are fine
+SEARCH_FORMS = ["[]", "{low: 1.0e-3, high: 1.0e-5}", "{low: 0, high: 1.0e-3, log: true}",
+                "{low: 1.0e-5, high: 1.0e-3, log: true, step: 1.0e-5}", "{low: a, high: b}", "5", "[[1, 2]]",
+                "{low: 1.0e-5}"]
+
+
+@pytest.mark.parametrize("step, key, value", SEARCH_CASES, ids=[f"{s}:search.{k}=[{v}]" for s, k, v in SEARCH_CASES])
+def test_out_of_range_search_choice(capsys, tmp_path, monkeypatch, step, key, value):
+    monkeypatch.chdir(tmp_path)  # task.path=. : a folder that exists, so the choice is the only fault
+    (tmp_path / "r.yaml").write_text(f"sweep: {{step: {step}}}\n" + ("task: {path: .}\n" if step == "finetune" else ""))
+    from clinpeft.sweep.space import resolve_key
+
+    code, err = run(capsys, ["sweep", "r.yaml", f"search.{key}=[{value}]", "--out", "out", "--quiet"])
+    assert_one_line(code, err, f"search.{resolve_key(key, step)}")  # a bare name is the adapter's (r: lora.r)
+    assert list(tmp_path.iterdir()) == [tmp_path / "r.yaml"]
+
+
+@pytest.mark.parametrize("form", SEARCH_FORMS)
+def test_malformed_search_entry(capsys, tmp_path, monkeypatch, form):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.yaml").write_text("sweep: {step: finetune}\ntask: {path: .}\n")
+    code, err = run(capsys, ["sweep", "r.yaml", f"search.train.lr={form}", "--out", "out", "--quiet"])
+    assert_one_line(code, err, "search.train.lr")
+    assert list(tmp_path.iterdir()) == [tmp_path / "r.yaml"]
+
+
+def test_sweep_and_search_sections_must_be_mappings(capsys, tmp_path):
+    for text, expected in (("sweep: [finetune]\n", "sweep: expected a mapping"),
+                           ("sweep: {step: finetune}\nsearch: [train.lr]\n", "search: expected a mapping")):
+        (tmp_path / "r.yaml").write_text(text)
+        code, err = run(capsys, ["sweep", tmp_path / "r.yaml", "--out", tmp_path / "out", "--quiet"])
+        assert_one_line(code, err, "r.yaml", expected)
+        assert_nothing_written(tmp_path / "out")
 
 
 def test_config_ranges_name_the_range(capsys, tmp_path):
@@ -193,22 +275,44 @@ def required_fillers(parser: argparse.ArgumentParser) -> list[str]:
     return argv
 
 
+FLAGS = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._StoreConstAction, argparse._CountAction)
+NO_FAULT = (argparse._HelpAction, argparse._VersionAction)  # --help, --version: nothing to get wrong
+
+
+def leaf_parsers():
+    """(command path, parser) of every command that runs (not the groups of sub-commands)."""
+    return [(path, parser) for path, parser in subparsers(build_parser())
+            if not any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)]
+
+
+def option_values(action: argparse.Action) -> list[str | None]:
+    """What is wrong for this option, from its argparse definition: out of its type's range, not one of its
+    choices, a value given to a flag (`--quiet=x`), or no value where one is due (None: the option last)."""
+    if isinstance(action, FLAGS):
+        return ["=x"]
+    values: list[str | None] = []
+    kind = getattr(action.type, "range", None)
+    if kind is not None:
+        low, high = kind
+        values += ["abc"]
+        values += [str(low - 1)] if isinstance(low, int) else [str(low), "nan", "inf"]
+        values += [str(high + 1)] if isinstance(high, int) and high is not None else []
+        values += [str(high)] if isinstance(high, float) else []
+    if action.choices:
+        values.append("not-a-choice")
+    if action.nargs in (None, 1, "+"):
+        values.append(None)
+    return values
+
+
 def option_cases():
     cases = []
-    for path, parser in subparsers(build_parser()):
+    for path, parser in leaf_parsers():
         fillers = required_fillers(parser)
-        if any(isinstance(a, argparse._SubParsersAction) for a in parser._actions):
-            continue
         for action in parser._actions:
-            kind = getattr(action.type, "range", None)
-            if not action.option_strings or kind is None:
+            if not action.option_strings or isinstance(action, NO_FAULT):
                 continue
-            low, high = kind
-            values = ["abc"]
-            values += [str(low - 1)] if isinstance(low, int) else [str(low), "nan", "inf"]
-            values += [str(high + 1)] if isinstance(high, int) and high is not None else []
-            values += [str(high)] if isinstance(high, float) else []
-            for value in values:
+            for value in option_values(action):
                 cases.append((path, fillers, action.option_strings[0], value))
     return cases
 
@@ -226,12 +330,30 @@ def test_every_number_option_has_a_range():
     assert len(options) >= 15, options
 
 
+def test_the_walk_covers_every_option():
+    """Every option of every command (read from the argparse parser, not listed here) has a fault case, except
+    --help and --version: a new option is walked the day it is added."""
+    every = {(path, action.option_strings[0]) for path, parser in leaf_parsers() for action in parser._actions
+             if action.option_strings and not isinstance(action, NO_FAULT)}
+    walked = {(path, option) for path, _, option, _ in OPTION_CASES}
+    assert every == walked, every ^ walked
+    assert len(every) >= 80, len(every)
+
+
 @pytest.mark.parametrize("path, fillers, option, value", OPTION_CASES,
                          ids=[f"{' '.join(p)}:{o}={v}" for p, _, o, v in OPTION_CASES])
-def test_out_of_range_option(capsys, tmp_path, monkeypatch, path, fillers, option, value):
+def test_bad_option(capsys, tmp_path, monkeypatch, path, fillers, option, value):
     monkeypatch.chdir(tmp_path)
-    code, err = run(capsys, [*path, *fillers, option, value])
-    assert_one_line(code, err, f"{option} {value}", f"clinpeft {' '.join(path)}")
+    if value is None:  # the option last, its value missing
+        code, err = run(capsys, [*path, *fillers, option])
+        assert_one_line(code, err, option, "expected", f"clinpeft {' '.join(path)}")
+    elif value == "=x":  # a flag given a value
+        code, err = run(capsys, [*path, *fillers, f"{option}=x"])
+        assert_one_line(code, err, option, f"clinpeft {' '.join(path)}")
+    else:
+        code, err = run(capsys, [*path, *fillers, option, value])
+        assert_one_line(code, err, f"{option} {value}" if value != "not-a-choice" else option, value,
+                        f"clinpeft {' '.join(path)}")
     assert list(tmp_path.iterdir()) == []
 
 

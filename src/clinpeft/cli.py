@@ -417,7 +417,6 @@ def run_sweep(args: argparse.Namespace, progress: bool) -> int:
     """The worker processes that --workers starts (args.worker set) print nothing: their parent sums up."""
     from clinpeft.recipes import sweep
 
-    hf_progress_bars(progress)
     result = sweep.main(args.recipe, args.overrides, out=args.out, trials=args.trials, sampler=args.sampler,
                         seed=args.seed, storage=args.storage, study_name=args.study, workers=args.workers,
                         pruner=args.pruner, overwrite=args.overwrite, progress=progress, worker=args.worker)
@@ -521,6 +520,9 @@ INPUT_OPTIONS = ("run", "data", "notes", "base", "input", "discharge", "radiolog
 
 # the commands whose --out is one output folder (experiment, sweep and demo: a folder of runs they resume)
 OUT_COMMANDS = ("pretrain", "finetune", "evaluate", "predict", "export", "explain", "report", "prepare")
+# ... and those held by one process at a time: an experiment's folder of runs too (a second experiment on it would
+# race the first for its cells and both write experiment.json); a sweep's --out is shared by its workers by design
+LOCKED_COMMANDS = (*OUT_COMMANDS, "experiment")
 
 
 def command_inputs(args: argparse.Namespace) -> list:
@@ -537,6 +539,7 @@ def run_command(args: argparse.Namespace) -> int:
     set_command(command)  # recorded in every output it writes; --overwrite replaces only such outputs
     if args.command in OUT_COMMANDS:
         check_out_not_input(args.out, command_inputs(args), containers=getattr(args, "runs", None) or ())
+    if args.command in LOCKED_COMMANDS:
         with out_lock(args.out):  # from the start: a second writer is refused before any work
             return args.handler(args, not getattr(args, "quiet", False))
     return args.handler(args, not getattr(args, "quiet", False))

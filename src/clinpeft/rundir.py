@@ -10,8 +10,9 @@ the rename, so two processes never both write one `--out` (the second is refused
 - short jobs (prepare, evaluate, predict, explain, export, report): `OUT.partial/` is deleted on any
   failure or signal; one left by a SIGKILL holds no checkpoint and is cleared by the next run;
 - training (pretrain, finetune; `resumable=True`): `OUT.partial/` also holds the resolved config, the
-  Trainer's checkpoints (`OUT.partial/checkpoints/checkpoint-N/`) and the Arrow caches. A failure that
-  leaves a checkpoint keeps it (the same command resumes from it); one that leaves none removes it.
+  Trainer's checkpoints (`OUT.partial/checkpoints/checkpoint-N/`) and the Arrow caches. A failure or
+  signal (up to the rename) that leaves a checkpoint keeps only what resumes (RESUMABLE: no copy of the
+  notes); one that leaves none removes it. After a SIGKILL the next run clears the rest (_prune, _clear).
 
 What may be overwritten: every finished output holds `.clinpeft-output.json` ({"command": "predict", ...},
 MARKER), and `--overwrite` replaces only a folder whose marker names the same command. `--out` equal to,
@@ -376,6 +377,21 @@ def _clear(partial: Path) -> None:
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
 
 
+RESUMABLE = (CHECKPOINTS, CONFIG, LOCK_FILE)  # what an interrupted training run keeps in OUT.partial/
+
+
+def _prune(partial: Path) -> None:
+    """Leave in a resumable OUT.partial/ only what the rerun resumes from (RESUMABLE) and the other processes'
+    scratch: the notes' Arrow caches, a half-saved adapter or bundle hold note text or a result the rerun
+    writes again."""
+    for child in partial.iterdir():
+        if child.name not in RESUMABLE and not child.name.startswith(RANK_SCRATCH):
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+
+
 def _finish(partial: Path, out: Path) -> None:
     """Record the command in the marker, then put OUT.partial/ in place of `out` (the lock still held: the lock
     file travels with the rename and is removed from `out` after it)."""
@@ -402,17 +418,20 @@ def _resumable_run_dir(out: Path, overwrite: bool, config: dict | None, restart:
     try:
         check_out_dir(out, overwrite)  # again, under the lock: another process may have finished `out` meanwhile
         saved = partial / CONFIG
-        if not fresh and (restart or not complete_checkpoints(partial / CHECKPOINTS)):
+        resuming = not fresh and not restart and bool(complete_checkpoints(partial / CHECKPOINTS))
+        if not fresh and not resuming:
             # --restart, or nothing to resume (a run killed before its first checkpoint: its Arrow caches of the
             # notes are removed here, by the next run); another process's scratch may already be in use
             _clear(partial)
-        elif not fresh and saved.exists() and config is not None:
+        elif resuming:
+            _prune(partial)  # a killed run's scratch (Arrow copies of the notes, a half-saved adapter)
+        if resuming and saved.exists() and config is not None:
             try:
                 old = yaml.safe_load(saved.read_text()) or {}
             except (OSError, yaml.YAMLError):
                 old = None
             differing = config_differences(old, config) if isinstance(old, dict) else ["config.yaml (unreadable)"]
-            if differing and complete_checkpoints(partial / CHECKPOINTS):
+            if differing:
                 raise ClinpeftError(
                     f"{partial} holds an unfinished run with another config ({', '.join(differing)} differ); "
                     f"rerun with the same settings to resume it, or pass --restart to discard it")
@@ -420,14 +439,18 @@ def _resumable_run_dir(out: Path, overwrite: bool, config: dict | None, restart:
             atomic_write(saved, lambda tmp: tmp.write_text(yaml.safe_dump(config, sort_keys=False)))
         try:
             yield partial
+            _barrier()  # the other processes have left their scratch directories
+            # the rename first: a signal while the checkpoints are deleted (GBs for a full fine-tuning) then leaves
+            # the finished run in place with a stray checkpoints/ folder, never a finished run a rerun would discard
+            _finish(partial, out)  # inside: a signal just before the rename is handled as one during the work
         except BaseException:
+            if not partial.is_dir():  # renamed into place already: the run is finished
+                raise
             if not complete_checkpoints(partial / CHECKPOINTS):  # nothing to resume from: leave nothing behind
                 shutil.rmtree(partial, ignore_errors=True)
+            else:  # only what resumes: the Arrow caches of the notes are rebuilt by the rerun, never read back
+                _prune(partial)
             raise
-        _barrier()  # the other processes have left their scratch directories
-        # the rename first: a signal while the checkpoints are deleted (GBs for a full fine-tuning) then leaves the
-        # finished run in place with a stray checkpoints/ folder, never a finished run that a rerun would discard
-        _finish(partial, out)
         shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
         for scratch in out.glob(f"{RANK_SCRATCH}*"):  # a pre-empted process's, from an earlier attempt
             shutil.rmtree(scratch, ignore_errors=True)

@@ -19,8 +19,11 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from clinpeft.config import config_from_tree, format_override, parse_override, read_recipe
+from pydantic import Field
+
+from clinpeft.config import Section, config_from_tree, format_override, parse_override, read_recipe
 from clinpeft.errors import ClinpeftError
 from clinpeft.run_files import read_record
 from clinpeft.rundir import atomic_write, write_json
@@ -30,7 +33,25 @@ SAMPLERS = ("gp", "tpe", "random")
 PRUNERS = ("none", "median")
 OBJECTIVES = {"pretrain": ("val_ppl", "minimize"), "finetune": ("val_auroc", "maximize")}
 DEFAULT_VAL_FRACTION = 0.1  # pretrain sweeps need a validation split; the share of train patients
-SWEEP_KEYS = {"step", "tasks", "paper_space", "n_startup_trials"}
+
+
+class SweepSection(Section):
+    """A sweep recipe's `sweep:` section: its values typed and ranged like every config section's, so a bad one is
+    one line naming sweep.KEY before any trial (tests/test_fault_suite.py walks these fields too)."""
+
+    step: Literal["pretrain", "finetune"] | None = None  # None: told by the recipe's sections (infer_step)
+    tasks: list[str] | None = None  # finetune: task directories the objective averages over (None: task.path)
+    paper_space: bool = True  # start from the paper's space for the method (A.2 / B.2); false: `search:` only
+    n_startup_trials: int | None = Field(None, ge=1)  # random trials before the GP / TPE (None: --trials // 3, >= 2)
+
+
+class SweepRecipe(Section):
+    """The sweep keys of a sweep recipe (the rest is a pretrain or finetune recipe)."""
+
+    sweep: SweepSection = SweepSection()
+
+
+SWEEP_KEYS = set(SweepSection.model_fields)
 
 HEARTBEAT_INTERVAL_S = 60  # RDB storage: a worker records its trial's heartbeat this often
 GRACE_PERIOD_S = 180  # RDB storage: a trial without a heartbeat for this long is stale
@@ -118,15 +139,18 @@ def setup(recipe: str, overrides: list[str], *, trials: int, sampler: str = "gp"
     """Read and validate everything a sweep needs; raises ClinpeftError before any trial otherwise."""
     tree = read_recipe(recipe)
     search, section = tree.pop("search", None) or {}, tree.pop("sweep", None) or {}
+    if not isinstance(section, dict):
+        raise ClinpeftError(f"{recipe}: sweep: expected a mapping of {', '.join(sorted(SWEEP_KEYS))}")
+    if not isinstance(search, dict):
+        raise ClinpeftError(f"{recipe}: search: expected a mapping of config keys to choices or ranges, e.g. "
+                            "search: {train.lr: {low: 1.0e-5, high: 1.0e-3, log: true}}")
     config_overrides = split_overrides(overrides, search, section)
-    unknown = set(section) - SWEEP_KEYS
-    if unknown:
-        raise ClinpeftError(f"{recipe}: unknown key sweep.{sorted(unknown)[0]}; known: {', '.join(sorted(SWEEP_KEYS))}")
+    section = config_from_tree(SweepRecipe, {"sweep": section}, (), recipe).sweep
     if trials < 1:
         raise ClinpeftError(f"--trials {trials}: need at least 1")
     if sampler not in SAMPLERS or pruner not in PRUNERS:
         raise ClinpeftError(f"--sampler {sampler} / --pruner {pruner}: choose from {SAMPLERS} / {PRUNERS}")
-    step = section.get("step") or infer_step(tree, recipe)
+    step = section.step or infer_step(tree, recipe)
     if step not in STEPS:
         raise ClinpeftError(f"{recipe}: sweep.step={step!r}; use pretrain or finetune")
     notes = []
@@ -142,13 +166,13 @@ def setup(recipe: str, overrides: list[str], *, trials: int, sampler: str = "gp"
             notes.append(f"data.val_fraction was 0: the sweep holds out {DEFAULT_VAL_FRACTION} of the train patients "
                          "as the validation split it tunes on (set data.val_fraction to choose)")
     else:
-        tasks = [str(t) for t in section.get("tasks") or [base_config.task.path]]
+        tasks = [str(t) for t in section.tasks or [base_config.task.path]]
         check_tasks(tasks, recipe)
-    params = build_search_space(step, tree, config_overrides, search, section.get("paper_space", True), recipe)
+    params = build_search_space(step, tree, config_overrides, search, section.paper_space, recipe)
     objective, direction = OBJECTIVES[step]
     # GP: a few random points first, then the Gaussian process. Optuna's default (10) would leave a
     # 20-trial budget half random; a third of the budget (at least 2) keeps the GP in charge.
-    startup = int(section.get("n_startup_trials") or max(2, trials // 3))
+    startup = section.n_startup_trials or max(2, trials // 3)
     return Sweep(step=step, recipe=str(recipe), base=tree, overrides=config_overrides, params=params, tasks=tasks,
                  objective=objective, direction=direction, trials=trials, sampler=sampler, seed=seed,
                  n_startup_trials=startup, pruner=pruner, study_name=study_name or Path(out).resolve().name,
