@@ -192,10 +192,20 @@ def real_base(tmp_path_factory) -> Path:
             del os.environ["CLINPEFT_HOME"]
 
 
-def pytest_collection_modifyitems(items):
+def pytest_addoption(parser):
+    parser.addoption("--exhaustive", action="store_true",
+                     help="also run the tests marked exhaustive (the whole interruption matrix: every command x "
+                          "stage x signal and every two-writer moment, ~13 min on 2 cores)")
+
+
+def pytest_collection_modifyitems(config, items):
     """Tests that need the trained demo base model (a one-time ~1-2 min build) are end-to-end: slow. Tests on
-    the real 135M model (`real_base`) are slow and marked `real_weights` (pytest -m real_weights runs them)."""
+    the real 135M model (`real_base`) are slow and marked `real_weights` (pytest -m real_weights runs them).
+    Tests marked `exhaustive` are skipped unless --exhaustive: the suite's 20-minute budget runs a sample."""
+    exhaustive = config.getoption("--exhaustive")
     for item in items:
+        if "exhaustive" in item.keywords and not exhaustive:
+            item.add_marker(pytest.mark.skip(reason="exhaustive: run with pytest --exhaustive"))
         fixtures = set(getattr(item, "fixturenames", ()))
         if {"demo_base", "demo_home"} & fixtures:
             item.add_marker(pytest.mark.slow)

@@ -93,7 +93,8 @@ STAGES = {
     ("prepare", "write"): ("clinpeft.prepare.notes:ShardWriter.write", 1, "after"),  # a shard of notes written
     ("prepare", "rename"): RENAME,
 }
-# one stage of each command with SIGTERM runs by default (a few minutes in all); the whole matrix is `slow`
+# one stage of each command with SIGTERM runs by default (~1.5 min in all); the whole matrix (~13 min on 2 cores)
+# is `exhaustive`: pytest --exhaustive tests/test_interruptions.py
 QUICK = {("pretrain", "tokenise"), ("finetune", "train"), ("evaluate", "score"), ("predict", "rename"),
          ("explain", "score"), ("export", "merge"), ("report", "rename"), ("prepare", "write")}
 SIGNALS = {"SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT, "SIGKILL": signal.SIGKILL}
@@ -105,7 +106,7 @@ def cases():
         for name in SIGNALS:
             quick = name == "SIGTERM" and (command, stage) in QUICK
             yield pytest.param(command, stage, name, id=f"{command}-{stage}-{name}",
-                               marks=() if quick else pytest.mark.slow)
+                               marks=() if quick else (pytest.mark.slow, pytest.mark.exhaustive))
 
 
 @pytest.fixture
@@ -237,7 +238,7 @@ FIRST_STAGE = {"pretrain": "tokenise", "finetune": "tokenise", "evaluate": "scor
                "explain": "score", "export": "merge", "report": "read", "prepare": "write"}
 WRITERS = [pytest.param(command, moment, id=f"{command}-{moment}",
                         marks=() if (command, moment) in {("predict", "rename"), ("finetune", "first")}
-                        else pytest.mark.slow)
+                        else (pytest.mark.slow, pytest.mark.exhaustive))
            for command in FIRST_STAGE for moment in ("first", "rename")]
 
 
