@@ -66,7 +66,7 @@ def main(recipe: str, overrides: list[str], *, out: str | Path, trials: int = 20
     sweep = setup(recipe, overrides, trials=trials, sampler=sampler, seed=seed, pruner=pruner,
                   study_name=study_name, storage=storage, out=out)
     # the Hugging Face libraries' own bars follow --quiet; imported only now: a bad recipe is refused without torch
-    from clinpeft.training.common import set_progress_bars
+    from clinpeft.training.runtime import set_progress_bars
 
     set_progress_bars(progress)
     if worker is not None:
