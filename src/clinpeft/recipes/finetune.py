@@ -88,6 +88,7 @@ from clinpeft.training.common import (
     set_threads,
 )
 from clinpeft.training.probe import (
+    Probe,
     final_train_loss,
     fit_probe,
     guard,
@@ -175,7 +176,8 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
 
     # --- probe: the frozen model's features -> logistic regression: the floor to clear, and LP-FT's head
     probe_started = time.time()
-    probe = linear_probe(clf, task, config, progress)
+    fitted_probe = linear_probe(clf, task, config, progress)
+    probe = fitted_probe.to_json() if fitted_probe is not None else None
     probe_time = time.time() - probe_started
 
     # --- fit, selecting the epoch by validation AUROC
@@ -227,6 +229,10 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
     extras = extra_columns(task.splits["test"])
     write_predictions(run_dir / "predictions.csv", task, "test", test_logits, extras)
     write_predictions(run_dir / "predictions_val.csv", task, "val", val_logits, extras)
+    if fitted_probe is not None:  # the probe's own test predictions: its Table 3 row gets an interval and p-values
+        (run_dir / "probe").mkdir(exist_ok=True)
+        (run_dir / "probe" / "labels.txt").write_text("\n".join(task.labels) + "\n")
+        write_predictions(run_dir / "probe" / "predictions.csv", task, "test", fitted_probe.test_logits, extras)
 
     metrics = {
         "kind": "finetune",
@@ -279,8 +285,8 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
     return metrics
 
 
-def linear_probe(clf: Classifier, task: TaskData, config: FinetuneConfig, progress: bool) -> dict | None:
-    """metrics.json's "probe" (training/probe.py; None with eval.probe=false), and with train.head_init=probe
+def linear_probe(clf: Classifier, task: TaskData, config: FinetuneConfig, progress: bool) -> Probe | None:
+    """The probe behind metrics.json's "probe" (training/probe.py; None with eval.probe=false), and with train.head_init=probe
     the head set to the probe of the features it reads (LP-FT). One forward pass per split, before training:
     the features of the frozen base (+ clinical adapter), a fresh downstream LoRA being an identity."""
     if not config.eval.probe and config.train.head_init != "probe":
@@ -297,7 +303,7 @@ def linear_probe(clf: Classifier, task: TaskData, config: FinetuneConfig, progre
     fitted = fit_probe(task.task_type, task.labels, {s: f.mean for s, f in features.items()}, targets)
     if config.train.head_init == "probe":
         init_head_from_probe(clf, task.task_type, task.num_labels, features["train"].head, targets["train"], fitted.c)
-    return fitted.to_json() if config.eval.probe else None
+    return fitted if config.eval.probe else None
 
 
 def clinical_adapter(config: FinetuneConfig) -> ClinicalAdapter | None:
