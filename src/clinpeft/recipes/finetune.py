@@ -286,9 +286,10 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
 
 
 def linear_probe(clf: Classifier, task: TaskData, config: FinetuneConfig, progress: bool) -> Probe | None:
-    """The probe behind metrics.json's "probe" (training/probe.py; None with eval.probe=false), and with train.head_init=probe
-    the head set to the probe of the features it reads (LP-FT). One forward pass per split, before training:
-    the features of the frozen base (+ clinical adapter), a fresh downstream LoRA being an identity."""
+    """The probe behind metrics.json's "probe" (training/probe.py; None with eval.probe=false), and with
+    train.head_init=probe the head set to the probe of the features it reads (LP-FT). One forward pass per split,
+    before training: the features of the frozen base (+ clinical adapter), a fresh downstream LoRA being an
+    identity."""
     if not config.eval.probe and config.train.head_init != "probe":
         return None
     long_notes = LongNotes.from_task(config.task)

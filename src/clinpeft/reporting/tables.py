@@ -457,11 +457,14 @@ def _table3_notes(runs: list[dict], tasks: list[str], incomplete: list, no_auroc
         )
     if no_auroc:
         notes.append(f"No test AUROC recorded (cell left blank) in: {', '.join(no_auroc)}.")
+    if any(str(r.get("variant", "")).strip() == "head" and not r.get("row") for r in runs):
+        notes.append("A row named by its base model alone (no \"+\"): head only, the classification head trained "
+                     "on the frozen base.")
     if any(r.get("kind") == PROBE_KIND for r in runs):
         notes.append("(linear probe) rows: a logistic regression on the frozen model's mean-pooled features "
                      "(standardised, C chosen on validation), fitted by `clinpeft finetune` before each run trains: "
-                     "what the frozen model already gives, the floor fine-tuning must clear; its interval from the probe's "
-                     "test predictions (RUN/probe/predictions.csv; runs written before they were saved: none).")
+                     "what the frozen model already gives, the floor fine-tuning must clear; its interval from the "
+                     "probe's test predictions (RUN/probe/predictions.csv; runs written before they were saved: none).")
     notes += [f"{GUARD_NOTE}{line}" for line in guard_warnings(r for r in runs if r.get("kind") != PROBE_KIND)]
     return notes
 
