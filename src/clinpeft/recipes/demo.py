@@ -52,6 +52,7 @@ class Grid:
     finetune_recipes: dict  # variant -> recipe under configs/demo/ ("*": the rest)
     pretrain_overrides: tuple[str, ...] = ()
     finetune_overrides: tuple[str, ...] = ()
+    variant_overrides: dict | None = None  # variant -> extra overrides (e.g. no second probe of the same frozen model)
     minutes: tuple[float, float, float] = (1.0, 5.0, 10.0)  # base + data, pretraining, fine-tuning (idle 2 cores)
 
 
@@ -161,7 +162,8 @@ def finetune_stage(out: Path, grid: Grid, base: str, clinical: Path, tasks_dir: 
         recipe = grid.finetune_recipes.get(variant, grid.finetune_recipes["*"])
         config = load_config(FinetuneConfig, CONFIGS / recipe, [
             f"model.base={base}", f"variant={variant}", f"clinical_adapter={clinical}",
-            f"task.path={tasks_dir / task}", f"train.seed={seed}", *grid.finetune_overrides])
+            f"task.path={tasks_dir / task}", f"train.seed={seed}", *grid.finetune_overrides,
+            *(grid.variant_overrides or {}).get(variant, ())])
         result = finetune.main(config, run_dir, overwrite=True, progress=False)
         done += 1
         left = (time.time() - started) / done * (len(cells) - i)
