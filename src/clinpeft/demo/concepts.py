@@ -16,14 +16,14 @@ downstream when labelled notes are few? This world is built so that the answer i
 * **Labels from concepts, with noise.** A task's label is Bernoulli(sigmoid(bias + the weights of the
   concepts present + normal noise)) (`TASK_WEIGHTS`): it depends on which concepts a note mentions, never on
   the form; the noise keeps every AUROC well below 1 (the Bayes AUROC is `bayes_auroc`, ~0.8).
-* **Few labelled notes, a larger unlabelled corpus.** The labelled train split is small (default 160 notes):
-  each form appears in a handful of them, so a bag of words (the TF-IDF reference row) sees each form too
-  rarely to learn it. The pretraining corpus (discharge summaries of other patients, several times the
-  labelled notes' tokens) uses every form in context: with its concept's name ("Levophed (norepinephrine) for
-  septic shock"), in the hospital course, and with the discharge disposition (Expired / Home / ...), drawn
-  from the same risk model. A model adapted to it can learn that "Levophed", "on pressors" and "MAP 58 despite
-  3L" mean the same thing and what follows them; a general model and a bag of words cannot know it from the
-  labelled notes alone.
+* **Few labelled notes, a larger unlabelled corpus.** The labelled train split is small (default 160 notes,
+  ~15k tokens): each form appears in a handful of them, so a bag of words (the TF-IDF reference row) sees each
+  form too rarely to learn it. The pretraining corpus (default 360 discharge summaries of other patients, ~59k
+  tokens, 4x the labelled notes) is shaped like MIMIC's: the admission part written as the task notes are, then
+  the hospital course that names every concept beside another of its forms ("Levophed (septic shock)"), then
+  the discharge disposition (Expired / Home / Extended Care) drawn from the same risk model as the labels. A
+  model adapted to it can learn that "Levophed", "on pressors" and "MAP 58 despite 3L IVF" mean the same
+  thing and what follows them; a general model and a bag of words cannot know it from the labelled notes.
 
 Admission notes are short (about 100 SmolLM2 tokens) with MIMIC-style section headers, de-identification
 marks and distractors (denied symptoms, chronic conditions). The ids are the task ids of `synthetic.py`
@@ -53,8 +53,8 @@ from clinpeft.demo.synthetic import (
 # notes per split and corpus notes; quick: the tiny-base pipeline check, default: the real-base demo
 CONCEPT_SIZES = {
     "quick": {"train": 160, "val": 80, "test": 160, "corpus": 300},
-    "default": {"train": 160, "val": 100, "test": 240, "corpus": 800},
-    "full": {"train": 160, "val": 100, "test": 400, "corpus": 2400},
+    "default": {"train": 160, "val": 80, "test": 200, "corpus": 360},
+    "full": {"train": 160, "val": 100, "test": 400, "corpus": 1600},
 }
 CONCEPT_TASKS = ("mor", "pmv")
 _STREAM_NOTES, _STREAM_CORPUS = 21, 22
@@ -186,21 +186,22 @@ _COURSE_GOOD = ("Improved with treatment and was transferred to the floor.", "Cl
 
 
 def discharge_summary(rng: np.random.Generator, patient: Patient) -> str:
-    """A corpus note of another patient: every concept explained in context, and the disposition, which the
-    same risk model as the tasks' labels draws (a discharge summary says who died; an admission note never)."""
+    """A corpus note of another patient, shaped like a MIMIC discharge summary: the admission part (written as
+    the task notes are, each concept by one random form), then the hospital course that names every concept and
+    explains another of its forms, then the disposition, which the same risk model as the tasks' labels draws
+    (a discharge summary says who died; an admission note never does)."""
     died = outcome(rng, patient, "mor")
     vent_days = 2 + int(rng.integers(0, 5)) + (8 if outcome(rng, patient, "pmv") else 0)
-    lines = [f"Sex: {patient.sex}   Age: {patient.age}", "", "Brief Hospital Course:"]
+    lines = [admission_note(rng, patient), "", "BRIEF HOSPITAL COURSE:"]
     for key in patient.concepts:
         concept = BY_KEY[key]
-        form = _mention(rng, key)
         template = _EXPLAIN[int(rng.integers(len(_EXPLAIN)))]
-        lines.append("# " + template.format(form=form, name=concept.name) + ".")
+        lines.append("# " + template.format(form=_mention(rng, key), name=concept.name) + ".")
     if any(BY_KEY[k].acute for k in patient.concepts):
         lines.append(f"Intubated for {vent_days} days." if vent_days > 7 else "Not intubated.")
     course = _COURSE_BAD if died else _COURSE_GOOD
     lines += [course[int(rng.integers(len(course)))].format(d=int(rng.integers(2, 20))), "",
-              f"Discharge Disposition: {'Expired' if died else ('Home' if rng.random() < 0.6 else 'Extended Care')}"]
+              f"DISCHARGE DISPOSITION: {'Expired' if died else ('Home' if rng.random() < 0.6 else 'Extended Care')}"]
     return "\n".join(lines)
 
 
