@@ -18,8 +18,8 @@ downstream when labelled notes are few? This world is built so that the answer i
   the form; the noise keeps every AUROC well below 1 (the Bayes AUROC is `bayes_auroc`, ~0.8).
 * **Few labelled notes, a larger unlabelled corpus.** The labelled train split is small (default 160 notes,
   ~15k tokens): each form appears in a handful of them, so a bag of words (the TF-IDF reference row) sees each
-  form too rarely to learn it. The pretraining corpus (default 360 discharge summaries of other patients, ~59k
-  tokens, 4x the labelled notes) is shaped like MIMIC's: the admission part written as the task notes are, then
+  form too rarely to learn it. The pretraining corpus (default 320 discharge summaries of other patients, ~52k
+  tokens, 3.6x the labelled notes) is shaped like MIMIC's: the admission part written as the task notes are, then
   the hospital course that names every concept beside another of its forms ("Levophed (septic shock)"), then
   the discharge disposition (Expired / Home / Extended Care) drawn from the same risk model as the labels. A
   model adapted to it can learn that "Levophed", "on pressors" and "MAP 58 despite 3L IVF" mean the same
@@ -53,7 +53,7 @@ from clinpeft.demo.synthetic import (
 # notes per split and corpus notes; quick: the tiny-base pipeline check, default: the real-base demo
 CONCEPT_SIZES = {
     "quick": {"train": 160, "val": 80, "test": 160, "corpus": 300},
-    "default": {"train": 160, "val": 80, "test": 200, "corpus": 360},
+    "default": {"train": 160, "val": 80, "test": 200, "corpus": 320},
     "full": {"train": 160, "val": 100, "test": 400, "corpus": 1600},
 }
 CONCEPT_TASKS = ("mor", "pmv")
