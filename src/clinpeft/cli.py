@@ -137,7 +137,8 @@ def add_demo(sub) -> None:
     p.add_argument("--quick", action="store_true",
                    help="the tiny 64-wide base on small data (about 2 minutes): the pipeline, not the method")
     p.add_argument("--full", action="store_true",
-                   help="the full grid: both tasks (MOR, PMV), a 5x larger pretraining corpus, 2 epochs (about 1.5 hours)")
+                   help="the full grid: both tasks (MOR, PMV), a 5x larger pretraining corpus, 2 epochs "
+                   "(about 1.5 hours)")
     p.add_argument("--seed", type=seed, default=0, help="seed of the synthetic data and of training")
     p.add_argument("--methods", default="lora", metavar="M[,M...]|all",
                    help="pretraining methods for Table 2 (lora, prefix_tuning, prompt_tuning, p_tuning, "
