@@ -1,4 +1,4 @@
-# Two commands: `make demo` (the whole two-step framework on a tiny model) and `make test`.
+# Two commands: `make demo` (the paper's two steps on the real base SmolLM2-135M, ~25 min on 2 cores) and `make test`.
 # Both create .venv if missing and install the project into it.
 PYTHON ?= python3
 VENV := .venv

@@ -123,7 +123,7 @@ def test_the_cli_and_the_sweep_workers_use_only_the_torch_free_training_module(n
 
 # the run directory's files, named once (clinpeft/run_files.py): no other module spells them
 RUN_FILE_NAMES = ("metrics.json", "run.json", "bundle.json", "predictions.csv", "predictions_val.csv", "config.yaml")
-RUN_FILE_EXCEPTIONS = {"run_files", "recipes.demo"}  # recipes.demo: in another change's hands when this was written
+RUN_FILE_EXCEPTIONS = {"run_files"}
 
 
 def test_the_run_directory_files_are_named_in_one_module():

@@ -37,16 +37,32 @@ def test_table2_shows_clinical_pretraining_lowers_test_perplexity(demo_run):
 def test_table3_has_every_task_and_the_macro_average(demo_run):
     table = pd.read_csv(demo_run / "report" / "table3.csv")
     probes = table["Model"].str.endswith("(linear probe)")
-    # lora, clinical_frozen+downstream, clinical_trainable+downstream; and the frozen models' linear probes (the
-    # base, the base + clinical LoRA) computed by those runs: the floor fine-tuning must clear
-    assert (~probes).sum() == 3 and probes.sum() == 2, table["Model"].tolist()
+    reference = table["Model"] == "TF-IDF + logistic regression"
+    # lora, clinical_frozen+downstream, clinical_trainable+downstream; the frozen models' linear probes (the base,
+    # the base + clinical LoRA) computed by those runs; and the bag-of-words reference, last
+    assert (~probes & ~reference).sum() == 3 and probes.sum() == 2 and reference.tolist()[-1], table["Model"].tolist()
     for task in TASKS:
         assert table[task].between(0, 100).all(), task
+        assert (table[f"{task} lo"] <= table[task]).all() and (table[task] <= table[f"{task} hi"]).all()  # every row
     assert table["Macro avg"].to_numpy() == pytest.approx(table[TASKS].mean(axis=1).to_numpy())
     for variant in ("lora", "clinical_frozen+downstream", "clinical_trainable+downstream"):
         for task in TASKS:
             metrics = json.loads((demo_run / "finetune" / variant / task.lower() / "metrics.json").read_text())
             assert metrics["variant"] == variant and metrics["task"] == task.lower()
+
+
+@pytest.mark.slow
+def test_table3_compares_with_lora_and_says_so_in_a_sentence(demo_run):
+    table = pd.read_csv(demo_run / "report" / "table3.csv").set_index("Model")
+    lora = next(name for name in table.index if name.endswith("+ LoRA"))
+    assert (table["Compared with"].dropna() == lora).all()
+    others = table.index.drop(lora)
+    assert table.loc[others, "Macro avg p"].between(0, 1).all()  # every other row has a paired macro p-value
+    text = (demo_run / "report" / "table3.md").read_text()
+    sentence = next(line for line in text.splitlines() if line.startswith("On the macro average the best row is "))
+    assert table["Macro avg"].idxmax() in sentence and f"against {lora} (" in sentence
+    differ = [name for name in others if table.loc[name, "Macro avg p"] < 0.05]
+    assert ("beyond chance" in sentence) == bool(differ)
 
 
 @pytest.mark.slow

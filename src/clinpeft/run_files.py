@@ -25,6 +25,7 @@ BUNDLE = "bundle.json"
 LABELS = "labels.txt"
 PREDICTIONS = "predictions.csv"
 VAL_PREDICTIONS = "predictions_val.csv"
+PROBE_DIR = "probe"  # a finetune run's linear probe: its own labels.txt and test predictions.csv (Table 3's row)
 
 RECORD_HINT = "is this a finished clinpeft run directory? restore it or rerun the command"
 

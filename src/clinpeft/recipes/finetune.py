@@ -65,7 +65,7 @@ from clinpeft.modeling.base import (
 )
 from clinpeft.modeling.classifier import Classifier, build_classifier, save_bundle, score_notes
 from clinpeft.modeling.pooling import check_pooling
-from clinpeft.run_files import LABELS, METRICS, PREDICTIONS, VAL_PREDICTIONS
+from clinpeft.run_files import LABELS, METRICS, PREDICTIONS, PROBE_DIR, VAL_PREDICTIONS
 from clinpeft.rundir import (
     atomic_run_dir,
     check_free_space,
@@ -84,6 +84,7 @@ from clinpeft.training.classification import (
 from clinpeft.training.fit import Fitted, fit, run_record
 from clinpeft.training.precision import Precision, check_precision, run_precision
 from clinpeft.training.probe import (
+    Probe,
     final_train_loss,
     fit_probe,
     guard,
@@ -185,6 +186,7 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
 
     probe_started = time.time()  # the frozen model's features -> logistic regression: the floor, LP-FT's head
     probe = linear_probe(clf, task, config, encoded, progress)
+    probe_record = probe.to_json() if probe is not None else None  # metrics.json's "probe": {val, test, C, ...}
     probe_time = time.time() - probe_started
     fitted, keep_best = train(clf, task, config, encoded, long_notes, precision, callbacks,
                               checkpoints or run_dir / "checkpoints", run_dir, progress)
@@ -193,14 +195,14 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
     del encoded["train"]  # the Trainer held it as Arrow; as Python lists of token ids it is the largest object here
 
     logits, scores = measure(clf, task, config, encoded, long_notes, progress)
-    checks = guard(scores["val"]["auroc"], probe, final_train_loss(loss_curve(fitted.trainer.state),
+    checks = guard(scores["val"]["auroc"], probe_record, final_train_loss(loss_curve(fitted.trainer.state),
                                                                     fitted.training_loss),
                    prior_loss(task.task_type, task.targets("train"), task.num_labels))
-    save(clf, run_dir, task, config, setup, long_notes, logits)
+    save(clf, run_dir, task, config, setup, long_notes, logits, probe)
     metrics = {**record(config, task, setup, fingerprint, long_notes), **scores,
                "truncation": truncation,
                "best_epoch": keep_best.best_epoch, "val_history": keep_best.history,
-               "probe": probe,  # the linear probe of the frozen model this run started from: {val, test, C, ...}
+               "probe": probe_record,  # the linear probe of the frozen model this run started from: {val, test, C, ...}
                "guard": checks,  # fine-tuning below that probe, or a training loss above the label prior's: warnings
                "head_init": config.train.head_init, "probe_time_s": probe_time,
                **run_record(fitted, config.train, precision, threads, params, started,
@@ -248,8 +250,9 @@ def measure(clf: Classifier, task: TaskData, config: FinetuneConfig, encoded: di
 
 
 def save(clf: Classifier, run_dir: Path, task: TaskData, config: FinetuneConfig, setup: Setup,
-         long_notes: LongNotes, logits: dict) -> None:
-    """Save: the bundle (adapters, head, bundle.json), labels.txt, the val and test predictions."""
+         long_notes: LongNotes, logits: dict, probe: Probe | None) -> None:
+    """Save: the bundle (adapters, head, bundle.json), labels.txt, the val and test predictions, and the linear
+    probe's test predictions (PROBE_DIR/) when it was scored."""
     save_bundle(clf, run_dir, {
         "base_model": str(setup.base_path),
         "variant": setup.variant,
@@ -270,6 +273,10 @@ def save(clf: Classifier, run_dir: Path, task: TaskData, config: FinetuneConfig,
     extras = extra_columns(task.splits["test"])
     write_predictions(run_dir / PREDICTIONS, task, "test", logits["test"], extras)
     write_predictions(run_dir / VAL_PREDICTIONS, task, "val", logits["val"], extras)
+    if probe is not None:  # the probe's own test predictions: its Table 3 row gets an interval and p-values
+        (run_dir / PROBE_DIR).mkdir(exist_ok=True)
+        (run_dir / PROBE_DIR / LABELS).write_text("\n".join(task.labels) + "\n")
+        write_predictions(run_dir / PROBE_DIR / PREDICTIONS, task, "test", probe.test_logits, extras)
 
 
 def record(config: FinetuneConfig, task: TaskData, setup: Setup, fingerprint: str, long_notes: LongNotes) -> dict:
@@ -299,10 +306,12 @@ def record(config: FinetuneConfig, task: TaskData, setup: Setup, fingerprint: st
     }
 
 
-def linear_probe(clf: Classifier, task: TaskData, config: FinetuneConfig, encoded: dict, progress: bool) -> dict | None:
-    """metrics.json's "probe" (training/probe.py; None with eval.probe=false), and with train.head_init=probe
-    the head set to the probe of the features it reads (LP-FT). One forward pass per split, before training:
-    the features of the frozen base (+ clinical adapter), a fresh downstream LoRA being an identity."""
+def linear_probe(clf: Classifier, task: TaskData, config: FinetuneConfig, encoded: dict,
+                 progress: bool) -> Probe | None:
+    """The probe behind metrics.json's "probe" (training/probe.py; None with eval.probe=false), and with
+    train.head_init=probe the head set to the probe of the features it reads (LP-FT). One forward pass per split,
+    before training: the features of the frozen base (+ clinical adapter), a fresh downstream LoRA being an
+    identity."""
     if not config.eval.probe and config.train.head_init != "probe":
         return None
     splits = ("train", "val", "test") if config.eval.probe else ("train", "val")
@@ -315,7 +324,7 @@ def linear_probe(clf: Classifier, task: TaskData, config: FinetuneConfig, encode
     fitted = fit_probe(task.task_type, task.labels, {s: f.mean for s, f in features.items()}, targets)
     if config.train.head_init == "probe":
         init_head_from_probe(clf, task.task_type, task.num_labels, features["train"].head, targets["train"], fitted.c)
-    return fitted.to_json() if config.eval.probe else None
+    return fitted if config.eval.probe else None
 
 
 def clinical_adapter(config: FinetuneConfig) -> ClinicalAdapter | None:

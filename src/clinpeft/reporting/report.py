@@ -19,7 +19,7 @@ from clinpeft.reporting.clinical import write_clinical
 from clinpeft.reporting.figures import write_plots
 from clinpeft.reporting.html import write_html
 from clinpeft.reporting.runs import find_runs, probe_runs
-from clinpeft.reporting.stats import reading_notes, table3_statistics, write_label_lists
+from clinpeft.reporting.stats import comparison_sentence, reading_notes, table3_statistics, write_label_lists
 from clinpeft.reporting.tables import (
     MACRO,
     comparison_section,
@@ -104,7 +104,9 @@ def _write_table3(out: Path, finetune_runs: list[dict], stats, rows, tasks) -> d
     extra = _figure_links(figures)
     if stats.compare_row is not None:
         extra += comparison_section(stats, rows, tasks)
-    (out / "table3.md").write_text(markdown_document(TABLE3_TITLE, shown, footnotes, extra), encoding="utf-8")
+    reading = comparison_sentence(stats, dict(zip(raw["Model"], raw[MACRO])))  # "" without --compare
+    (out / "table3.md").write_text(markdown_document(TABLE3_TITLE, shown, footnotes, extra, reading),
+                                   encoding="utf-8")
     raw.to_csv(out / "table3.csv", index=False)
     return {"table3.md": out / "table3.md", "table3.csv": out / "table3.csv", **figures}
 

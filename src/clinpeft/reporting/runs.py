@@ -188,7 +188,7 @@ def probe_runs(finetune_runs: Iterable[dict]) -> list[dict]:
             "row": f"{frozen} (linear probe)", "base_model_name": base_name(run), "base_model": run.get("base_model"),
             "pooling": run.get("pooling"), "model_kind": run.get("model_kind"),
             "val": {"auroc": probe.get("val")}, "test": {"auroc": probe.get("test")},
-            "_dir": Path(run["_dir"]) / PROBE_KIND,  # not a folder: the probe has no predictions.csv
+            "_dir": Path(run["_dir"]) / PROBE_KIND,  # predictions.csv + labels.txt (older runs: no such folder)
         }
     return list(found.values())
 

@@ -475,6 +475,40 @@ def comparison_notes(stats: Table3Stats, rows: list[Row], tasks: list[str]) -> l
     ]
 
 
+def comparison_sentence(stats: Table3Stats, macro: dict[str, float]) -> str:
+    """One sentence under Table 3, written from the numbers: the best row on the macro average and, for every
+    other row with a paired macro test against the `--compare` row, whether it differs from it beyond chance
+    (two-sided paired bootstrap p < SIGNIFICANCE) or not. `macro`: row name -> macro AUROC in %. "" without a
+    comparison."""
+    macro = {name: float(v) for name, v in macro.items() if v is not None and math.isfinite(float(v))}
+    ref = stats.compare_row
+    if ref is None or ref not in macro:
+        return ""
+    tested = [(name, test) for (name, key), test in stats.paired.items()
+              if key == "macro" and math.isfinite(test.p_value) and name in macro]
+    best = max(macro, key=macro.get)
+
+    def with_ci(name: str) -> str:
+        interval = format_interval(stats.macro_ci.get(name))
+        return f"{name} ({macro[name]:.1f}{' ' + interval if interval else ''})"
+
+    def listing(items) -> str:
+        return ", ".join(f"{name} ({100 * t.diff:+.1f} points, {format_p(t.p_value)})" for name, t in items)
+
+    differ = [(n, t) for n, t in tested if t.p_value < SIGNIFICANCE]
+    same = [(n, t) for n, t in tested if t.p_value >= SIGNIFICANCE]
+    sentence = f"On the macro average the best row is {with_ci(best)}"
+    if not tested:
+        return sentence + f"; no row has a paired macro comparison with {ref}."
+    clauses = []
+    if differ:
+        clauses.append(f"{listing(differ)} {'differs' if len(differ) == 1 else 'differ'} from it beyond chance "
+                       f"(paired bootstrap p < {SIGNIFICANCE})")
+    if same:
+        clauses.append(f"{listing(same)} {'does' if len(same) == 1 else 'do'} not (within this test set's noise)")
+    return f"{sentence}; against {with_ci(ref)}, " + ", and ".join(clauses) + "."
+
+
 # --------------------------------------------------------------------------- label lists
 
 

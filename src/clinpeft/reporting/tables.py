@@ -286,8 +286,11 @@ def table3_layout(finetune_runs, tasks_order=TASKS_ORDER) -> tuple[list[str], li
     # the encoder baselines first, as in the paper (BlueBERT, UmlsBERT, ... above LLaMA)
     encoder_bases = {base for (base, _, _), by_task in cells.items()
                      if any(r.get("model_kind") == "encoder" for r in by_task.values())}
-    keys = sorted(cells, key=lambda k: (k[0] not in encoder_bases, k[0].lower(), k[0], methods.variant_rank(k[1]),
-                                        k[2] or ""))
+    # reference rows (training/reference.py: TF-IDF + logistic regression) last, below the models they frame
+    reference_bases = {base for (base, _, _), by_task in cells.items()
+                       if any(r.get("model_kind") == "reference" for r in by_task.values())}
+    keys = sorted(cells, key=lambda k: (k[0] in reference_bases, k[0] not in encoder_bases, k[0].lower(), k[0],
+                                        methods.variant_rank(k[1]), k[2] or ""))
     bases_with_head = {k[0] for k in keys if k[1] == "head" and k[2] is None}
     rows = [Row(_row_name(base, variant, row, base in bases_with_head), cells[(base, variant, row)])
             for base, variant, row in keys]
@@ -454,10 +457,14 @@ def _table3_notes(runs: list[dict], tasks: list[str], incomplete: list, no_auroc
         )
     if no_auroc:
         notes.append(f"No test AUROC recorded (cell left blank) in: {', '.join(no_auroc)}.")
+    if any(str(r.get("variant", "")).strip() == "head" and not r.get("row") for r in runs):
+        notes.append("A row named by its base model alone (no \"+\"): head only, the classification head trained "
+                     "on the frozen base.")
     if any(r.get("kind") == PROBE_KIND for r in runs):
         notes.append("(linear probe) rows: a logistic regression on the frozen model's mean-pooled features "
                      "(standardised, C chosen on validation), fitted by `clinpeft finetune` before each run trains: "
-                     "what the frozen model already gives, the floor fine-tuning must clear; no interval.")
+                     "what the frozen model already gives, the floor fine-tuning must clear; its interval from the "
+                     "probe's test predictions (RUN/probe/predictions.csv; runs written before they were saved: none).")
     notes += [f"{GUARD_NOTE}{line}" for line in guard_warnings(r for r in runs if r.get("kind") != PROBE_KIND)]
     return notes
 
@@ -548,9 +555,12 @@ def format_markdown(df: pd.DataFrame) -> str:
     return "\n".join([line(header), rule, *(line(r) for r in rows)]) + "\n"
 
 
-def markdown_document(title: str, table: pd.DataFrame, footnotes: list[str], extra: str = "") -> str:
-    """A report page: "# title", the table, its footnotes as a list, then `extra` (more sections)."""
-    return f"# {title}\n\n{format_markdown(table)}\n" + _bullets(footnotes) + extra
+def markdown_document(title: str, table: pd.DataFrame, footnotes: list[str], extra: str = "",
+                      reading: str = "") -> str:
+    """A report page: "# title", the table, `reading` (a sentence on what the table shows) as its own paragraph,
+    its footnotes as a list, then `extra` (more sections)."""
+    lead = f"\n{reading}\n\n" if reading else ""
+    return f"# {title}\n\n{format_markdown(table)}\n{lead}" + _bullets(footnotes) + extra
 
 
 def comparison_section(stats: Table3Stats, rows: list[Row], tasks: list[str]) -> str:

@@ -138,6 +138,7 @@ class Probe:
     test_auroc: float
     val_by_c: dict
     skipped_labels: int
+    test_logits: np.ndarray | None = None  # the chosen probe's test scores (task_metrics' form); not in to_json
 
     def to_json(self) -> dict:
         return {"val": self.val_auroc, "test": self.test_auroc, "C": self.c, "val_by_C": self.val_by_c,
@@ -157,10 +158,11 @@ def fit_probe(task_type: str, labels: list[str], features: dict[str, np.ndarray]
         fitted[c] = _fit(task_type, x["train"], targets["train"], c)
         by_c[c] = _auroc(task_type, targets["val"], _logits(task_type, fitted[c], x["val"], num_labels), labels)
     best = max(cs, key=lambda c: (by_c[c] if not math.isnan(by_c[c]) else -1.0))
-    test = _auroc(task_type, targets["test"], _logits(task_type, fitted[best], x["test"], num_labels), labels)
+    test_logits = _logits(task_type, fitted[best], x["test"], num_labels)
+    test = _auroc(task_type, targets["test"], test_logits, labels)
     skipped = sum(m is None for m in fitted[best])
     return Probe(c=best, val_auroc=by_c[best], test_auroc=test, val_by_c={str(c): a for c, a in by_c.items()},
-                 skipped_labels=skipped)
+                 skipped_labels=skipped, test_logits=test_logits)
 
 
 def _auroc(task_type, y, logits, labels) -> float:
