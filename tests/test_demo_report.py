@@ -110,3 +110,18 @@ def test_grid_wiring_of_each_mode():
             config = load_config(FinetuneConfig, demo.CONFIGS / recipe, [f"variant={variant}", "clinical_adapter=c",
                                                                           *grid.finetune_overrides])
             assert config.variant == variant and config.model.pooling == "mean"
+
+
+def test_sentence_when_no_row_differs_names_them_all_as_within_noise():
+    from types import SimpleNamespace
+
+    from clinpeft.reporting.stats import comparison_sentence
+
+    paired = {("head", "macro"): SimpleNamespace(diff=0.004, p_value=0.4),
+              ("clinical", "macro"): SimpleNamespace(diff=0.06, p_value=0.052)}
+    stats = SimpleNamespace(compare_row="+ LoRA", paired=paired, macro_ci={})
+    sentence = comparison_sentence(stats, {"+ LoRA": 67.7, "head": 68.1, "clinical": 73.7})
+    assert sentence == ("On the macro average the best row is clinical (73.7); against + LoRA (67.7), no row "
+                        "differs from it at paired bootstrap p < 0.05 (within this test set's noise): "
+                        "head (+0.4 points, p=0.400), clinical (+6.0 points, p=0.052).")
+    assert "beyond chance" not in sentence

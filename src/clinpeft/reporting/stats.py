@@ -504,8 +504,11 @@ def comparison_sentence(stats: Table3Stats, macro: dict[str, float]) -> str:
     if differ:
         clauses.append(f"{listing(differ)} {'differs' if len(differ) == 1 else 'differ'} from it beyond chance "
                        f"(paired bootstrap p < {SIGNIFICANCE})")
-    if same:
+    if same and differ:
         clauses.append(f"{listing(same)} {'does' if len(same) == 1 else 'do'} not (within this test set's noise)")
+    elif same:
+        clauses.append(f"no row differs from it at paired bootstrap p < {SIGNIFICANCE} (within this test set's "
+                       f"noise): {listing(same)}")
     return f"{sentence}; against {with_ci(ref)}, " + ", and ".join(clauses) + "."
 
 
