@@ -138,3 +138,42 @@ def test_head_lr_is_a_separate_optimizer_group(tiny_llama, synthetic_tasks, tmp_
         for p in group["params"]:
             by_lr.setdefault(group["lr"], set()).add(id(p) in head)
     assert by_lr == {1e-4: {False}, 3e-2: {True}}
+
+
+def test_shared_features_run_each_frozen_model_once(tiny_llama, synthetic_tasks, monkeypatch):
+    """Inside shared_features(): head and + LoRA (a fresh LoRA adds nothing) share one forward pass, with the same
+    features as a pass of their own; a LoRA whose B is no longer zero is another model; outside, nothing is kept."""
+    from clinpeft.data.long_notes import LongNotes, encode_notes
+    from clinpeft.data.tasks import load_task
+    from clinpeft.modeling.classifier import build_classifier
+    from clinpeft.training import probe
+
+    config = load_config(FinetuneConfig, None, [f"model.base={tiny_llama}", f"task.path={synthetic_tasks['mor']}",
+                                               "task.max_seq_len=64", "model.pooling=mean", "lora.r=4"])
+    texts = load_task(config.task.path).splits["val"]["text"].tolist()[:12]
+    passes = []
+    real = probe._note_features
+    monkeypatch.setattr(probe, "_note_features", lambda *a, **k: passes.append(1) or real(*a, **k))
+
+    def features(variant):
+        torch.manual_seed(len(passes))  # a different lora_A each time: it must not matter while B is zero
+        clf = build_classifier(tiny_llama, "binary", 2, variant, None, config.lora, "float32", pooling="mean")
+        encoded = encode_notes(clf.tokenizer, texts, LongNotes.from_task(config.task))
+        return clf, probe.note_features(clf, encoded, batch_size=4, progress=False)
+
+    _, alone = features("lora")
+    with probe.shared_features():
+        _, head = features("head")
+        clf, lora = features("lora")
+        assert len(passes) == 2  # the first outside the block, then head; + LoRA reused head's
+        np.testing.assert_array_equal(lora.mean, head.mean)
+        np.testing.assert_allclose(head.mean, alone.mean, rtol=1e-5, atol=1e-6)
+        with torch.no_grad():  # a trained LoRA: B no longer zero, so another function
+            next(p for n, p in clf.model.named_parameters() if "lora_B" in n).add_(0.1)
+        encoded = encode_notes(clf.tokenizer, texts, LongNotes.from_task(config.task))
+        trained = probe.note_features(clf, encoded, batch_size=4, progress=False)
+        assert len(passes) == 3 and not np.array_equal(trained.mean, head.mean)
+        probe.note_features(clf, encoded, batch_size=8, progress=False)  # other batches: other padding
+        assert len(passes) == 4
+    features("head")
+    assert len(passes) == 5 and probe._SHARED is None

@@ -155,24 +155,27 @@ def finetune_stage(out: Path, grid: Grid, base: str, clinical: Path, tasks_dir: 
                    progress: bool) -> None:
     """Every task x variant under out/finetune/<variant>/<task>: one line per run with the stage's ETA."""
     from clinpeft.recipes import finetune
+    from clinpeft.training.probe import shared_features
 
     cells = [(variant, task) for task in grid.tasks for variant in grid.variants]
     started, done = time.time(), 0
-    for i, (variant, task) in enumerate(cells, 1):
-        run_dir = out / "finetune" / variant / task
-        if (run_dir / METRICS).is_file():
-            print(f"[{i}/{len(cells)}] reusing {run_dir}")
-            continue
-        recipe = grid.finetune_recipes.get(variant, grid.finetune_recipes["*"])
-        config = load_config(FinetuneConfig, CONFIGS / recipe, [
-            f"model.base={base}", f"variant={variant}", f"clinical_adapter={clinical}",
-            f"task.path={tasks_dir / task}", f"train.seed={seed}", *grid.finetune_overrides,
-            *(grid.variant_overrides or {}).get(variant, ())])
-        result = finetune.main(config, run_dir, overwrite=True, progress=False)
-        done += 1
-        left = (time.time() - started) / done * (len(cells) - i)
-        print(f"[{i}/{len(cells)}] {task} {variant:<29} val AUROC {result['val']['auroc']:.3f} "
-              f"({result['wall_time_s']:.0f} s; stage done by ~{clock(left)})", flush=True)
+    # head / + LoRA, and the two clinical variants, start from the same frozen model: one probe pass per model
+    with shared_features():
+        for i, (variant, task) in enumerate(cells, 1):
+            run_dir = out / "finetune" / variant / task
+            if (run_dir / METRICS).is_file():
+                print(f"[{i}/{len(cells)}] reusing {run_dir}")
+                continue
+            recipe = grid.finetune_recipes.get(variant, grid.finetune_recipes["*"])
+            config = load_config(FinetuneConfig, CONFIGS / recipe, [
+                f"model.base={base}", f"variant={variant}", f"clinical_adapter={clinical}",
+                f"task.path={tasks_dir / task}", f"train.seed={seed}", *grid.finetune_overrides,
+                *(grid.variant_overrides or {}).get(variant, ())])
+            result = finetune.main(config, run_dir, overwrite=True, progress=False)
+            done += 1
+            left = (time.time() - started) / done * (len(cells) - i)
+            print(f"[{i}/{len(cells)}] {task} {variant:<29} val AUROC {result['val']['auroc']:.3f} "
+                  f"({result['wall_time_s']:.0f} s; stage done by ~{clock(left)})", flush=True)
 
 
 def reference_stage(out: Path, grid: Grid, tasks_dir: Path) -> None:

@@ -19,8 +19,12 @@ already separates the classes, instead of a random head whose gradients scramble
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,12 +49,90 @@ class NoteFeatures:
     head: np.ndarray
 
 
-@torch.no_grad()
+# ------------------------------------------------------------------------- features shared between runs
+
+_SHARED: dict[str, NoteFeatures] | None = None  # set inside shared_features(): digest -> features
+
+
+@contextmanager
+def shared_features() -> Iterator[None]:
+    """Within this block, note_features of one model function on one set of token ids is computed once.
+
+    The demo's and an experiment's fine-tuning runs start from a few frozen models: head and + LoRA from the
+    base, the clinical frozen and trainable variants from base + clinical LoRA (a fresh downstream LoRA is an
+    identity). Each run's probe / LP-FT start needs the train and val features of its frozen model: one forward
+    pass over the notes per model, not per run. In memory only (notes x hidden floats), never written; outside
+    this block nothing is kept and nothing is hashed."""
+    global _SHARED
+    outer, _SHARED = _SHARED, ({} if _SHARED is None else _SHARED)
+    try:
+        yield
+    finally:
+        _SHARED = outer
+
+
+_LORA_PAIR = re.compile(r"^(.*)\.lora_(embedding_)?[AB]\.(\w+)(\.weight)?$")
+
+
+def function_digest(model, head_name: str) -> str:
+    """A hash of the weights that compute the head's input: every tensor of the state dict but the head's, and
+    without the LoRA pairs whose B is zero (a fresh LoRA adds exactly nothing, so `+ LoRA` before training is the
+    frozen base). Bytes and dtypes, so an fp32 and a bf16 load differ."""
+    state = model.state_dict()
+    pairs: dict[tuple[str, str], list[str]] = {}
+    for name in state:
+        match = _LORA_PAIR.match(name)
+        if match:
+            pairs.setdefault((match.group(1), match.group(3)), []).append(name)
+    identity = {name for names in pairs.values()
+                if all(not torch.any(state[n]) for n in names if ".lora_B." in n or ".lora_embedding_B." in n)
+                for name in names}
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in state.items():
+        if name in identity or head_name in name.split("."):
+            continue
+        flat = tensor.detach().reshape(-1).contiguous().cpu()
+        digest.update(f"{_plain_name(name)}:{flat.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(flat.view(torch.uint8).numpy() if flat.numel() else b"")
+    return digest.hexdigest()
+
+
+def _plain_name(name: str) -> str:
+    """A parameter's name without peft's wrappers ("base_model.model." prefix, ".base_layer"), so the base's
+    weights hash the same bare or under an adapter."""
+    return name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+
+
+def _features_key(clf: Classifier, encoded: EncodedNotes, batch_size: int) -> str:
+    """What decides note_features' output: the model's function, the pooling, padding, batching and the windows."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{function_digest(clf.model, clf.head_name)}|{clf.pooling}|{clf.tokenizer.padding_side}|"
+                  f"{batch_size}|{encoded.n_notes}|".encode())
+    digest.update(np.asarray(encoded.note_index, np.int64).tobytes())
+    for window in encoded.windows:
+        digest.update(np.asarray(window, np.int64).tobytes() + b"|")
+    return digest.hexdigest()
+
+
 def note_features(clf: Classifier, encoded: EncodedNotes, batch_size: int = 16, progress: bool = True,
                   desc: str = "probe features") -> NoteFeatures:
     """One forward pass over the notes' windows, reading the head's input with a forward pre-hook (the logits
     are discarded). Windows of one note are averaged. Prompt methods' virtual tokens (prepended by peft) are
-    left out, as apply_pooling does. Encoders: the head reads one vector per window (BERT's pooler)."""
+    left out, as apply_pooling does. Encoders: the head reads one vector per window (BERT's pooler). Inside
+    shared_features(), a model function already seen on these windows is not run again."""
+    if _SHARED is None:
+        return _note_features(clf, encoded, batch_size, progress, desc)
+    key = _features_key(clf, encoded, batch_size)
+    if key not in _SHARED:
+        _SHARED[key] = _note_features(clf, encoded, batch_size, progress, desc)
+    elif progress:
+        print(f"{desc}: the same frozen model and notes as an earlier run: its features reused")
+    return _SHARED[key]
+
+
+@torch.no_grad()
+def _note_features(clf: Classifier, encoded: EncodedNotes, batch_size: int, progress: bool,
+                   desc: str) -> NoteFeatures:
     model = clf.model
     device = next(model.parameters()).device
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
