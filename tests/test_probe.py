@@ -177,3 +177,30 @@ def test_shared_features_run_each_frozen_model_once(tiny_llama, synthetic_tasks,
         assert len(passes) == 4
     features("head")
     assert len(passes) == 5 and probe._SHARED is None
+
+
+def test_clinical_lr_is_a_group_of_its_own(tiny_llama, synthetic_tasks, clinical_run, tmp_path):
+    """train.clinical_lr: a trainable clinical adapter's parameters at their own rate, beside the downstream LoRA's
+    train.lr and the head's head_lr; a frozen clinical adapter has nothing to put there."""
+    from clinpeft.data.tasks import load_task
+    from clinpeft.modeling.adapters import find_clinical_adapter
+    from clinpeft.modeling.classifier import build_classifier
+    from clinpeft.training.classification import make_trainer
+
+    clinical = find_clinical_adapter(clinical_run)
+    for variant, expected in (("clinical_trainable+downstream", {1e-4: {"downstream"}, 3e-2: {"head"},
+                                                                 1e-5: {"clinical"}}),
+                              ("clinical_frozen+downstream", {1e-4: {"downstream"}, 3e-2: {"head"}})):
+        config = load_config(FinetuneConfig, None, [
+            f"model.base={tiny_llama}", f"task.path={synthetic_tasks['mor']}", f"variant={variant}",
+            f"clinical_adapter={clinical_run}", "lora.r=4", "train.lr=1e-4", "train.head_lr=3e-2",
+            "train.clinical_lr=1e-5"])
+        clf = build_classifier(tiny_llama, "binary", 2, variant, clinical, config.lora, "float32")
+        trainer, _, _ = make_trainer(clf, load_task(config.task.path), config, tmp_path / "ckpt", progress=False)
+        names = {id(p): ("head" if ".score." in f".{n}" else "clinical" if ".clinical." in n else "downstream")
+                 for n, p in clf.model.named_parameters() if p.requires_grad}
+        by_lr = {}
+        for group in trainer.create_optimizer().param_groups:
+            if group["params"]:
+                by_lr.setdefault(group["lr"], set()).update(names[id(p)] for p in group["params"])
+        assert by_lr == expected, variant

@@ -244,6 +244,10 @@ class FinetuneTrainSection(TrainSection):
     # learning rate of the classification head (None: train.lr). The head is a fresh linear layer on features
     # of scale ~1 per unit; adapters move a pretrained model: a head often wants 10-100x the LoRA's rate
     head_lr: float | None = Field(None, gt=0)
+    # learning rate of a trainable clinical adapter (clinical_trainable* variants; None: train.lr). It was
+    # pretrained to a minimum of the language-model loss over every layer; at a downstream LoRA's rate its first
+    # steps move the features the (LP-FT) head was fit on, and the loss jumps before it recovers
+    clinical_lr: float | None = Field(None, gt=0)
     # how the head starts. random: transformers' init; probe: LP-FT (Kumar et al. 2022): the head is first fit
     # as a logistic regression on the frozen model's features (training/probe.py), then everything trains
     head_init: Literal["random", "probe"] = "random"

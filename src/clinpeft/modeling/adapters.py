@@ -309,6 +309,12 @@ def is_adapter_param(name: str, adapter: str) -> bool:
     return adapter == CLINICAL and (".adaption_prompt" in name or ".adaption_gate" in name)
 
 
+def clinical_parameters(model) -> list:
+    """The clinical adapter's trainable parameters (empty unless the variant trains it): train.clinical_lr's group."""
+    return [param for name, param in model.named_parameters()
+            if param.requires_grad and is_adapter_param(name, CLINICAL)]
+
+
 def set_trainable(model, adapters: list[str], head_name: str) -> None:
     """Freeze everything, then unfreeze the listed adapters and the classification head.
 

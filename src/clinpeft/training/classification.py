@@ -21,7 +21,7 @@ from clinpeft.evaluation import scoring
 from clinpeft.evaluation.clinical import MIN_POSITIVES
 from clinpeft.evaluation.metrics import probabilities, task_metrics
 from clinpeft.files import read_json
-from clinpeft.modeling.adapters import head_module
+from clinpeft.modeling.adapters import clinical_parameters, head_module
 from clinpeft.modeling.classifier import Classifier, pad_batch
 from clinpeft.modeling.pooling import pool_windows
 from clinpeft.training.checkpointing import Checkpointing, load_whole, named_weights, whole
@@ -74,25 +74,33 @@ class TaskLossTrainer(ShardedTrainer):
 
     def __init__(self, *args, multilabel: bool, label_weights: torch.Tensor | None = None,
                  chunk_pooling: str = "max", head: torch.nn.Module | None = None, head_lr: float | None = None,
-                 **kwargs):
+                 clinical: list[torch.nn.Parameter] | tuple = (), clinical_lr: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.multilabel, self.label_weights, self.chunk_pooling = multilabel, label_weights, chunk_pooling
         self.head, self.head_lr = head, head_lr
+        self.clinical, self.clinical_lr = list(clinical), clinical_lr
 
     def create_optimizer(self, model=None):
         """The Trainer's optimizer; with train.head_lr, the head's parameters in a group of their own at that
-        rate (the scheduler's warm-up and decay apply to both groups alike)."""
+        rate (no weight decay); with train.clinical_lr, a trainable clinical adapter's likewise (the Trainer's
+        weight decay). The scheduler's warm-up and decay apply to every group alike."""
         optimizer = super().create_optimizer(model)
-        if self.head_lr is None or self.head is None or getattr(self, "_head_group_added", False):
+        if getattr(self, "_own_groups_added", False):
             return optimizer
-        head_ids = {id(p) for p in self.head.parameters() if p.requires_grad}
-        head_params = []
-        for group in optimizer.param_groups:
-            head_params += [p for p in group["params"] if id(p) in head_ids]
-            group["params"] = [p for p in group["params"] if id(p) not in head_ids]
-        if head_params:
-            optimizer.add_param_group({"params": head_params, "lr": self.head_lr, "weight_decay": 0.0})
-        self._head_group_added = True
+        own = []
+        if self.head_lr is not None and self.head is not None:
+            own.append(([p for p in self.head.parameters() if p.requires_grad], self.head_lr, 0.0))
+        if self.clinical_lr is not None:
+            own.append(([p for p in self.clinical if p.requires_grad], self.clinical_lr, self.args.weight_decay))
+        for params, lr, weight_decay in own:
+            ids = {id(p) for p in params}
+            moved = []
+            for group in optimizer.param_groups:
+                moved += [p for p in group["params"] if id(p) in ids]
+                group["params"] = [p for p in group["params"] if id(p) not in ids]
+            if moved:
+                optimizer.add_param_group({"params": moved, "lr": lr, "weight_decay": weight_decay})
+        self._own_groups_added = True
         return optimizer
 
     def evaluate(self, *args, **kwargs):
@@ -212,6 +220,8 @@ def make_trainer(clf: Classifier, task: TaskData, config: FinetuneConfig, checkp
         chunk_pooling=long_notes.chunk_pooling,
         head=head_module(clf.model, clf.head_name),
         head_lr=config.train.head_lr,
+        clinical=clinical_parameters(clf.model),
+        clinical_lr=config.train.clinical_lr,
     )
     return silence_trainer(trainer, progress), keep_best, checkpointing
 
