@@ -58,7 +58,7 @@ def test_splits_sizes_and_both_classes(world):
 
 @pytest.mark.parametrize("task", CONCEPT_TASKS)
 def test_labels_are_noisy_functions_of_the_concepts(task):
-    assert 0.75 < bayes_auroc(task=task) < 0.9  # the concepts carry the signal, the noise caps every AUROC
+    assert 0.8 < bayes_auroc(task=task) < 0.92  # the concepts carry the signal, the noise caps every AUROC
 
 
 def test_each_form_is_rare_in_the_labelled_notes_and_explained_in_the_corpus(world):
