@@ -52,6 +52,8 @@ class Grid:
     pretrain_recipe: str  # under configs/demo/; pretrain_<method>.yaml for --methods other than lora
     finetune_recipes: dict  # variant -> recipe under configs/demo/ ("*": the rest)
     pretrain_overrides: tuple[str, ...] = ()
+    # the clinical LoRA's run only: peft.lora_* keys, which --methods' other recipes refuse
+    lora_pretrain_overrides: tuple[str, ...] = ()
     finetune_overrides: tuple[str, ...] = ()
     variant_overrides: dict | None = None  # variant -> extra overrides (e.g. no second probe of the same frozen model)
     minutes: tuple[float, float, float] = (1.0, 5.0, 10.0)  # base + data, pretraining, fine-tuning (idle 2 cores)
@@ -75,12 +77,12 @@ GRIDS = {
                   variants=("lora", "clinical_frozen+downstream", "clinical_trainable+downstream"),
                   pretrain_recipe="pretrain_lora.yaml",
                   finetune_recipes={"lora": "finetune_lora.yaml", "*": "finetune_clinical.yaml"},
-                  # train perplexity on a 200-block sample (as configs/cpu/): the full split took 2 passes of
-                  # 1100 blocks, half the pretraining's time; 2 epochs (the best kept) prove what 3 did; no LoRA
+                  # train perplexity on a 200-block sample (as configs/cpu/): 2 passes over all 1,100 blocks were
+                  # ~9 of the stage's 30 s; 2 epochs (the best kept) prove what 3 did; no LoRA
                   # dropout, a regulariser of the method, not a stage of the pipeline: its masks were ~20% of each
                   # training step of the 64-wide model on one CPU thread
-                  pretrain_overrides=("train.epochs=1", "data.max_seq_len=128", "eval.train_max_blocks=200",
-                                      "peft.lora_dropout=0"),
+                  pretrain_overrides=("train.epochs=1", "data.max_seq_len=128", "eval.train_max_blocks=200"),
+                  lora_pretrain_overrides=("peft.lora_dropout=0",),
                   finetune_overrides=("task.max_seq_len=128", "train.epochs=2", "lora.lora_dropout=0"),
                   # no head row here: lora's probe is the base's; trainable's would refit clinical_frozen's
                   variant_overrides={"clinical_trainable+downstream": ("eval.probe=false",)},
@@ -161,14 +163,27 @@ def pretrain_stage(out: Path, grid: Grid, base: str, corpus: list[Path], methods
         if (run_dir / RUN_RECORD).is_file():
             print(f"reusing {run_dir}")
             continue
-        recipe = grid.pretrain_recipe if method == "lora" else f"pretrain_{method}.yaml"
-        config = load_config(PretrainConfig, CONFIGS / recipe, [
-            f"model.base={base}", f"data.paths=[{', '.join(map(str, corpus))}]", f"train.seed={seed}",
-            *grid.pretrain_overrides])
+        config = pretrain_config(grid, method, base, corpus, seed)
         result = pretrain.main(config, run_dir, overwrite=True, progress=progress)
         print(f"{method}: held-out perplexity: base model {result['base_test_ppl']:.2f} -> {result['test_ppl']:.2f} "
               f"({result['train_time_s'] / 60:.1f} min training)", flush=True)
     return out / "pretrain" / "lora"
+
+
+def pretrain_config(grid: Grid, method: str, base: str, corpus: list[Path], seed: int) -> PretrainConfig:
+    """The resolved config of one Table 2 run: the grid's recipe for the clinical LoRA, pretrain_<method>.yaml else."""
+    recipe = grid.pretrain_recipe if method == "lora" else f"pretrain_{method}.yaml"
+    return load_config(PretrainConfig, CONFIGS / recipe, [
+        f"model.base={base}", f"data.paths=[{', '.join(map(str, corpus))}]", f"train.seed={seed}",
+        *grid.pretrain_overrides, *(grid.lora_pretrain_overrides if method == "lora" else ())])
+
+
+def finetune_config(grid: Grid, variant: str, task_dir: Path, base: str, clinical: Path, seed: int) -> FinetuneConfig:
+    """The resolved config of one task x variant run of Table 3."""
+    recipe = grid.finetune_recipes.get(variant, grid.finetune_recipes["*"])
+    return load_config(FinetuneConfig, CONFIGS / recipe, [
+        f"model.base={base}", f"variant={variant}", f"clinical_adapter={clinical}", f"task.path={task_dir}",
+        f"train.seed={seed}", *grid.finetune_overrides, *(grid.variant_overrides or {}).get(variant, ())])
 
 
 def finetune_stage(out: Path, grid: Grid, base: str, clinical: Path, tasks_dir: Path, seed: int,
@@ -183,11 +198,7 @@ def finetune_stage(out: Path, grid: Grid, base: str, clinical: Path, tasks_dir: 
         if (run_dir / METRICS).is_file():
             print(f"[{i}/{len(cells)}] reusing {run_dir}")
             continue
-        recipe = grid.finetune_recipes.get(variant, grid.finetune_recipes["*"])
-        config = load_config(FinetuneConfig, CONFIGS / recipe, [
-            f"model.base={base}", f"variant={variant}", f"clinical_adapter={clinical}",
-            f"task.path={tasks_dir / task}", f"train.seed={seed}", *grid.finetune_overrides,
-            *(grid.variant_overrides or {}).get(variant, ())])
+        config = finetune_config(grid, variant, tasks_dir / task, base, clinical, seed)
         result = finetune.main(config, run_dir, overwrite=True, progress=False)
         done += 1
         left = (time.time() - started) / done * (len(cells) - i)
