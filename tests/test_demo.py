@@ -94,3 +94,12 @@ def test_every_run_of_every_grid_has_a_valid_config(name, tmp_path):
         assert demo.pretrain_config(grid, "lora", grid.base, corpus, seed=0).peft.lora_dropout == 0
         probes = {v: demo.finetune_config(grid, v, tmp_path, grid.base, tmp_path, 0).eval.probe for v in grid.variants}
         assert probes == {"lora": True, "clinical_frozen+downstream": True, "clinical_trainable+downstream": False}
+
+
+def test_frozen_libraries_hides_the_imported_objects_from_the_collector_until_the_demo_ends():
+    import gc
+
+    before = gc.get_freeze_count()
+    with demo.frozen_libraries():
+        assert gc.get_freeze_count() > before + 100_000  # torch, transformers, peft, datasets, sklearn
+    assert gc.get_freeze_count() == 0  # unfrozen: a caller that goes on in the process collects as before
