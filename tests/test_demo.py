@@ -6,6 +6,8 @@ import pandas as pd
 import pytest
 
 from clinpeft.cli import main
+from clinpeft.methods import METHOD_NAMES
+from clinpeft.recipes import demo
 
 TASKS = ["PMV", "MOR", "LOS", "DIAG", "PROC"]
 
@@ -72,3 +74,32 @@ def test_rerun_reuses_finished_runs(demo_run, demo_home, monkeypatch, capsys):
     assert main(["demo", "--out", str(demo_run), "--quick", "--quiet"]) == 0
     assert (demo_run / "finetune" / "lora" / "mor" / "metrics.json").stat().st_mtime == stamp
     assert "reusing" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", sorted(demo.GRIDS))
+def test_every_run_of_every_grid_has_a_valid_config(name, tmp_path):
+    """Each Table 2 run (--methods all) and Table 3 run of a grid resolves its recipe + overrides (a key a method
+    refuses, e.g. peft.lora_dropout on prefix tuning, fails here, not minutes into a demo); --quick's cuts stay
+    where they belong: dropout off on the LoRAs only, one probe per frozen model."""
+    grid = demo.GRIDS[name]
+    corpus = [tmp_path / "corpus.csv.gz"]
+    for method in METHOD_NAMES:
+        config = demo.pretrain_config(grid, method, grid.base, corpus, seed=0)
+        assert config.peft.method == method and config.train.seed == 0
+    for task in grid.tasks:
+        for variant in grid.variants:
+            config = demo.finetune_config(grid, variant, tmp_path / task, grid.base, tmp_path / "clinical", seed=0)
+            assert config.variant == variant and config.task.path == str(tmp_path / task)
+    if name == "quick":
+        assert demo.pretrain_config(grid, "lora", grid.base, corpus, seed=0).peft.lora_dropout == 0
+        probes = {v: demo.finetune_config(grid, v, tmp_path, grid.base, tmp_path, 0).eval.probe for v in grid.variants}
+        assert probes == {"lora": True, "clinical_frozen+downstream": True, "clinical_trainable+downstream": False}
+
+
+def test_frozen_libraries_hides_the_imported_objects_from_the_collector_until_the_demo_ends():
+    import gc
+
+    before = gc.get_freeze_count()
+    with demo.frozen_libraries():
+        assert gc.get_freeze_count() > before + 100_000  # torch, transformers, peft, datasets, sklearn
+    assert gc.get_freeze_count() == 0  # unfrozen: a caller that goes on in the process collects as before

@@ -293,3 +293,28 @@ def test_two_experiments_to_one_out(capsys, tmp_path):
             first.kill()
     assert first.returncode == 128 + signal.SIGTERM, stderr
     assert not partial_dir(out).exists()
+
+
+def test_two_demos_to_one_out(capsys, tmp_path):
+    """A demo's --out (its data, runs and report, resumed by a rerun) is held by one process too: a second demo on
+    it is refused at its start, before any model or data, in one line with exit 2; the first, stopped before its
+    first stage, leaves no lock folder behind (the whole demo never runs here)."""
+    out = tmp_path / "demo-out"
+    args = ["demo", "--out", out, "--quick", "--quiet"]
+    first = start(args, ("clinpeft.recipes.demo:main", 1, "before"), tmp_path)
+    try:
+        wait_until_parked(tmp_path / "ready", first)
+        assert (partial_dir(out) / LOCK_FILE).read_text().strip() == str(first.pid)
+        code = main([str(a) for a in args])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and "\n" not in err and "Traceback" not in err, err
+        assert err == (f"error: --out {out} is being written by another process (pid {first.pid}, lock "
+                       f"{partial_dir(out) / LOCK_FILE}); wait for it or choose another --out"), err
+        assert not out.exists()  # the refused demo wrote nothing
+        first.send_signal(signal.SIGTERM)
+        _, stderr = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 128 + signal.SIGTERM, stderr
+    assert not partial_dir(out).exists() and not out.exists()

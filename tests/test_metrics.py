@@ -12,6 +12,7 @@ from clinpeft.errors import ClinpeftError
 from clinpeft.evaluation.metrics import (
     MultilabelAUROC,
     auroc_binary,
+    auroc_columns,
     auroc_multiclass,
     auroc_multilabel,
     macro_average,
@@ -172,6 +173,16 @@ def test_auroc_multilabel_matches_mean_of_per_column_sklearn(rng):
     assert result.n_labels_evaluated == 6 and result.n_labels_skipped == 0
     assert result.per_label["c"] == pytest.approx(roc_auc_score(y[:, 2], probs[:, 2]))
     assert result.support == {name: int(y[:, j].sum()) for j, name in enumerate("abcdef")}
+
+
+def test_auroc_columns_equals_sklearn_per_column_with_ties_and_one_class_columns(rng):
+    y = (rng.random((97, 7)) < 0.3).astype(int)
+    scores = np.round(rng.normal(size=(97, 7)) + y, 1)  # rounded: many ties, within and across classes
+    y[:, 2], y[:, 5] = 0, 1  # never / always positive: undefined
+    got = auroc_columns(y, scores)
+    assert np.isnan(got[[2, 5]]).all()
+    for j in (0, 1, 3, 4, 6):
+        assert got[j] == pytest.approx(roc_auc_score(y[:, j], scores[:, j]), abs=1e-12), j
 
 
 def test_auroc_multilabel_skips_and_counts_one_class_labels(rng):

@@ -133,9 +133,9 @@ def add_demo(sub) -> None:
                        "results.")
     p.add_argument("--out", required=True,
                    help="demo directory (data/, pretrain/, finetune/, reference/, report/); rerunning reuses "
-                   "finished runs")
+                   "finished runs; held by one demo at a time")
     p.add_argument("--quick", action="store_true",
-                   help="the tiny 64-wide base on small data (about 3 minutes): the pipeline, not the method")
+                   help="the tiny 64-wide base on small data (about 1.5 minutes): the pipeline, not the method")
     p.add_argument("--full", action="store_true",
                    help="the full grid: both tasks (MOR, PMV), a 5x larger pretraining corpus, 2 epochs "
                    "(about 1.5 hours)")
@@ -527,9 +527,9 @@ INPUT_OPTIONS = ("run", "data", "notes", "base", "input", "discharge", "radiolog
 
 # the commands whose --out is one output folder (experiment, sweep and demo: a folder of runs they resume)
 OUT_COMMANDS = ("pretrain", "finetune", "evaluate", "predict", "export", "explain", "report", "prepare")
-# ... and those held by one process at a time: an experiment's folder of runs too (a second experiment on it would
-# race the first for its cells and both write experiment.json); a sweep's --out is shared by its workers by design
-LOCKED_COMMANDS = (*OUT_COMMANDS, "experiment")
+# ... and those held by one process at a time: an experiment's and a demo's folder of runs too (a second one on it
+# would race the first for its runs and both write its report); a sweep's --out is shared by its workers by design
+LOCKED_COMMANDS = (*OUT_COMMANDS, "experiment", "demo")
 
 
 def command_inputs(args: argparse.Namespace) -> list:

@@ -28,7 +28,7 @@ from sklearn.metrics import roc_auc_score
 
 from clinpeft.errors import ClinpeftError
 from clinpeft.evaluation.bootstrap import id_order, percentile_interval, resample_counts, resample_indices
-from clinpeft.evaluation.metrics import auroc_multiclass
+from clinpeft.evaluation.metrics import auroc_columns, auroc_multiclass
 
 N_BINS = 10  # ECE bins: equal width over [0, 1]
 DEFAULT_SPECIFICITY = 0.9
@@ -254,10 +254,10 @@ def auroc_variants(task_type: str, y_true, probs) -> dict:
     if task_type == "multiclass":
         return {"auroc_ovo": auroc_multiclass(y, p, "ovo"), "auroc_ovr": auroc_multiclass(y, p, "ovr")}
     if task_type == "multilabel":
-        both = [j for j in range(y.shape[1]) if 0 < y[:, j].sum() < len(y)]
-        if not both:
+        per_label = auroc_columns(y, p)  # NaN: a label without both classes
+        if np.isnan(per_label).all():
             return {}
-        return {"auroc_macro": float(np.mean([roc_auc_score(y[:, j], p[:, j]) for j in both])),
+        return {"auroc_macro": float(np.nanmean(per_label)),
                 "auroc_micro": float(roc_auc_score(y.ravel(), p.ravel()))}
     return {}
 

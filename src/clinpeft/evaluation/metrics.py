@@ -8,6 +8,8 @@ Definitions (Gema et al. 2023; summarised in the README, "Metrics"):
 - LOS (multiclass): macro over classes, one-vs-one as van Aken et al. 2021 ("ovr" available).
 - DIAG, PROC (multilabel): per-label AUROC on **sigmoid** probabilities, macro over the labels
   that have both classes in the evaluated split; the number of skipped labels is reported.
+  Every label at once (`auroc_columns`: the Mann-Whitney form of the same area, equal to
+  `roc_auc_score` per label up to float rounding, ~1e-16), not one scikit-learn call per label.
   (The published code applied a softmax across labels, which couples independent labels.)
 - Macro average = unweighted mean of the task AUROCs.
 
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
 from clinpeft.errors import ClinpeftError
@@ -133,6 +136,20 @@ def auroc_binary(y_true, p_pos) -> float:
     return float(roc_auc_score(y, p))
 
 
+def auroc_columns(y: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """(L,) ROC AUC of each column of `scores` ((n, L)) for the 0/1 truth of the same column of `y` ((n, L));
+    NaN for a column without both classes. AUROC = (R_pos - n_pos (n_pos + 1) / 2) / (n_pos n_neg), R_pos = sum
+    of the positives' ranks among the column's scores, tied scores sharing their mean rank: the Mann-Whitney
+    form of the trapezoidal area `roc_auc_score` computes (ties count 1/2), for every column in one ranking."""
+    positive = np.asarray(y) == 1
+    ranks = rankdata(np.asarray(scores, dtype=np.float64), axis=0)  # "average": ties share their mean rank
+    n_pos = positive.sum(axis=0).astype(np.float64)
+    n_neg = positive.shape[0] - n_pos
+    rank_sum = np.where(positive, ranks, 0.0).sum(axis=0)  # half-integers: exact in float64
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((n_pos > 0) & (n_neg > 0), (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg), np.nan)
+
+
 def auroc_multiclass(y_true, probs, multi_class: str = "ovo") -> float:
     """Macro multiclass ROC AUC (LOS): one-vs-one by default, as van Aken et al. 2021.
 
@@ -202,9 +219,10 @@ def auroc_multilabel(y_true, probs, label_names: Sequence[str] | None = None) ->
 
     `y_true` is (n, L) multi-hot 0/1; `probs` is (n, L) independent per-label probabilities,
     i.e. **sigmoid**(logits), not a softmax across labels. For each label l with both a positive
-    and a negative example in the split, AUROC_l = roc_auc_score(y_true[:, l], probs[:, l]);
-    labels with only one class are skipped (AUROC undefined) and counted. The macro AUROC is the
-    unweighted mean of AUROC_l over evaluated labels. At least one evaluable label is required.
+    and a negative example in the split, AUROC_l = roc_auc_score(y_true[:, l], probs[:, l]) (computed for
+    every label at once by `auroc_columns`); labels with only one class are skipped (AUROC undefined) and
+    counted. The macro AUROC is the unweighted mean of AUROC_l over evaluated labels. At least one evaluable
+    label is required.
     """
     y = np.asarray(y_true)
     if y.ndim != 2:
@@ -223,7 +241,8 @@ def auroc_multilabel(y_true, probs, label_names: Sequence[str] | None = None) ->
 
     positives = y.sum(axis=0)  # positives per label
     evaluable = (positives > 0) & (positives < y.shape[0])
-    per_label = {names[j]: float(roc_auc_score(y[:, j], p[:, j])) for j in np.flatnonzero(evaluable)}
+    values = auroc_columns(y, p)
+    per_label = {names[j]: float(values[j]) for j in np.flatnonzero(evaluable)}
     support = {names[j]: int(positives[j]) for j in np.flatnonzero(evaluable)}
     if not per_label:
         raise ClinpeftError(

@@ -23,10 +23,12 @@ grid's measured minutes on an idle 2-core CPU) and, during fine-tuning, one line
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Iterator
 
 from clinpeft.config import BUNDLED_CONFIGS, FinetuneConfig, PretrainConfig, load_config
 from clinpeft.data.definitions import TASKS
@@ -52,6 +54,8 @@ class Grid:
     pretrain_recipe: str  # under configs/demo/; pretrain_<method>.yaml for --methods other than lora
     finetune_recipes: dict  # variant -> recipe under configs/demo/ ("*": the rest)
     pretrain_overrides: tuple[str, ...] = ()
+    # the clinical LoRA's run only: peft.lora_* keys, which --methods' other recipes refuse
+    lora_pretrain_overrides: tuple[str, ...] = ()
     finetune_overrides: tuple[str, ...] = ()
     variant_overrides: dict | None = None  # variant -> extra overrides (e.g. no second probe of the same frozen model)
     minutes: tuple[float, float, float] = (1.0, 5.0, 10.0)  # base + data, pretraining, fine-tuning (idle 2 cores)
@@ -75,8 +79,16 @@ GRIDS = {
                   variants=("lora", "clinical_frozen+downstream", "clinical_trainable+downstream"),
                   pretrain_recipe="pretrain_lora.yaml",
                   finetune_recipes={"lora": "finetune_lora.yaml", "*": "finetune_clinical.yaml"},
-                  pretrain_overrides=("train.epochs=1", "data.max_seq_len=128"),
-                  finetune_overrides=("task.max_seq_len=128",), minutes=(0.2, 0.3, 1.2)),
+                  # train perplexity on a 200-block sample (as configs/cpu/): 2 passes over all 1,100 blocks were
+                  # ~9 of the stage's 30 s; 2 epochs (the best kept) prove what 3 did; no LoRA
+                  # dropout, a regulariser of the method, not a stage of the pipeline: its masks were ~20% of each
+                  # training step of the 64-wide model on one CPU thread
+                  pretrain_overrides=("train.epochs=1", "data.max_seq_len=128", "eval.train_max_blocks=200"),
+                  lora_pretrain_overrides=("peft.lora_dropout=0",),
+                  finetune_overrides=("task.max_seq_len=128", "train.epochs=2", "lora.lora_dropout=0"),
+                  # no head row here: lora's probe is the base's; trainable's would refit clinical_frozen's
+                  variant_overrides={"clinical_trainable+downstream": ("eval.probe=false",)},
+                  minutes=(0.1, 0.2, 0.9)),  # estimated from 1-thread runs beside another job (docs/demo-quick.md)
 }
 
 
@@ -114,6 +126,24 @@ def ensure_base(grid: Grid, progress: bool) -> str:
     return str(resolve_base(grid.base, progress=progress))
 
 
+@contextlib.contextmanager
+def frozen_libraries() -> Iterator[None]:
+    """The objects of the imported libraries (torch, transformers, peft, datasets: ~0.5 M, never garbage) out of
+    the garbage collector's sight (gc.freeze) while the demo runs: every full collection, e.g. the one the Trainer
+    runs after each of the demo's runs (accelerate's free_memory), then skips them: ~0.5 s less per run on a CPU.
+    Unfrozen at the end, for a caller that goes on in the same process."""
+    import gc
+
+    from clinpeft.recipes import finetune, pretrain  # noqa: F401  (imported here so their libraries are frozen too)
+
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def demo_data(out: Path, grid: Grid, seed: int) -> tuple[list[Path], Path]:
     """Synthetic corpus + tasks under out/data (reused when already there): (corpus files, tasks folder)."""
     data = out / "data"
@@ -141,14 +171,27 @@ def pretrain_stage(out: Path, grid: Grid, base: str, corpus: list[Path], methods
         if (run_dir / RUN_RECORD).is_file():
             print(f"reusing {run_dir}")
             continue
-        recipe = grid.pretrain_recipe if method == "lora" else f"pretrain_{method}.yaml"
-        config = load_config(PretrainConfig, CONFIGS / recipe, [
-            f"model.base={base}", f"data.paths=[{', '.join(map(str, corpus))}]", f"train.seed={seed}",
-            *grid.pretrain_overrides])
+        config = pretrain_config(grid, method, base, corpus, seed)
         result = pretrain.main(config, run_dir, overwrite=True, progress=progress)
         print(f"{method}: held-out perplexity: base model {result['base_test_ppl']:.2f} -> {result['test_ppl']:.2f} "
               f"({result['train_time_s'] / 60:.1f} min training)", flush=True)
     return out / "pretrain" / "lora"
+
+
+def pretrain_config(grid: Grid, method: str, base: str, corpus: list[Path], seed: int) -> PretrainConfig:
+    """The resolved config of one Table 2 run: the grid's recipe for the clinical LoRA, pretrain_<method>.yaml else."""
+    recipe = grid.pretrain_recipe if method == "lora" else f"pretrain_{method}.yaml"
+    return load_config(PretrainConfig, CONFIGS / recipe, [
+        f"model.base={base}", f"data.paths=[{', '.join(map(str, corpus))}]", f"train.seed={seed}",
+        *grid.pretrain_overrides, *(grid.lora_pretrain_overrides if method == "lora" else ())])
+
+
+def finetune_config(grid: Grid, variant: str, task_dir: Path, base: str, clinical: Path, seed: int) -> FinetuneConfig:
+    """The resolved config of one task x variant run of Table 3."""
+    recipe = grid.finetune_recipes.get(variant, grid.finetune_recipes["*"])
+    return load_config(FinetuneConfig, CONFIGS / recipe, [
+        f"model.base={base}", f"variant={variant}", f"clinical_adapter={clinical}", f"task.path={task_dir}",
+        f"train.seed={seed}", *grid.finetune_overrides, *(grid.variant_overrides or {}).get(variant, ())])
 
 
 def finetune_stage(out: Path, grid: Grid, base: str, clinical: Path, tasks_dir: Path, seed: int,
@@ -166,11 +209,7 @@ def finetune_stage(out: Path, grid: Grid, base: str, clinical: Path, tasks_dir: 
             if (run_dir / METRICS).is_file():
                 print(f"[{i}/{len(cells)}] reusing {run_dir}")
                 continue
-            recipe = grid.finetune_recipes.get(variant, grid.finetune_recipes["*"])
-            config = load_config(FinetuneConfig, CONFIGS / recipe, [
-                f"model.base={base}", f"variant={variant}", f"clinical_adapter={clinical}",
-                f"task.path={tasks_dir / task}", f"train.seed={seed}", *grid.finetune_overrides,
-                *(grid.variant_overrides or {}).get(variant, ())])
+            config = finetune_config(grid, variant, tasks_dir / task, base, clinical, seed)
             result = finetune.main(config, run_dir, overwrite=True, progress=False)
             done += 1
             left = (time.time() - started) / done * (len(cells) - i)
@@ -204,18 +243,19 @@ def main(out: str | Path, *, quick: bool = False, full: bool = False, seed: int 
     step(f"1/6 base model {grid.base} (converted or built once, then cached)", setup_min)
     base = ensure_base(grid, progress)
     print(f"base model: {base}")
-    step(f"2/6 synthetic data: the {grid.world} world, {grid.size} size")
-    corpus, tasks_dir = demo_data(out, grid, seed)
-    print(f"data: {out / 'data'}")
-    step(f"3/6 domain-adaptive pretraining: {', '.join(methods)}", pretrain_min * len(methods))
-    clinical = pretrain_stage(out, grid, grid.base, corpus, methods, seed, progress)
-    step(f"4/6 downstream fine-tuning: {len(grid.tasks)} task(s) x {len(grid.variants)} variants", finetune_min)
-    finetune_stage(out, grid, grid.base, clinical, tasks_dir, seed, progress)
-    step("5/6 reference rows: TF-IDF + logistic regression")
-    reference_stage(out, grid, tasks_dir)
-    step("6/6 report")
-    written = write_report([out / "pretrain", out / "finetune", out / "reference"], out / "report", html=True,
-                           compare=COMPARE_ROW, subgroups=["gender", "age_group"])
+    with frozen_libraries():
+        step(f"2/6 synthetic data: the {grid.world} world, {grid.size} size")
+        corpus, tasks_dir = demo_data(out, grid, seed)
+        print(f"data: {out / 'data'}")
+        step(f"3/6 domain-adaptive pretraining: {', '.join(methods)}", pretrain_min * len(methods))
+        clinical = pretrain_stage(out, grid, grid.base, corpus, methods, seed, progress)
+        step(f"4/6 downstream fine-tuning: {len(grid.tasks)} task(s) x {len(grid.variants)} variants", finetune_min)
+        finetune_stage(out, grid, grid.base, clinical, tasks_dir, seed, progress)
+        step("5/6 reference rows: TF-IDF + logistic regression")
+        reference_stage(out, grid, tasks_dir)
+        step("6/6 report")
+        written = write_report([out / "pretrain", out / "finetune", out / "reference"], out / "report", html=True,
+                               compare=COMPARE_ROW, subgroups=["gender", "age_group"])
     return {"wall_time_s": time.time() - started, "report": written, "grid": grid}
 
 
