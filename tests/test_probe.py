@@ -86,6 +86,9 @@ def test_guard_names_the_numbers():
     assert loud["below_probe"] and loud["loss_above_prior"]
     assert len(loud["warnings"]) == 2 and all(w.startswith("warning: ") for w in loud["warnings"])
     assert "0.6100 < probe 0.8300" in loud["warnings"][0] and "0.9000 >= 0.6931" in loud["warnings"][1]
+    assert "train.head_init=probe" in loud["warnings"][0] and "model.pooling=mean" in loud["warnings"][0]
+    lp_ft = guard(0.79, {"val": 0.8}, 0.3, math.log(2), head_init="probe", pooling="mean")["warnings"][0]
+    assert "head_init" not in lp_ft and "pooling" not in lp_ft and lp_ft.endswith("a lower train.lr")
 
 
 def test_finetune_records_the_probe_and_lp_ft_starts_from_it(tiny_llama, synthetic_tasks, tmp_path):

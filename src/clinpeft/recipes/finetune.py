@@ -197,7 +197,8 @@ def run(config: FinetuneConfig, task: TaskData, clinical: ClinicalAdapter | None
     logits, scores = measure(clf, task, config, encoded, long_notes, progress)
     checks = guard(scores["val"]["auroc"], probe_record, final_train_loss(loss_curve(fitted.trainer.state),
                                                                     fitted.training_loss),
-                   prior_loss(task.task_type, task.targets("train"), task.num_labels))
+                   prior_loss(task.task_type, task.targets("train"), task.num_labels),
+                   head_init=config.train.head_init, pooling=clf.pooling)
     save(clf, run_dir, task, config, setup, long_notes, logits, probe)
     metrics = {**record(config, task, setup, fingerprint, long_notes), **scores,
                "truncation": truncation,

@@ -314,15 +314,21 @@ def final_train_loss(loss_curve: list[dict], training_loss: float | None) -> flo
     return float(np.mean(tail))
 
 
-def guard(val_auroc: float, probe: dict | None, train_loss: float | None, prior: float) -> dict:
+def guard(val_auroc: float, probe: dict | None, train_loss: float | None, prior: float, *,
+          head_init: str | None = None, pooling: str | None = None) -> dict:
     """metrics.json's "guard": whether the run ended below its own frozen model's probe on validation, or
-    with a training loss above a constant predictor's; `warnings`: one console line each."""
+    with a training loss above a constant predictor's; `warnings`: one console line each. head_init, pooling:
+    the run's, so the hint names only what it did not already use."""
     lines = []
     below = probe is not None and not math.isnan(probe["val"]) and val_auroc < probe["val"]
     if below:
+        hints = [hint for hint, used in (("train.head_init=probe (LP-FT)", head_init == "probe"),
+                                         ("model.pooling=mean", pooling == "mean")) if not used]
+        if head_init == "probe":  # the LP-FT start competed as epoch 0: its head lacks the probe's intercept
+            hints.append("more epochs (the LP-FT head is the probe refit without an intercept: it may start a "
+                         "little below it)")
         lines.append(f"warning: fine-tuning ended below the linear probe of its own frozen model: val AUROC "
-                     f"{val_auroc:.4f} < probe {probe['val']:.4f}; try train.head_init=probe (LP-FT), "
-                     "model.pooling=mean, a lower train.lr")
+                     f"{val_auroc:.4f} < probe {probe['val']:.4f}; try {', '.join(hints + ['a lower train.lr'])}")
     above = train_loss is not None and train_loss >= prior
     if above:
         lines.append(f"warning: the training loss stayed at or above a constant predictor's: {train_loss:.4f} "
