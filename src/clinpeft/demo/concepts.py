@@ -53,7 +53,7 @@ from clinpeft.demo.synthetic import (
 # notes per split and corpus notes; quick: the tiny-base pipeline check, default: the real-base demo
 CONCEPT_SIZES = {
     "quick": {"train": 160, "val": 80, "test": 160, "corpus": 300},
-    "default": {"train": 160, "val": 80, "test": 300, "corpus": 320},
+    "default": {"train": 160, "val": 80, "test": 200, "corpus": 320},
     "full": {"train": 160, "val": 100, "test": 400, "corpus": 1600},
 }
 CONCEPT_TASKS = ("mor", "pmv")
