@@ -69,7 +69,7 @@ GRIDS = {
     # the default: the real base on the concept world, one task (measured to fit 25 min on 2 idle cores)
     "default": Grid(base="smollm2-135m", world="concepts", size="default", tasks=("mor",), variants=VARIANTS,
                     pretrain_recipe="real_pretrain_lora.yaml", finetune_recipes={"*": "real_finetune.yaml"},
-                    variant_overrides=NO_SECOND_PROBE, minutes=(1.0, 6.5, 17.0)),
+                    variant_overrides=NO_SECOND_PROBE, minutes=(1.0, 5.0, 15.0)),
     # --full: both tasks of the concept world and its larger corpus
     "full": Grid(base="smollm2-135m", world="concepts", size="full", tasks=("mor", "pmv"), variants=VARIANTS,
                  pretrain_recipe="real_pretrain_lora.yaml", finetune_recipes={"*": "real_finetune.yaml"},
