@@ -21,6 +21,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -273,25 +274,33 @@ def test_two_writers_to_one_out_never_both_succeed(capsys, tmp_path, canary_inpu
     capsys.readouterr()
 
 
-def test_two_experiments_to_one_out(capsys, tmp_path):
-    """An experiment's --out (a folder of runs it resumes) is held by one process too: the second is refused at its
-    start; the first, stopped before its first cell, leaves no lock folder behind."""
-    out = tmp_path / "grid"
-    (tmp_path / "g.yaml").write_text("data: {demo: quick}\nmodels: [{name: m, base: demo, variants: [lora]}]\n")
-    args = ["experiment", tmp_path / "g.yaml", "--out", out, "--quiet"]
-    first = start(args, ("clinpeft.recipes.experiment:main", 1, "before"), tmp_path)
+@contextmanager
+def parked_first_writer(args: list, park: tuple, folder: Path):
+    """A first writer parked at `park` while the block runs; then stopped with SIGTERM, which it must obey."""
+    first = start(args, park, folder)
+    stderr = ""
     try:
-        wait_until_parked(tmp_path / "ready", first)
-        code = main([str(a) for a in args])
-        err = capsys.readouterr().err.strip()
-        assert code == 2 and "\n" not in err, err
-        assert f"--out {out} is being written by another process (pid {first.pid}" in err, err
+        wait_until_parked(folder / "ready", first)
+        yield first
         first.send_signal(signal.SIGTERM)
         _, stderr = first.communicate(timeout=300)
     finally:
         if first.poll() is None:
             first.kill()
     assert first.returncode == 128 + signal.SIGTERM, stderr
+
+
+def test_two_experiments_to_one_out(capsys, tmp_path):
+    """An experiment's --out (a folder of runs it resumes) is held by one process too: the second is refused at its
+    start; the first, stopped before its first cell, leaves no lock folder behind."""
+    out = tmp_path / "grid"
+    (tmp_path / "g.yaml").write_text("data: {demo: quick}\nmodels: [{name: m, base: demo, variants: [lora]}]\n")
+    args = ["experiment", tmp_path / "g.yaml", "--out", out, "--quiet"]
+    with parked_first_writer(args, ("clinpeft.recipes.experiment:main", 1, "before"), tmp_path) as first:
+        code = main([str(a) for a in args])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and "\n" not in err, err
+        assert f"--out {out} is being written by another process (pid {first.pid}" in err, err
     assert not partial_dir(out).exists()
 
 
@@ -301,9 +310,7 @@ def test_two_demos_to_one_out(capsys, tmp_path):
     first stage, leaves no lock folder behind (the whole demo never runs here)."""
     out = tmp_path / "demo-out"
     args = ["demo", "--out", out, "--quick", "--quiet"]
-    first = start(args, ("clinpeft.recipes.demo:main", 1, "before"), tmp_path)
-    try:
-        wait_until_parked(tmp_path / "ready", first)
+    with parked_first_writer(args, ("clinpeft.recipes.demo:main", 1, "before"), tmp_path) as first:
         assert (partial_dir(out) / LOCK_FILE).read_text().strip() == str(first.pid)
         code = main([str(a) for a in args])
         err = capsys.readouterr().err.strip()
@@ -311,10 +318,4 @@ def test_two_demos_to_one_out(capsys, tmp_path):
         assert err == (f"error: --out {out} is being written by another process (pid {first.pid}, lock "
                        f"{partial_dir(out) / LOCK_FILE}); wait for it or choose another --out"), err
         assert not out.exists()  # the refused demo wrote nothing
-        first.send_signal(signal.SIGTERM)
-        _, stderr = first.communicate(timeout=300)
-    finally:
-        if first.poll() is None:
-            first.kill()
-    assert first.returncode == 128 + signal.SIGTERM, stderr
     assert not partial_dir(out).exists() and not out.exists()
