@@ -135,7 +135,7 @@ def add_demo(sub) -> None:
                    help="demo directory (data/, pretrain/, finetune/, reference/, report/); rerunning reuses "
                    "finished runs; held by one demo at a time")
     p.add_argument("--quick", action="store_true",
-                   help="the tiny 64-wide base on small data (about 1.5 minutes): the pipeline, not the method")
+                   help="the tiny 64-wide base on small data (under 2 minutes): the pipeline, not the method")
     p.add_argument("--full", action="store_true",
                    help="the full grid: both tasks (MOR, PMV), a 5x larger pretraining corpus, 2 epochs "
                    "(about 1.5 hours)")

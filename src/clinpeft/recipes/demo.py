@@ -88,7 +88,7 @@ GRIDS = {
                   finetune_overrides=("task.max_seq_len=128", "train.epochs=2", "lora.lora_dropout=0"),
                   # no head row here: lora's probe is the base's; trainable's would refit clinical_frozen's
                   variant_overrides={"clinical_trainable+downstream": ("eval.probe=false",)},
-                  minutes=(0.1, 0.2, 0.9)),  # estimated from 1-thread runs beside another job (docs/demo-quick.md)
+                  minutes=(0.1, 0.2, 0.9)),  # measured: 1:43 wall on 2 idle cores, fresh home (docs/demo-quick.md)
 }
 
 
