@@ -58,11 +58,12 @@ _SHARED: dict[str, NoteFeatures] | None = None  # set inside shared_features(): 
 def shared_features() -> Iterator[None]:
     """Within this block, note_features of one model function on one set of token ids is computed once.
 
-    The demo's and an experiment's fine-tuning runs start from a few frozen models: head and + LoRA from the
-    base, the clinical frozen and trainable variants from base + clinical LoRA (a fresh downstream LoRA is an
-    identity). Each run's probe / LP-FT start needs the train and val features of its frozen model: one forward
-    pass over the notes per model, not per run. In memory only (notes x hidden floats), never written; outside
-    this block nothing is kept and nothing is hashed."""
+    The demo's fine-tuning runs start from two frozen models: head and + LoRA from the base, the clinical frozen
+    and trainable variants from base + clinical LoRA (a fresh downstream LoRA is an identity). Each run's probe /
+    LP-FT start needs the train and val features of its frozen model: one forward pass over the notes per model,
+    not per run. In memory only (notes x hidden floats), never written; outside this block nothing is kept and
+    nothing is hashed (the key hashes every weight once per pass: ~1 s for 135M parameters on a CPU, which is why
+    `experiment`, whose cells may be 7B models on a GPU, does not use it unmeasured)."""
     global _SHARED
     outer, _SHARED = _SHARED, ({} if _SHARED is None else _SHARED)
     try:
