@@ -62,7 +62,7 @@ def shared_features() -> Iterator[None]:
     and trainable variants from base + clinical LoRA (a fresh downstream LoRA is an identity). Each run's probe /
     LP-FT start needs the train and val features of its frozen model: one forward pass over the notes per model,
     not per run. In memory only (notes x hidden floats), never written; outside this block nothing is kept and
-    nothing is hashed (the key hashes every weight once per pass: ~1 s for 135M parameters on a CPU, which is why
+    nothing is hashed (the key hashes every weight once per pass: 1.7 s for 135M parameters on one busy CPU core, so
     `experiment`, whose cells may be 7B models on a GPU, does not use it unmeasured)."""
     global _SHARED
     outer, _SHARED = _SHARED, ({} if _SHARED is None else _SHARED)
