@@ -222,3 +222,24 @@ def test_signal_at_the_last_moment_leaves_nothing(capsys, monkeypatch, tmp_path,
     assert len(lines) == 1 and lines[0].startswith(f"error: {signal.Signals(sig).name}"), err
     assert not out.exists() and not partial_dir(out).exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_training_that_raises_gives_back_the_signal_handlers(tmp_path):
+    """Checkpointing takes SIGTERM/SIGINT at on_train_begin and gives them back at on_train_end; a training that
+    raises never gets there, so fit gives them back too: Ctrl-C stops the caller's next command in the process."""
+    from clinpeft.config import TrainSection
+    from clinpeft.training.checkpointing import Checkpointing
+    from clinpeft.training.fit import fit
+
+    checkpointing = Checkpointing(TrainSection())
+
+    class Failing:
+        def train(self, resume_from_checkpoint=None):
+            checkpointing.on_train_begin(None, None, None)
+            assert signal.getsignal(signal.SIGINT) == checkpointing._handle
+            raise RuntimeError("out of memory")
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with pytest.raises(RuntimeError, match="out of memory"):
+        fit(Failing(), checkpointing, None, tmp_path / "checkpoints", tmp_path, progress=False)
+    assert {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} == before

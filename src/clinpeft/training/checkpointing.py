@@ -99,6 +99,12 @@ class Checkpointing(TrainerCallback):
                 self.previous[signum] = signal.signal(signum, self._handle)
 
     def on_train_end(self, args, state, control, **kwargs):
+        self.restore_signals()
+
+    def restore_signals(self) -> None:
+        """Put back the SIGTERM/SIGINT handlers on_train_begin replaced (idempotent). Called at the end of training
+        and, by training.fit, also when training raised: else Ctrl-C would stay caught by this object for the rest
+        of the process (an in-process caller's next command would no longer stop on SIGINT)."""
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
         self.previous = {}

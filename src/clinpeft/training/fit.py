@@ -48,7 +48,10 @@ def fit(trainer, checkpointing: Checkpointing, model, checkpoints: Path, run_dir
     started = time.time()
     if before_train is not None:
         before_train(resume)
-    output = trainer.train(resume_from_checkpoint=resume)
+    try:
+        output = trainer.train(resume_from_checkpoint=resume)
+    finally:  # training that raised never reached on_train_end: the signal handlers go back here too
+        checkpointing.restore_signals()
     end_mixed_precision(trainer)
     model = trainer.consolidated(model)  # FSDP: the whole trained model on every process (else unchanged)
     train_time = time.time() - started
