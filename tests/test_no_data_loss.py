@@ -243,3 +243,21 @@ def test_training_that_raises_gives_back_the_signal_handlers(tmp_path):
     with pytest.raises(RuntimeError, match="out of memory"):
         fit(Failing(), checkpointing, None, tmp_path / "checkpoints", tmp_path, progress=False)
     assert {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} == before
+
+
+def test_the_cli_owns_sigint_while_a_command_runs(capsys, monkeypatch, tmp_path, synthetic_corpus):
+    """An in-process caller that set its own SIGINT handler (or one an earlier command left) still gets the CLI's
+    contract, SIGINT -> one line, exit 130, nothing written; its handler is back afterwards."""
+    import clinpeft.rundir as rundir
+
+    monkeypatch.setattr(rundir, "_finish", lambda partial, out: signal.raise_signal(signal.SIGINT))
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        code, err = run(capsys, ["prepare", "notes", "--input", synthetic_corpus["discharge"],
+                                 "--out", tmp_path / "out", "--quiet"])
+        assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler  # the caller's, back
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert code == 130 and caught == [], err
+    assert not (tmp_path / "out").exists()

@@ -606,10 +606,12 @@ def main(argv: list[str] | None = None) -> int:
     import signal
     import threading
 
-    # SIGTERM anywhere (tokenising, scoring, writing): an exception, so the cleanup of OUT.partial/ runs; training
-    # replaces it with its checkpointing handler while it trains (training/checkpointing.Checkpointing)
-    handler = (signal.signal(signal.SIGTERM, _stop) if threading.current_thread() is threading.main_thread()
-               else None)
+    # SIGTERM anywhere (tokenising, scoring, writing): an exception, so the cleanup of OUT.partial/ runs; SIGINT:
+    # Python's KeyboardInterrupt, whatever an in-process caller had set. Training replaces both with its
+    # checkpointing handler while it trains (training/checkpointing.Checkpointing); the caller's come back at the end
+    handlers = ({signal.SIGTERM: signal.signal(signal.SIGTERM, _stop),
+                 signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler)}
+                if threading.current_thread() is threading.main_thread() else {})
     try:
         return run_command(args)
     except Interrupted as exc:  # SIGTERM / SIGINT during training, after its checkpoint
@@ -636,8 +638,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         os.umask(previous)
         set_command(None)
-        if handler is not None:
-            signal.signal(signal.SIGTERM, handler)
+        for signum, handler in handlers.items():
+            if handler is not None:  # None: a handler not set from Python, which cannot be put back
+                signal.signal(signum, handler)
 
 
 if __name__ == "__main__":
