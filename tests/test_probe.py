@@ -207,3 +207,28 @@ def test_clinical_lr_is_a_group_of_its_own(tiny_llama, synthetic_tasks, clinical
             if group["params"]:
                 by_lr.setdefault(group["lr"], set()).update(names[id(p)] for p in group["params"])
         assert by_lr == expected, variant
+
+
+def test_split_features_hash_the_model_once_for_all_splits(tiny_llama, synthetic_tasks, monkeypatch):
+    """Inside shared_features() a run's probe hashes its frozen model once (the weights are the same for train, val
+    and test), and gets each split's own features."""
+    from clinpeft.data.long_notes import LongNotes, encode_notes
+    from clinpeft.data.tasks import load_task
+    from clinpeft.modeling.classifier import build_classifier
+    from clinpeft.training import probe
+
+    config = load_config(FinetuneConfig, None, [f"model.base={tiny_llama}", f"task.path={synthetic_tasks['mor']}",
+                                               "task.max_seq_len=64", "model.pooling=mean"])
+    task = load_task(config.task.path)
+    clf = build_classifier(tiny_llama, "binary", 2, "head", None, config.lora, "float32", pooling="mean")
+    encoded = {s: encode_notes(clf.tokenizer, task.splits[s]["text"].tolist()[:6], LongNotes.from_task(config.task))
+               for s in ("train", "val")}
+    hashes = []
+    real = probe.function_digest
+    monkeypatch.setattr(probe, "function_digest", lambda *a: hashes.append(1) or real(*a))
+    with probe.shared_features():
+        features = probe.split_features(clf, encoded, batch_size=4, progress=False)
+    assert len(hashes) == 1 and set(features) == {"train", "val"}
+    for split in ("train", "val"):
+        alone = probe.note_features(clf, encoded[split], batch_size=4, progress=False)
+        np.testing.assert_array_equal(features[split].mean, alone.mean)

@@ -89,8 +89,8 @@ from clinpeft.training.probe import (
     fit_probe,
     guard,
     init_head_from_probe,
-    note_features,
     prior_loss,
+    split_features,
 )
 from clinpeft.training.runtime import loss_curve, set_threads
 from clinpeft.training.trainer import check_kernels, check_sharding
@@ -316,8 +316,7 @@ def linear_probe(clf: Classifier, task: TaskData, config: FinetuneConfig, encode
     if not config.eval.probe and config.train.head_init != "probe":
         return None
     splits = ("train", "val", "test") if config.eval.probe else ("train", "val")
-    features = {split: note_features(clf, encoded[split], config.eval.batch_size, progress, f"probe features ({split})")
-                for split in splits}
+    features = split_features(clf, {split: encoded[split] for split in splits}, config.eval.batch_size, progress)
     targets = {split: task.targets(split) for split in ("train", "val", "test")}
     if not config.eval.probe:  # only LP-FT: score test on val's features (never read)
         features["test"] = features["val"]

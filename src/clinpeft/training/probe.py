@@ -104,26 +104,35 @@ def _plain_name(name: str) -> str:
     return name.removeprefix("base_model.model.").replace(".base_layer.", ".")
 
 
-def _features_key(clf: Classifier, encoded: EncodedNotes, batch_size: int) -> str:
+def _features_key(clf: Classifier, encoded: EncodedNotes, batch_size: int, model_digest: str) -> str:
     """What decides note_features' output: the model's function, the pooling, padding, batching and the windows."""
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{function_digest(clf.model, clf.head_name)}|{clf.pooling}|{clf.tokenizer.padding_side}|"
-                  f"{batch_size}|{encoded.n_notes}|".encode())
+    digest.update(f"{model_digest}|{clf.pooling}|{clf.tokenizer.padding_side}|{batch_size}|{encoded.n_notes}|".encode())
     digest.update(np.asarray(encoded.note_index, np.int64).tobytes())
     for window in encoded.windows:
         digest.update(np.asarray(window, np.int64).tobytes() + b"|")
     return digest.hexdigest()
 
 
+def split_features(clf: Classifier, encoded: dict[str, EncodedNotes], batch_size: int = 16,
+                   progress: bool = True) -> dict[str, NoteFeatures]:
+    """note_features of each split of one (frozen) model; inside shared_features() its weights are hashed once for
+    all the splits, not once per split."""
+    digest = function_digest(clf.model, clf.head_name) if _SHARED is not None else None
+    return {split: note_features(clf, notes, batch_size, progress, f"probe features ({split})", model_digest=digest)
+            for split, notes in encoded.items()}
+
+
 def note_features(clf: Classifier, encoded: EncodedNotes, batch_size: int = 16, progress: bool = True,
-                  desc: str = "probe features") -> NoteFeatures:
+                  desc: str = "probe features", model_digest: str | None = None) -> NoteFeatures:
     """One forward pass over the notes' windows, reading the head's input with a forward pre-hook (the logits
     are discarded). Windows of one note are averaged. Prompt methods' virtual tokens (prepended by peft) are
     left out, as apply_pooling does. Encoders: the head reads one vector per window (BERT's pooler). Inside
-    shared_features(), a model function already seen on these windows is not run again."""
+    shared_features(), a model function already seen on these windows is not run again (model_digest: its
+    function_digest, when the caller already has it)."""
     if _SHARED is None:
         return _note_features(clf, encoded, batch_size, progress, desc)
-    key = _features_key(clf, encoded, batch_size)
+    key = _features_key(clf, encoded, batch_size, model_digest or function_digest(clf.model, clf.head_name))
     if key not in _SHARED:
         _SHARED[key] = _note_features(clf, encoded, batch_size, progress, desc)
     elif progress:
